@@ -1,0 +1,236 @@
+//! The engine: one node's openraft instance over its RocksDB stores, with the read and write
+//! entry points the vault layer uses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::network::RaftNetworkFactory;
+use openraft::ServerState;
+use rocksdb::DB;
+
+use crate::log_store::LogStore;
+use crate::snapshot::SnapshotFiles;
+use crate::state_machine::{read_entry, scan_prefix, StateMachine};
+use crate::tuning::RaftTuning;
+use crate::txn::{KvEntry, Op, Txn, TxnResult};
+use crate::types::{Command, NodeAddr, NodeId, Raft, RaftMetrics, TypeConfig};
+use crate::EngineError;
+
+/// Largest key a transaction may write.
+pub const MAX_KEY_BYTES: usize = 4 << 10;
+/// Largest value a transaction may write (a KV secret version plus its envelope).
+pub const MAX_VALUE_BYTES: usize = 4 << 20;
+
+/// What the engine needs to start.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Root of this node's storage: `raft/` (RocksDB) and `snapshots/` live under it.
+    pub data_dir: PathBuf,
+    /// Raft timing and snapshot settings.
+    pub tuning: RaftTuning,
+}
+
+/// A running node's replicated store.
+#[derive(Clone)]
+pub struct Engine {
+    /// The openraft handle.
+    raft: Raft,
+    /// The node's database, read directly for local reads.
+    db: Arc<DB>,
+    /// This node's id.
+    node_id: NodeId,
+    /// Last applied log index, published by the state machine after each apply.
+    applied: tokio::sync::watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("node_id", &self.node_id).finish()
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Storage(e.to_string())
+}
+
+impl Engine {
+    /// Opens the node's storage and starts Raft with `network` as the peer transport.
+    pub async fn open<N>(config: EngineConfig, network: N) -> Result<Self, EngineError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let db = crate::db::open(&config.data_dir.join("raft")).map_err(storage)?;
+        let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"), db.clone()).map_err(storage)?;
+        let (applied_tx, applied) = tokio::sync::watch::channel(0);
+        let sm = StateMachine::open(db.clone(), snapshots, applied_tx).map_err(storage)?;
+        let log = LogStore::new(db.clone());
+        let raft_config = config.tuning.to_openraft("coffer").map_err(EngineError::Config)?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(storage)?;
+        Ok(Self {
+            raft,
+            db,
+            node_id: config.node_id,
+            applied,
+        })
+    }
+
+    /// Makes this node a one-voter cluster if it is not part of one yet. Idempotent.
+    pub async fn initialize_single(&self, addr: NodeAddr) -> Result<(), EngineError> {
+        if self.raft.is_initialized().await.map_err(storage)? {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.node_id, addr)]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Waits until this node is leader, up to `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<(), EngineError> {
+        let id = self.node_id;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader == Some(id), "node is leader")
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::NoLeader(e.to_string()))
+    }
+
+    /// Proposes `txn` and waits until it is committed and applied.
+    pub async fn write(&self, txn: Txn) -> Result<TxnResult, EngineError> {
+        validate(&txn)?;
+        match self.raft.client_write(Command::Txn(txn)).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(EngineError::NotLeader {
+                leader_id: f.leader_id,
+                leader_api_addr: f.leader_node.map(|n| n.api_addr),
+            }),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Blocks until a read on this node reflects every write acknowledged before the call
+    /// (leader: confirms leadership with a quorum, then waits for apply).
+    pub async fn read_barrier(&self) -> Result<(), EngineError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(EngineError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_api_addr: f.leader_node.map(|n| n.api_addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(EngineError::NoLeader(e.to_string())),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Reads one key from local state.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, EngineError> {
+        read_entry(&self.db, key).map_err(EngineError::Storage)
+    }
+
+    /// Reads up to `limit` keys under `prefix` after `after`, from one consistent view.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, KvEntry)>, EngineError> {
+        scan_prefix(&self.db, prefix, after, limit).map_err(EngineError::Storage)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Live Raft metrics.
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// Last log index applied to the local state machine.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Whether this node currently believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// The current leader's id and address as this node knows them.
+    pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, addr))
+    }
+
+    /// Builds a snapshot now and waits for it (backups, tests).
+    pub async fn snapshot_now(&self) -> Result<u64, EngineError> {
+        let before = self.raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
+        let target = self.applied_index();
+        self.raft.trigger().snapshot().await.map_err(storage)?;
+        self.raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= target.max(before)),
+                "snapshot built",
+            )
+            .await
+            .map_err(storage)?;
+        Ok(target)
+    }
+
+    /// Compacts every column family (tests prove deleted data leaves the files).
+    pub fn compact(&self) {
+        for name in [crate::db::CF_LOG, crate::db::CF_RAFT, crate::db::CF_KV, crate::db::CF_SM] {
+            self.db
+                .compact_range_cf(crate::db::cf(&self.db, name), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// Stops Raft. Storage closes when the last handle drops.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        self.raft.shutdown().await.map_err(storage)
+    }
+}
+
+fn validate(txn: &Txn) -> Result<(), EngineError> {
+    for op in &txn.ops {
+        let (key, value_len) = match op {
+            Op::Put { key, value } => (key, value.len()),
+            Op::Delete { key } => (key, 0),
+            Op::DeletePrefix { prefix } if prefix.is_empty() => {
+                return Err(EngineError::InvalidTxn("delete-prefix needs a non-empty prefix".into()))
+            }
+            Op::DeletePrefix { prefix } => (prefix, 0),
+        };
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(EngineError::InvalidTxn(format!(
+                "key length {} is outside 1..={MAX_KEY_BYTES}",
+                key.len()
+            )));
+        }
+        if value_len > MAX_VALUE_BYTES {
+            return Err(EngineError::InvalidTxn(format!(
+                "value of {value_len} bytes exceeds {MAX_VALUE_BYTES}"
+            )));
+        }
+    }
+    Ok(())
+}

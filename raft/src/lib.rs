@@ -1,0 +1,57 @@
+//! Coffer's replicated engine: openraft (0.9, `storage-v2`) over RocksDB.
+//!
+//! The state machine is an ordered, transactional key-value store of opaque bytes: etcd-style
+//! transactions (comparisons, then puts/deletes/prefix deletes, atomically), a global revision
+//! and per-key revisions, prefix scans, and snapshots streamed in bounded chunks. This crate
+//! never holds or uses a key: it stores what it is given.
+
+mod db;
+mod engine;
+mod log_store;
+mod network;
+mod snapshot;
+mod state_machine;
+mod tuning;
+mod txn;
+mod types;
+
+pub use engine::{Engine, EngineConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use log_store::LogStore;
+pub use network::NoPeers;
+pub use snapshot::{SnapshotFiles, SnapshotHeader};
+pub use state_machine::StateMachine;
+pub use tuning::RaftTuning;
+pub use txn::{plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write};
+pub use types::{
+    Command, LogId, NodeAddr, NodeId, Raft, RaftMetrics, StorageError, StoredMembership, TypeConfig,
+};
+
+/// Opens the RocksDB instance the stores share (for the storage test suite and tools).
+pub fn open_db(path: &std::path::Path) -> Result<std::sync::Arc<rocksdb::DB>, String> {
+    db::open(path).map_err(|e| e.to_string())
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// This node is not the leader; writes must go to `leader_id`.
+    #[error("not the leader (leader: {leader_id:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_id: Option<NodeId>,
+        /// Its API address, if known.
+        leader_api_addr: Option<String>,
+    },
+    /// No leader could be confirmed (no quorum, election in progress).
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// A transaction that can never be valid (empty prefix delete, oversize key or value).
+    #[error("invalid transaction: {0}")]
+    InvalidTxn(String),
+    /// The Raft configuration was rejected.
+    #[error("raft configuration: {0}")]
+    Config(String),
+    /// RocksDB, snapshot files or openraft failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}

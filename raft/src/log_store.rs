@@ -1,0 +1,209 @@
+//! The Raft log store on RocksDB (`storage-v2` [`RaftLogStorage`]).
+//!
+//! Durability (see also [`crate::db`]): `append` writes the batch without sync, so the entries
+//! are readable at once, and hands the flush callback to a dedicated syncer thread. The thread
+//! syncs the WAL once for every callback waiting at that moment (group commit) and only then
+//! reports the entries durable. The fsync therefore never runs on the Raft core task and
+//! concurrent appends share one fsync. The vote, truncation and purge are synced before their
+//! calls return, on the blocking pool.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use crate::db::{cf, index_from_key, index_key, CF_LOG, CF_RAFT};
+use crate::types::{LogId, NodeId, StorageError, TypeConfig};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"last_purged";
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// The RocksDB log store. Cheap to clone: clones share the database and the syncer.
+#[derive(Clone)]
+pub struct LogStore {
+    /// The node's database (shared with the state machine).
+    db: Arc<DB>,
+    /// Callbacks waiting for the next WAL sync.
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    /// Wraps the database and starts the syncer thread, which exits when the last clone drops.
+    pub fn new(db: Arc<DB>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("coffer-log-sync".into())
+            .spawn(move || sync_loop(sync_db, rx))
+            .expect("spawning the log sync thread");
+        Self { db, syncer: tx }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let raw = self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_err)?;
+        raw.map(|bytes| postcard::from_bytes(&bytes).map_err(read_err)).transpose()
+    }
+
+    /// Writes `batch` with `sync = true` on the blocking pool, so the caller's task (the Raft
+    /// core) only awaits and never performs the fsync itself.
+    async fn write_synced(&self, batch: WriteBatch, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts)
+        })
+        .await
+        .map_err(|e| StorageIOError::new(subject.clone(), ErrorVerb::Write, &e))?;
+        res.map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, &e).into())
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, value) = item.map_err(read_err)?;
+                let entry: Entry = postcard::from_bytes(&value).map_err(read_err)?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+}
+
+fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        // Everything queued now was written before this sync starts, so one sync covers all.
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = db.flush_wal(true);
+        for callback in waiting {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io_err(e.clone())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mode = IteratorMode::From(&index_key(start), Direction::Forward);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
+            let (key, value) = item.map_err(read_err)?;
+            let index = index_from_key(&key).ok_or_else(|| read_err(io_err(std::fmt::Error)))?;
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(postcard::from_bytes(&value).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let bytes = postcard::to_allocvec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_VOTE, bytes);
+        self.write_synced(batch, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: losing it only means re-applying from the state machine's last applied
+        // id once a leader commits again.
+        let bytes = postcard::to_allocvec(&committed).map_err(write_err)?;
+        self.db
+            .put_cf(cf(&self.db, CF_RAFT), KEY_COMMITTED, bytes)
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        for entry in entries {
+            let bytes = postcard::to_allocvec(&entry).map_err(write_err)?;
+            batch.put_cf(log, index_key(entry.log_id.index), bytes);
+        }
+        // Readable now (memtable); durable when the syncer calls back.
+        self.db.write(batch).map_err(write_err)?;
+        self.syncer
+            .send(callback)
+            .map_err(|_| write_err(io_err(std::fmt::Error)))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(log_id.index), index_key(u64::MAX));
+        batch.delete_cf(cf(&self.db, CF_LOG), index_key(u64::MAX));
+        self.write_synced(batch, ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // One atomic batch: the new last-purged id and the deletion land together, so a reader
+        // after a crash never sees a hole below a stale last-purged id.
+        let mut batch = WriteBatch::default();
+        let bytes = postcard::to_allocvec(&log_id).map_err(write_err)?;
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_PURGED, bytes);
+        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+        self.write_synced(batch, ErrorSubject::Logs).await
+    }
+}

@@ -1,0 +1,261 @@
+//! The replicated state machine: an ordered, transactional key-value store on RocksDB.
+//!
+//! A thin adapter: [`crate::txn::plan`] decides what a transaction writes; this module reads
+//! current values for it, writes the result together with the last applied log id in one
+//! atomic batch per entry, and keeps the global revision. Durability: see [`crate::db`].
+
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+
+use crate::db::{cf, CF_KV, CF_SM};
+use crate::snapshot::{SnapshotFiles, SnapshotHeader};
+use crate::txn::{plan, KvEntry, StateView, TxnResult, Write};
+use crate::types::{Command, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
+
+pub(crate) const KEY_APPLIED: &[u8] = b"applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_REVISION: &[u8] = b"revision";
+
+/// Encodes a stored entry: `mod_revision (8, BE) | create_revision (8, BE) | value`.
+pub(crate) fn encode_entry(entry: &KvEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + entry.value.len());
+    out.extend_from_slice(&entry.mod_revision.to_be_bytes());
+    out.extend_from_slice(&entry.create_revision.to_be_bytes());
+    out.extend_from_slice(&entry.value);
+    out
+}
+
+/// Inverse of [`encode_entry`]; `None` if the record is too short to be one.
+pub(crate) fn decode_entry(raw: &[u8]) -> Option<KvEntry> {
+    if raw.len() < 16 {
+        return None;
+    }
+    Some(KvEntry {
+        mod_revision: u64::from_be_bytes(raw[0..8].try_into().ok()?),
+        create_revision: u64::from_be_bytes(raw[8..16].try_into().ok()?),
+        value: raw[16..].to_vec(),
+    })
+}
+
+/// Reads one key of the state machine.
+pub fn read_entry(db: &DB, key: &[u8]) -> Result<Option<KvEntry>, String> {
+    let raw = db.get_cf(cf(db, CF_KV), key).map_err(|e| e.to_string())?;
+    raw.map(|r| decode_entry(&r).ok_or_else(|| corrupt(key)))
+        .transpose()
+}
+
+fn corrupt(key: &[u8]) -> String {
+    format!("corrupt state-machine record at {:?}", String::from_utf8_lossy(key))
+}
+
+/// Reads up to `limit` entries whose key starts with `prefix`, strictly after `after` when
+/// given, in key order, from one consistent RocksDB snapshot.
+pub fn scan_prefix(
+    db: &DB,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, KvEntry)>, String> {
+    let snapshot = db.snapshot();
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&snapshot);
+    let start = after.unwrap_or(prefix);
+    let iter = db.iterator_cf_opt(cf(db, CF_KV), opts, IteratorMode::From(start, Direction::Forward));
+    let mut out = Vec::new();
+    for item in iter {
+        let (key, raw) = item.map_err(|e| e.to_string())?;
+        if !key.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        if after.is_some_and(|a| *key == *a) {
+            continue;
+        }
+        let entry = decode_entry(&raw).ok_or_else(|| corrupt(&key))?;
+        out.push((key.to_vec(), entry));
+    }
+    Ok(out)
+}
+
+pub(crate) fn get_sm_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, String> {
+    let raw = db.get_cf(cf(db, CF_SM), key).map_err(|e| e.to_string())?;
+    raw.map(|b| postcard::from_bytes(&b).map_err(|e| e.to_string())).transpose()
+}
+
+/// Current state read straight from the database, for the planner.
+struct DbView<'a>(&'a DB);
+
+impl StateView for DbView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, String> {
+        read_entry(self.0, key)
+    }
+
+    fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let iter = self
+            .0
+            .iterator_cf(cf(self.0, CF_KV), IteratorMode::From(prefix, Direction::Forward));
+        let mut keys = Vec::new();
+        for item in iter {
+            let (key, _) = item.map_err(|e| e.to_string())?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            keys.push(key.to_vec());
+        }
+        Ok(keys)
+    }
+}
+
+fn sm_read_err(e: impl ToString) -> StorageError {
+    StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn sm_write_err(e: impl ToString) -> StorageError {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+/// The RocksDB state machine.
+pub struct StateMachine {
+    /// The node's database (shared with the log store and with readers).
+    db: Arc<DB>,
+    /// Where snapshots live; also the recovery source for an interrupted install.
+    snapshots: SnapshotFiles,
+    /// Global revision after the last applied transaction (cached; persisted with each apply).
+    revision: u64,
+    /// Publishes the last applied index so readers can wait for their read index.
+    applied_tx: tokio::sync::watch::Sender<u64>,
+}
+
+impl StateMachine {
+    /// Opens the state machine, finishing a snapshot install a crash interrupted.
+    pub fn open(
+        db: Arc<DB>,
+        snapshots: SnapshotFiles,
+        applied_tx: tokio::sync::watch::Sender<u64>,
+    ) -> Result<Self, StorageError> {
+        if snapshots.install_pending(&db).map_err(sm_read_err)? {
+            tracing::warn!("finishing a snapshot install interrupted by a crash");
+            snapshots.load_current_into(&db).map_err(sm_write_err)?;
+        }
+        let revision = get_sm_meta(&db, KEY_REVISION).map_err(sm_read_err)?.unwrap_or(0);
+        let applied: Option<LogId> = get_sm_meta(&db, KEY_APPLIED).map_err(sm_read_err)?;
+        applied_tx.send_replace(applied.map_or(0, |l| l.index));
+        Ok(Self {
+            db,
+            snapshots,
+            revision,
+            applied_tx,
+        })
+    }
+
+    fn apply_one(&mut self, entry: openraft::Entry<TypeConfig>) -> Result<TxnResult, StorageError> {
+        let mut batch = WriteBatch::default();
+        let sm = cf(&self.db, CF_SM);
+        let result = match entry.payload {
+            EntryPayload::Blank => TxnResult {
+                succeeded: true,
+                failed_compare: None,
+                revision: self.revision,
+            },
+            EntryPayload::Normal(Command::Txn(txn)) => {
+                let (result, writes) =
+                    plan(&txn, &DbView(&self.db), self.revision).map_err(sm_read_err)?;
+                let kv = cf(&self.db, CF_KV);
+                for write in writes {
+                    match write {
+                        Write::Put(key, e) => batch.put_cf(kv, key, encode_entry(&e)),
+                        Write::Delete(key) => batch.delete_cf(kv, key),
+                    }
+                }
+                result
+            }
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m);
+                batch.put_cf(sm, KEY_MEMBERSHIP, postcard::to_allocvec(&stored).map_err(sm_write_err)?);
+                TxnResult {
+                    succeeded: true,
+                    failed_compare: None,
+                    revision: self.revision,
+                }
+            }
+        };
+        let applied = postcard::to_allocvec(&Some(entry.log_id)).map_err(sm_write_err)?;
+        batch.put_cf(sm, KEY_APPLIED, applied);
+        batch.put_cf(sm, KEY_REVISION, postcard::to_allocvec(&result.revision).map_err(sm_write_err)?);
+        self.db.write(batch).map_err(sm_write_err)?;
+        self.revision = result.revision;
+        self.applied_tx.send_replace(entry.log_id.index);
+        Ok(result)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotFiles;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = get_sm_meta::<Option<LogId>>(&self.db, KEY_APPLIED)
+            .map_err(sm_read_err)?
+            .flatten();
+        let membership = get_sm_meta(&self.db, KEY_MEMBERSHIP)
+            .map_err(sm_read_err)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxnResult>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        entries.into_iter().map(|e| self.apply_one(e)).collect()
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshots.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = self.snapshots.incoming().await.map_err(sm_write_err)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let snapshots = self.snapshots.clone();
+        let db = self.db.clone();
+        let meta = meta.clone();
+        let file = snapshot.into_std().await;
+        let header = tokio::task::spawn_blocking(move || snapshots.install(&db, &meta, file))
+            .await
+            .map_err(sm_write_err)?
+            .map_err(sm_write_err)?;
+        self.revision = header.revision;
+        self.applied_tx
+            .send_replace(header.last_applied.map_or(0, |l| l.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.snapshots.current().await.map_err(sm_read_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotFiles {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let files = self.clone();
+        let header: SnapshotHeader = tokio::task::spawn_blocking(move || files.build())
+            .await
+            .map_err(sm_write_err)?
+            .map_err(sm_write_err)?;
+        tracing::info!(id = %header.snapshot_id, entries = header.entries, "snapshot built");
+        self.current()
+            .await
+            .map_err(sm_read_err)?
+            .ok_or_else(|| sm_read_err("snapshot vanished after build"))
+    }
+}

@@ -1,0 +1,84 @@
+//! Raft timing and snapshot settings, with every openraft `Config` field chosen on purpose.
+
+use serde::{Deserialize, Serialize};
+
+/// The Raft knobs an operator may set (config file section `[raft]`). Units are in the names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTuning {
+    /// Leader heartbeat period. Default 100 ms: followers learn of a dead leader fast enough to
+    /// elect a new one within the 2 s failover target, at ~10 small messages/s per follower.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout. Default 400 ms (4 heartbeats: a single
+    /// lost heartbeat never triggers an election).
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout. Default 800 ms; the spread keeps
+    /// candidates from splitting votes.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one. Default 10 000:
+    /// bounds replay time on restart and the log's disk use, at the cost of a snapshot
+    /// build every 10 000 writes.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log after a snapshot, so a briefly lagging follower catches up
+    /// from the log instead of a full snapshot. Default 1 000.
+    pub max_in_snapshot_log_to_keep: u64,
+    /// Timeout of one snapshot chunk RPC. Default 2 000 ms.
+    pub install_snapshot_timeout_ms: u64,
+    /// Timeout of sending a whole snapshot. Default 60 000 ms.
+    pub send_snapshot_timeout_ms: u64,
+    /// Max entries in one AppendEntries RPC. Default 256: bounds message size (with 1 MiB
+    /// bodies at most, a message stays well under the transport's frame limit).
+    pub max_payload_entries: u64,
+    /// A follower more than this many entries behind is sent a snapshot instead of log
+    /// entries. Default 5 000.
+    pub replication_lag_threshold: u64,
+    /// Snapshot chunk size in bytes. Default 1 MiB: bounded memory on both ends.
+    pub snapshot_max_chunk_bytes: u64,
+    /// Entries deleted per purge. Default 256.
+    pub purge_batch_size: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: 10_000,
+            max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout_ms: 2_000,
+            send_snapshot_timeout_ms: 60_000,
+            max_payload_entries: 256,
+            replication_lag_threshold: 5_000,
+            snapshot_max_chunk_bytes: 1 << 20,
+            purge_batch_size: 256,
+        }
+    }
+}
+
+impl RaftTuning {
+    /// The openraft config these settings describe, validated by openraft itself.
+    pub fn to_openraft(&self, cluster_name: &str) -> Result<openraft::Config, String> {
+        let config = openraft::Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            send_snapshot_timeout: self.send_snapshot_timeout_ms,
+            max_payload_entries: self.max_payload_entries,
+            replication_lag_threshold: self.replication_lag_threshold,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            snapshot_max_chunk_size: self.snapshot_max_chunk_bytes,
+            max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            purge_batch_size: self.purge_batch_size,
+            // Ticks, heartbeats and elections stay on: the harness cuts the network instead
+            // of switching the protocol off, so tests exercise what production runs.
+            enable_tick: true,
+            enable_heartbeat: true,
+            enable_elect: true,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| e.to_string())
+    }
+}
