@@ -1,1 +1,5 @@
-fn main() {}
+//! The `coffer` binary: server and CLI.
+
+fn main() {
+    std::process::exit(coffer_api::cli::main());
+}

@@ -1,1 +1,19 @@
-//! stub
+//! Coffer's product rules: the barrier (root key, keyring, AES-256-GCM envelope), KV v2
+//! semantics, tokens, the mount table, and the vault facade that applies them to the
+//! replicated engine. No HTTP here.
+
+pub mod clock;
+pub mod crypto;
+pub mod error;
+pub mod kv2;
+pub mod mounts;
+pub mod seal;
+pub mod tokens;
+mod vault;
+
+pub use error::{Result, VaultError};
+pub use vault::{
+    Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, KvMetaUpdate, KvRead, KvVersion, NodeInfo,
+    SealStatus, Vault,
+};
+pub use vault::{StoredCa, CA_KEY};

@@ -1,0 +1,123 @@
+//! The Rust client: Vault-style requests to one of several node addresses, moving to the next
+//! address when a connection cannot be made within a short timeout.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// How long to wait for a TCP+TLS connection before trying the next address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a whole request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Bad local input: address, CA file.
+    #[error("{0}")]
+    Local(String),
+    /// No address could be reached.
+    #[error("could not reach any Coffer node ({0})")]
+    Unreachable(String),
+    /// The server answered with an error status.
+    #[error("Error from server (HTTP {status}): {}", messages.join("; "))]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's `errors` list.
+        messages: Vec<String>,
+    },
+}
+
+/// A server response: status and JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Parsed body.
+    pub body: Value,
+}
+
+/// A client bound to a list of node addresses, a CA, and a token.
+#[derive(Clone)]
+pub struct Client {
+    addrs: Vec<String>,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `addrs` is a comma-separated list of `https://host:port` URLs; `ca_pem` the CA that
+    /// signed the servers' certificates.
+    pub fn new(addrs: &str, ca_pem: Option<&str>, token: Option<String>) -> Result<Self, ClientError> {
+        let addrs: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().trim_end_matches('/').to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Local("no server address given".into()));
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(pem) = ca_pem {
+            let tls = coffer_tls::api_client_config(pem).map_err(|e| ClientError::Local(format!("CA certificate: {e}")))?;
+            builder = builder.use_preconfigured_tls((*tls).clone());
+        }
+        let http = builder.build().map_err(|e| ClientError::Local(e.to_string()))?;
+        Ok(Self { addrs, token, http })
+    }
+
+    /// Sends `method path` (path after `/v1/`) with an optional JSON body. Connection errors
+    /// move on to the next address; any HTTP answer is returned (errors as `Server`).
+    pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, ClientError> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Local(e.to_string()))?;
+        let mut failures = Vec::new();
+        for addr in &self.addrs {
+            let mut req = self.http.request(method.clone(), format!("{addr}/v1/{path}"));
+            if let Some(token) = &self.token {
+                req = req.header("X-Vault-Token", token);
+            }
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            match req.send().await {
+                Ok(resp) => return finish(resp).await,
+                Err(e) if e.is_connect() || e.is_timeout() => failures.push(format!("{addr}: {}", root_cause(&e))),
+                Err(e) => return Err(ClientError::Unreachable(format!("{addr}: {}", root_cause(&e)))),
+            }
+        }
+        Err(ClientError::Unreachable(failures.join("; ")))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+async fn finish(resp: reqwest::Response) -> Result<Response, ClientError> {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(Response { status, body });
+    }
+    let messages = body["errors"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    if status == StatusCode::NOT_FOUND && body["data"].is_object() {
+        // A deleted KV version: 404 with metadata. Callers decide.
+        return Ok(Response { status, body });
+    }
+    Err(ClientError::Server {
+        status: status.as_u16(),
+        messages,
+    })
+}

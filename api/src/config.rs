@@ -1,0 +1,224 @@
+//! Server configuration: one TOML file, overridden by `COFFER_*` environment variables, then
+//! by flags (flags > env > file). [`ServerConfig::validate`] names the offending field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use coffer_raft::RaftTuning;
+use serde::Deserialize;
+
+/// How the node obtains its root key at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SealConfig {
+    /// Operators enter key shares (`coffer operator unseal`). The default.
+    #[default]
+    Shamir,
+    /// The root key lives in a file (mode 0600) written at init; the node unseals itself at
+    /// start. For unattended restarts; whoever reads the file can decrypt the vault.
+    File {
+        /// Path of the key file.
+        path: PathBuf,
+    },
+}
+
+/// API TLS certificate supplied by the operator instead of one issued by the cluster CA.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert_file: Option<PathBuf>,
+    /// Private key, PEM.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The whole server configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's Raft id, unique in the cluster. Default 1.
+    pub node_id: u64,
+    /// Where the node keeps RocksDB, snapshots, TLS material. Required.
+    pub data_dir: PathBuf,
+    /// The HTTPS URL clients reach this node at. Default `https://127.0.0.1:8200`.
+    pub api_addr: String,
+    /// Socket address the API binds; default: host and port of `api_addr`. Port 0 picks a
+    /// free port (the chosen address is printed).
+    pub listen_addr: Option<String>,
+    /// `host:port` of the mutual-TLS peer listener. Default `127.0.0.1:8201`.
+    pub peer_addr: String,
+    /// Cluster name reported by `sys/health`. Default `coffer`.
+    pub cluster_name: String,
+    /// Largest request body in bytes. Default 1 MiB; larger bodies get 413.
+    pub max_request_bytes: usize,
+    /// `text` or `json` logs (stderr). Default `text`.
+    pub log_format: String,
+    /// Log filter (`info`, `debug`, `coffer=debug,warn`). Default `info`.
+    pub log_level: String,
+    /// Seal: `{ type = "shamir" }` (default) or `{ type = "file", path = "…" }`.
+    pub seal: SealConfig,
+    /// Optional operator-supplied API certificate.
+    pub tls: TlsFiles,
+    /// Raft timing and snapshot settings.
+    pub raft: RaftTuning,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::new(),
+            api_addr: "https://127.0.0.1:8200".into(),
+            listen_addr: None,
+            peer_addr: "127.0.0.1:8201".into(),
+            cluster_name: "coffer".into(),
+            max_request_bytes: 1 << 20,
+            log_format: "text".into(),
+            log_level: "info".into(),
+            seal: SealConfig::Shamir,
+            tls: TlsFiles::default(),
+            raft: RaftTuning::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Applies `COFFER_*` environment overrides.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(v) = get("COFFER_NODE_ID") {
+            self.node_id = v.parse().map_err(|_| format!("COFFER_NODE_ID: {v:?} is not a number"))?;
+        }
+        if let Some(v) = get("COFFER_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("COFFER_API_ADDR") {
+            self.api_addr = v;
+        }
+        if let Some(v) = get("COFFER_LISTEN_ADDR") {
+            self.listen_addr = Some(v);
+        }
+        if let Some(v) = get("COFFER_PEER_ADDR") {
+            self.peer_addr = v;
+        }
+        if let Some(v) = get("COFFER_LOG_LEVEL") {
+            self.log_level = v;
+        }
+        if let Some(v) = get("COFFER_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        Ok(())
+    }
+
+    /// The socket address to bind for the API.
+    pub fn listen(&self) -> Result<SocketAddr, String> {
+        let text = match &self.listen_addr {
+            Some(l) => l.clone(),
+            None => api_host_port(&self.api_addr)?,
+        };
+        text.parse()
+            .map_err(|_| format!("listen_addr: {text:?} is not an IP:port socket address"))
+    }
+
+    /// Checks every field; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id: must be at least 1".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir: required".into());
+        }
+        api_host_port(&self.api_addr)?;
+        self.listen()?;
+        if self.peer_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("peer_addr: {:?} is not host:port", self.peer_addr));
+        }
+        if !(1024..=64 << 20).contains(&self.max_request_bytes) {
+            return Err("max_request_bytes: must be between 1024 and 67108864".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!("log_format: {:?} is not \"text\" or \"json\"", self.log_format));
+        }
+        if self.cluster_name.is_empty() {
+            return Err("cluster_name: must not be empty".into());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err("tls: cert_file and key_file go together".into());
+        }
+        self.raft
+            .to_openraft(&self.cluster_name)
+            .map_err(|e| format!("raft: {e}"))?;
+        Ok(())
+    }
+}
+
+/// `https://host:port` -> `host:port`.
+fn api_host_port(api_addr: &str) -> Result<String, String> {
+    let rest = api_addr
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("api_addr: {api_addr:?} must start with https://"))?;
+    let host_port = rest.trim_end_matches('/');
+    if host_port.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(format!("api_addr: {api_addr:?} needs an explicit port"));
+    }
+    Ok(host_port.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ServerConfig {
+        ServerConfig {
+            data_dir: "/tmp/x".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn file_env_precedence_and_validation() {
+        let mut cfg: ServerConfig = toml::from_str(
+            r#"
+            node_id = 3
+            data_dir = "/var/lib/coffer"
+            api_addr = "https://10.0.0.3:8200"
+            peer_addr = "10.0.0.3:8201"
+            seal = { type = "file", path = "/etc/coffer/root.key" }
+            [raft]
+            heartbeat_interval_ms = 50
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.seal, SealConfig::File { path: "/etc/coffer/root.key".into() });
+        assert_eq!(cfg.raft.heartbeat_interval_ms, 50);
+        cfg.apply_env(|k| (k == "COFFER_NODE_ID").then(|| "4".to_string())).unwrap();
+        assert_eq!(cfg.node_id, 4);
+        assert_eq!(cfg.listen().unwrap().to_string(), "10.0.0.3:8200");
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(Box<dyn Fn(&mut ServerConfig)>, &str)> = vec![
+            (Box::new(|c| c.node_id = 0), "node_id"),
+            (Box::new(|c| c.data_dir = PathBuf::new()), "data_dir"),
+            (Box::new(|c| c.api_addr = "http://x:1".into()), "api_addr"),
+            (Box::new(|c| c.peer_addr = "nohost".into()), "peer_addr"),
+            (Box::new(|c| c.max_request_bytes = 1), "max_request_bytes"),
+            (Box::new(|c| c.log_format = "xml".into()), "log_format"),
+            (Box::new(|c| c.raft.election_timeout_min_ms = 10), "raft"),
+        ];
+        for (mutate, field) in cases {
+            let mut cfg = base();
+            mutate(&mut cfg);
+            let err = cfg.validate().unwrap_err();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        assert!(toml::from_str::<ServerConfig>("nodeid = 1").is_err(), "unknown keys are refused");
+    }
+}

@@ -1,0 +1,172 @@
+//! KV v2 handlers: `<mount>/data|metadata|delete|undelete|destroy|config[/path]`.
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use coffer_vault::kv2::SecretMeta;
+use coffer_vault::{clock, KvMetaUpdate, KvRead};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::sys::{authenticate, envelope, no_content};
+use super::{ApiRequest, AppState, Op};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Deserialize)]
+struct WriteBody {
+    data: Option<Map<String, Value>>,
+    #[serde(default)]
+    options: WriteOptions,
+}
+
+#[derive(Default, Deserialize)]
+struct WriteOptions {
+    cas: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionsBody {
+    versions: Vec<u64>,
+}
+
+pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    if state.vault.is_sealed() {
+        let err = if state.vault.is_initialized()? {
+            coffer_vault::VaultError::Sealed
+        } else {
+            coffer_vault::VaultError::NotInitialized
+        };
+        return Err(err.into());
+    }
+    let auth = authenticate(state, req)?;
+    let table = state.vault.mount_table()?;
+    let (mount, _, rest) =
+        coffer_vault::mounts::resolve(&table, &req.path).ok_or_else(|| ApiError::NoRoute(req.path.clone()))?;
+    let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let v = &state.vault;
+    match (section, req.op) {
+        ("data", Op::Read) => read(req, v.kv_read(&auth, mount, path, req.query_u64("version")?).await?),
+        ("data", Op::Write) => {
+            let body: WriteBody = req.json()?;
+            let data = body
+                .data
+                .ok_or_else(|| ApiError::BadRequest("no data provided: the body needs a \"data\" object".into()))?;
+            let meta = v.kv_write(&auth, mount, path, data, body.options.cas).await?;
+            Ok(envelope(req, serde_json::to_value(meta).unwrap_or_default()))
+        }
+        ("data", Op::Patch) => {
+            let body: WriteBody = req.json()?;
+            let data = body
+                .data
+                .ok_or_else(|| ApiError::BadRequest("no data provided: the body needs a \"data\" object".into()))?;
+            let meta = v.kv_patch(&auth, mount, path, data, body.options.cas).await?;
+            Ok(envelope(req, serde_json::to_value(meta).unwrap_or_default()))
+        }
+        ("data", Op::Delete) => {
+            v.kv_delete_latest(&auth, mount, path).await?;
+            Ok(no_content())
+        }
+        ("delete", Op::Write) => {
+            let body: VersionsBody = req.json()?;
+            v.kv_delete_versions(&auth, mount, path, &body.versions).await?;
+            Ok(no_content())
+        }
+        ("undelete", Op::Write) => {
+            let body: VersionsBody = req.json()?;
+            v.kv_undelete(&auth, mount, path, &body.versions).await?;
+            Ok(no_content())
+        }
+        ("destroy", Op::Write) => {
+            let body: VersionsBody = req.json()?;
+            v.kv_destroy(&auth, mount, path, &body.versions).await?;
+            Ok(no_content())
+        }
+        ("metadata", Op::List) | ("data", Op::List) => {
+            let keys = v.kv_list(&auth, mount, path).await?;
+            if keys.is_empty() {
+                return Err(ApiError::NotFoundEmpty);
+            }
+            Ok(envelope(req, json!({ "keys": keys })))
+        }
+        ("metadata", Op::Read) => match v.kv_read_meta(&auth, mount, path).await? {
+            Some(meta) => Ok(envelope(req, meta_json(&meta))),
+            None => Err(ApiError::NotFoundEmpty),
+        },
+        ("metadata", Op::Write | Op::Patch) => {
+            let update: KvMetaUpdate = req.json()?;
+            v.kv_write_meta(&auth, mount, path, update, req.op == Op::Patch).await?;
+            Ok(no_content())
+        }
+        ("metadata", Op::Delete) => {
+            v.kv_delete_meta(&auth, mount, path).await?;
+            Ok(no_content())
+        }
+        ("config", Op::Read) if path.is_empty() => {
+            let cfg = v.kv_config(&auth, mount)?;
+            Ok(envelope(
+                req,
+                json!({
+                    "max_versions": cfg.max_versions,
+                    "cas_required": cfg.cas_required,
+                    "delete_version_after": clock::format_duration(cfg.delete_version_after_secs),
+                }),
+            ))
+        }
+        ("config", Op::Write) if path.is_empty() => {
+            let update: KvMetaUpdate = req.json()?;
+            if update.custom_metadata.is_some() {
+                return Err(ApiError::BadRequest("custom_metadata is not a mount setting".into()));
+            }
+            v.kv_set_config(&auth, mount, update).await?;
+            Ok(no_content())
+        }
+        ("data" | "metadata" | "delete" | "undelete" | "destroy" | "config", _) => {
+            Err(ApiError::Method(req.path.clone()))
+        }
+        _ => Err(ApiError::NoRoute(req.path.clone())),
+    }
+}
+
+fn read(req: &ApiRequest, result: Option<KvRead>) -> ApiResult<Response> {
+    let Some(read) = result else {
+        return Err(ApiError::NotFoundEmpty);
+    };
+    let metadata = serde_json::to_value(&read.version).unwrap_or_default();
+    match read.data {
+        Some(data) => Ok(envelope(req, json!({ "data": data, "metadata": metadata }))),
+        // Vault answers a deleted or destroyed version with 404 and its metadata.
+        None => {
+            let mut response = envelope(req, json!({ "data": null, "metadata": metadata }));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            Ok(response)
+        }
+    }
+}
+
+fn meta_json(meta: &SecretMeta) -> Value {
+    let versions: BTreeMap<String, Value> = meta
+        .versions
+        .iter()
+        .map(|(v, vm)| {
+            (
+                v.to_string(),
+                json!({"created_time": vm.created_time, "deletion_time": vm.deletion_time, "destroyed": vm.destroyed}),
+            )
+        })
+        .collect();
+    json!({
+        "cas_required": meta.cas_required,
+        "created_time": meta.created_time,
+        "current_version": meta.current_version,
+        "custom_metadata": if meta.custom_metadata.is_empty() { Value::Null } else { json!(meta.custom_metadata) },
+        "delete_version_after": clock::format_duration(meta.delete_version_after_secs),
+        "max_versions": meta.max_versions,
+        "oldest_version": meta.oldest_version,
+        "updated_time": meta.updated_time,
+        "versions": versions,
+    })
+}
+

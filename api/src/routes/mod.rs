@@ -1,0 +1,72 @@
+//! The HTTP surface: one dispatcher for `/v1/*` that parses the request once (method, decoded
+//! path, query, token, bounded body) and routes it to the `sys` or KV v2 handlers, the way
+//! Vault's own router does, so that the non-standard `LIST` method, `?list=true` and mount
+//! resolution are handled in one place.
+
+mod kv;
+mod request;
+mod sys;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use coffer_vault::Vault;
+
+pub use request::{ApiRequest, Op};
+
+use crate::error::ApiError;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node's vault.
+    pub vault: Arc<Vault>,
+    /// Body size limit in bytes.
+    pub max_request_bytes: usize,
+    /// Set once at start: the CA this node generated before init, moved into the encrypted
+    /// state by `sys/init`.
+    pub pending_ca: Arc<std::sync::Mutex<Option<coffer_vault::StoredCa>>>,
+    /// Where `sys/init` writes the root key when the seal is a key file (or dev mode).
+    pub seal_key_file: Option<std::path::PathBuf>,
+    /// `<data_dir>/tls`, whose CA key file `sys/init` removes once the CA is in the state.
+    pub tls_dir: std::path::PathBuf,
+}
+
+/// The application: every route, the body limit, and request logging.
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_request_bytes;
+    Router::new()
+        .fallback(dispatch)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let raw_path = request.uri().path().to_string();
+    let response = match ApiRequest::parse(request, state.max_request_bytes).await {
+        Ok(req) => route(&state, req).await.unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
+    };
+    tracing::info!(
+        %method,
+        path = %raw_path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
+async fn route(state: &AppState, req: ApiRequest) -> Result<Response, ApiError> {
+    if let Some(rest) = req.path.strip_prefix("sys/") {
+        return sys::route(state, rest, &req).await;
+    }
+    if req.path.starts_with("auth/") {
+        return sys::auth_route(state, &req).await;
+    }
+    kv::route(state, &req).await
+}

@@ -1,0 +1,152 @@
+//! Parsing a request once: normalized operation, decoded path, query, token and JSON body.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::https::ClientAddr;
+
+/// The operation, Vault-style: `LIST` is its own verb (method `LIST`, or GET `?list=true`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// GET.
+    Read,
+    /// HEAD (health only).
+    Head,
+    /// POST or PUT.
+    Write,
+    /// PATCH.
+    Patch,
+    /// DELETE.
+    Delete,
+    /// LIST.
+    List,
+}
+
+/// A parsed API request.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// The operation.
+    pub op: Op,
+    /// Path after `/v1/`, percent-decoded.
+    pub path: String,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// The client token, from `X-Vault-Token` or `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// The request body (bounded).
+    pub body: Bytes,
+    /// The client's address, when served over the network.
+    pub client: Option<ClientAddr>,
+    /// Request id, echoed in responses.
+    pub request_id: String,
+}
+
+impl ApiRequest {
+    /// Parses method, path, query, token and body; refuses what cannot be a valid request.
+    pub async fn parse(request: Request, limit: usize) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let raw = parts.uri.path();
+        let Some(rest) = raw.strip_prefix("/v1/") else {
+            return Err(ApiError::NoRoute(raw.to_string()));
+        };
+        let path = percent_decode(rest)?;
+        let query = parse_query(parts.uri.query().unwrap_or(""))?;
+        let list_flag = query.get("list").is_some_and(|v| v == "true" || v == "1");
+        let op = match parts.method.as_str() {
+            "GET" if list_flag => Op::List,
+            "GET" => Op::Read,
+            "HEAD" => Op::Head,
+            "POST" | "PUT" => Op::Write,
+            "PATCH" => Op::Patch,
+            "DELETE" => Op::Delete,
+            "LIST" => Op::List,
+            _ => return Err(ApiError::Method(path)),
+        };
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::TooLarge(limit))?;
+        Ok(Self {
+            op,
+            token: token(&parts.headers),
+            client: parts.extensions.get::<ClientAddr>().copied(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            path,
+            query,
+            body,
+        })
+    }
+
+    /// Parses the body as JSON into `T`; an empty body is `{}`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &self.body
+        };
+        serde_json::from_slice(bytes).map_err(|e| {
+            let kind = if e.is_data() { "invalid request" } else { "failed to parse JSON input" };
+            ApiError::BadRequest(format!("{kind}: {e}"))
+        })
+    }
+
+    /// A query parameter parsed as an unsigned integer.
+    pub fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.query
+            .get(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::BadRequest(format!("query parameter {name:?} must be a non-negative integer")))
+            })
+            .transpose()
+    }
+
+    /// A boolean query parameter (`true`/`1` are true).
+    pub fn query_bool(&self, name: &str) -> bool {
+        self.query.get(name).is_some_and(|v| v == "true" || v == "1")
+    }
+}
+
+fn token(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    let auth = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, value) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| value.trim().to_string())
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::BadRequest("invalid percent-encoding in path".into()))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::BadRequest("request path is not valid UTF-8".into()))
+}
+
+fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(percent_decode(k)?, percent_decode(&v.replace('+', " "))?);
+    }
+    Ok(out)
+}
+

@@ -1,0 +1,302 @@
+//! `sys/*` and `auth/token/*-self` handlers.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use coffer_vault::{Auth, InitRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiRequest, AppState, Op};
+use crate::error::{ApiError, ApiResult};
+
+/// Vault's response envelope around `data`.
+pub fn envelope(req: &ApiRequest, data: Value) -> Response {
+    Json(json!({
+        "request_id": req.request_id,
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": null,
+    }))
+    .into_response()
+}
+
+/// 204 No Content.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(super) fn authenticate(state: &AppState, req: &ApiRequest) -> ApiResult<Auth> {
+    Ok(state.vault.authenticate(req.token.as_deref())?)
+}
+
+pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> ApiResult<Response> {
+    match (rest, req.op) {
+        ("init", Op::Read) => Ok(Json(json!({"initialized": state.vault.is_initialized()?})).into_response()),
+        ("init", Op::Write) => init(state, req).await,
+        ("seal-status", Op::Read) => Ok(Json(state.vault.seal_status()?).into_response()),
+        ("unseal", Op::Write) => unseal(state, req),
+        ("seal", Op::Write) => {
+            state.vault.seal(&authenticate(state, req)?)?;
+            Ok(no_content())
+        }
+        ("health", Op::Read | Op::Head) => health(state, req),
+        ("leader", Op::Read) => leader(state),
+        ("mounts", Op::Read) => mounts(state, req),
+        ("rotate", Op::Write) => {
+            state.vault.rotate(&authenticate(state, req)?).await?;
+            Ok(no_content())
+        }
+        ("key-status", Op::Read) => {
+            let status = state.vault.key_status(&authenticate(state, req)?)?;
+            Ok(envelope(req, serde_json::to_value(status).unwrap_or_default()))
+        }
+        _ => {
+            if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
+                return ui_mount(state, req, path);
+            }
+            if let Some(path) = rest.strip_prefix("mounts/") {
+                return mount_change(state, req, path).await;
+            }
+            let known = ["init", "seal-status", "unseal", "seal", "health", "leader", "mounts", "rotate", "key-status"];
+            if known.contains(&rest) {
+                Err(ApiError::Method(format!("sys/{rest}")))
+            } else {
+                Err(ApiError::NoRoute(format!("sys/{rest}")))
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitBody {
+    secret_shares: u8,
+    secret_threshold: u8,
+    #[serde(default)]
+    pgp_keys: Option<Vec<String>>,
+    #[serde(default)]
+    root_token_pgp_key: Option<String>,
+    #[serde(default)]
+    stored_shares: Option<u8>,
+    #[serde(default)]
+    recovery_shares: Option<u8>,
+    #[serde(default)]
+    recovery_threshold: Option<u8>,
+}
+
+async fn init(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let body: InitBody = req.json()?;
+    if body.pgp_keys.is_some() || body.root_token_pgp_key.is_some() {
+        return Err(ApiError::BadRequest("PGP-encrypted shares are not supported".into()));
+    }
+    let _ = (body.stored_shares, body.recovery_shares, body.recovery_threshold);
+    let ca = state.pending_ca.lock().ok().and_then(|mut ca| ca.take());
+    let request = InitRequest {
+        secret_shares: body.secret_shares,
+        secret_threshold: body.secret_threshold,
+        root_token_id: None,
+    };
+    let (response, root) = match state.vault.init(request, ca).await {
+        Ok(ok) => ok,
+        Err(e) => return Err(e.into()),
+    };
+    crate::server::after_init(state, root)?;
+    Ok(Json(response).into_response())
+}
+
+#[derive(Deserialize)]
+struct UnsealBody {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    reset: bool,
+    #[serde(default)]
+    migrate: bool,
+}
+
+fn unseal(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let body: UnsealBody = req.json()?;
+    let _ = body.migrate;
+    if body.key.is_none() && !body.reset {
+        return Err(ApiError::BadRequest("missing required 'key' parameter".into()));
+    }
+    Ok(Json(state.vault.unseal(body.key.as_deref(), body.reset)?).into_response())
+}
+
+/// `sys/health` with Vault's status codes and query overrides.
+fn health(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let info = state.vault.health()?;
+    let code = |name: &str, default: u16| -> ApiResult<u16> {
+        match req.query.get(name) {
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| ApiError::BadRequest(format!("{name} must be an HTTP status code"))),
+            None => Ok(default),
+        }
+    };
+    let status = if !info.initialized {
+        code("uninitcode", 501)?
+    } else if info.sealed {
+        code("sealedcode", 503)?
+    } else if info.standby {
+        if req.query_bool("standbyok") {
+            code("activecode", 200)?
+        } else {
+            code("standbycode", 429)?
+        }
+    } else {
+        code("activecode", 200)?
+    };
+    let status = StatusCode::from_u16(status).map_err(|_| ApiError::BadRequest("bad status code".into()))?;
+    if req.op == Op::Head {
+        return Ok(status.into_response());
+    }
+    Ok((status, Json(info)).into_response())
+}
+
+fn leader(state: &AppState) -> ApiResult<Response> {
+    let engine = state.vault.engine();
+    let is_self = engine.is_leader();
+    let leader_address = if is_self {
+        state.vault.node().api_addr.clone()
+    } else {
+        engine.leader().map(|(_, a)| a.api_addr).unwrap_or_default()
+    };
+    let metrics = engine.metrics().borrow().clone();
+    Ok(Json(json!({
+        "ha_enabled": true,
+        "is_self": is_self,
+        "active_time": "0001-01-01T00:00:00Z",
+        "leader_address": leader_address,
+        "leader_cluster_address": engine.leader().map(|(_, a)| a.peer_addr).unwrap_or_default(),
+        "performance_standby": false,
+        "performance_standby_last_remote_wal": 0,
+        "raft_committed_index": metrics.last_log_index.unwrap_or(0),
+        "raft_applied_index": engine.applied_index(),
+    }))
+    .into_response())
+}
+
+fn mount_json(path: &str, entry: &coffer_vault::mounts::MountEntry) -> Value {
+    json!({
+        "accessor": entry.accessor,
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
+        "description": entry.description,
+        "external_entropy_access": false,
+        "local": false,
+        "options": entry.options,
+        "path": path,
+        "plugin_version": "",
+        "running_plugin_version": "",
+        "seal_wrap": false,
+        "type": entry.kind,
+        "uuid": entry.uuid,
+    })
+}
+
+fn mounts(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    authenticate(state, req)?.require("sys/mounts")?;
+    let mut data = serde_json::Map::new();
+    for (path, entry) in state.vault.mount_table()? {
+        data.insert(path.clone(), mount_json(&path, &entry));
+    }
+    data.insert(
+        "sys/".into(),
+        json!({"type": "system", "description": "system endpoints used for control, policy and debugging",
+               "accessor": "system", "options": null, "local": false, "seal_wrap": true,
+               "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false}}),
+    );
+    let mut body = data.clone();
+    body.insert("data".into(), Value::Object(data));
+    body.insert("request_id".into(), json!(req.request_id));
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct MountBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    options: std::collections::BTreeMap<String, String>,
+}
+
+async fn mount_change(state: &AppState, req: &ApiRequest, path: &str) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    match req.op {
+        Op::Write => {
+            let body: MountBody = req.json()?;
+            let version_ok = body.options.get("version").is_none_or(|v| v == "2");
+            if !matches!(body.kind.as_str(), "kv" | "kv-v2") || (body.kind == "kv" && !version_ok) {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported secrets engine {:?}: Coffer serves KV version 2 only",
+                    body.kind
+                )));
+            }
+            state.vault.mount_kv(&auth, path, &body.description).await?;
+            Ok(no_content())
+        }
+        Op::Delete => {
+            state.vault.unmount(&auth, path).await?;
+            Ok(no_content())
+        }
+        _ => Err(ApiError::Method(format!("sys/mounts/{path}"))),
+    }
+}
+
+fn ui_mount(state: &AppState, req: &ApiRequest, path: &str) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    if req.op != Op::Read {
+        return Err(ApiError::Method(format!("sys/internal/ui/mounts/{path}")));
+    }
+    let table = state.vault.mount_table()?;
+    match coffer_vault::mounts::resolve(&table, path) {
+        Some((mount, entry, _)) => {
+            auth.require(mount)?;
+            Ok(envelope(req, mount_json(mount, entry)))
+        }
+        None => Err(ApiError::Vault(coffer_vault::VaultError::PermissionDenied)),
+    }
+}
+
+/// `auth/token/lookup-self`: enough of the token API for CLIs that check their token.
+pub(super) async fn auth_route(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    match (req.path.as_str(), req.op) {
+        ("auth/token/lookup-self", Op::Read) => {
+            let auth = authenticate(state, req)?;
+            let e = &auth.entry;
+            let ttl = e
+                .expire_time
+                .map_or(0, |t| (t - coffer_vault::clock::now().unix_timestamp()).max(0));
+            Ok(envelope(
+                req,
+                json!({
+                    "accessor": e.accessor,
+                    "creation_time": e.creation_time,
+                    "creation_ttl": e.creation_ttl,
+                    "display_name": e.display_name,
+                    "expire_time": null,
+                    "explicit_max_ttl": 0,
+                    "id": req.token,
+                    "meta": e.meta,
+                    "num_uses": 0,
+                    "orphan": true,
+                    "path": e.path,
+                    "policies": e.policies,
+                    "renewable": e.renewable,
+                    "ttl": ttl,
+                    "type": "service",
+                }),
+            ))
+        }
+        _ => Err(ApiError::NoRoute(req.path.clone())),
+    }
+}

@@ -1,0 +1,302 @@
+//! KV v2 rules as pure functions over a secret's metadata: versions, `max_versions`,
+//! check-and-set, soft delete, undelete, destroy. The vault turns their results into one
+//! guarded transaction; nothing here touches storage or a clock (times are passed in).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::error::{Result, VaultError};
+
+/// `max_versions` when neither the secret nor the mount sets one (Vault's default).
+pub const DEFAULT_MAX_VERSIONS: u32 = 10;
+
+/// A mount's KV v2 configuration (`<mount>/config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountConfig {
+    /// Versions kept per secret; 0 means the default of 10.
+    pub max_versions: u32,
+    /// Whether every write must carry `options.cas`.
+    pub cas_required: bool,
+    /// Versions are soft-deleted this many seconds after being written; 0 never.
+    pub delete_version_after_secs: u64,
+}
+
+/// One version's metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    /// When the version was written, RFC 3339.
+    pub created_time: String,
+    /// When it was (or will be) soft-deleted, RFC 3339; empty if never.
+    pub deletion_time: String,
+    /// Whether its data was destroyed.
+    pub destroyed: bool,
+}
+
+impl VersionMeta {
+    /// Soft-deleted as of `now` (RFC 3339 strings compare correctly only as parsed times).
+    pub fn is_deleted(&self, now: time::OffsetDateTime) -> bool {
+        clock::parse(&self.deletion_time).is_some_and(|t| t <= now)
+    }
+}
+
+/// A secret's metadata (`<mount>/metadata/<path>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    /// When the secret was first written.
+    pub created_time: String,
+    /// When the metadata last changed.
+    pub updated_time: String,
+    /// Highest version ever written (0 if only metadata exists).
+    pub current_version: u64,
+    /// Lowest version still tracked.
+    pub oldest_version: u64,
+    /// Per-secret `max_versions`; 0 defers to the mount.
+    pub max_versions: u32,
+    /// Per-secret `cas_required`.
+    pub cas_required: bool,
+    /// Per-secret soft-delete delay in seconds; 0 defers to the mount.
+    pub delete_version_after_secs: u64,
+    /// User-supplied metadata (not secret; still encrypted at rest).
+    pub custom_metadata: BTreeMap<String, String>,
+    /// Tracked versions.
+    pub versions: BTreeMap<u64, VersionMeta>,
+}
+
+impl SecretMeta {
+    /// Empty metadata created at `now`.
+    pub fn new(now: &str) -> Self {
+        Self {
+            created_time: now.to_string(),
+            updated_time: now.to_string(),
+            current_version: 0,
+            oldest_version: 0,
+            max_versions: 0,
+            cas_required: false,
+            delete_version_after_secs: 0,
+            custom_metadata: BTreeMap::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+}
+
+/// The effective `max_versions`: secret, else mount, else 10.
+pub fn max_versions(meta: &SecretMeta, config: &MountConfig) -> u32 {
+    [meta.max_versions, config.max_versions, DEFAULT_MAX_VERSIONS]
+        .into_iter()
+        .find(|v| *v > 0)
+        .unwrap_or(DEFAULT_MAX_VERSIONS)
+}
+
+/// The result of planning a write.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WritePlan {
+    /// Metadata after the write.
+    pub meta: SecretMeta,
+    /// The new version number.
+    pub version: u64,
+    /// Versions whose data must be removed because they fell out of `max_versions`.
+    pub pruned: Vec<u64>,
+}
+
+/// Plans writing a new version. `cas` is the client's `options.cas`.
+pub fn plan_write(
+    existing: Option<SecretMeta>,
+    config: &MountConfig,
+    cas: Option<u64>,
+    now: time::OffsetDateTime,
+) -> Result<WritePlan> {
+    let now_s = clock::rfc3339(now);
+    let mut meta = existing.unwrap_or_else(|| SecretMeta::new(&now_s));
+    let cas_required = meta.cas_required || config.cas_required;
+    match cas {
+        None if cas_required => {
+            return Err(VaultError::InvalidRequest(
+                "check-and-set parameter required for this call".into(),
+            ))
+        }
+        Some(expected) if expected != meta.current_version => return Err(VaultError::CasMismatch),
+        _ => {}
+    }
+    let version = meta.current_version + 1;
+    let delay = [meta.delete_version_after_secs, config.delete_version_after_secs]
+        .into_iter()
+        .find(|d| *d > 0)
+        .unwrap_or(0);
+    let deletion_time = if delay > 0 {
+        clock::rfc3339(now + time::Duration::seconds(delay as i64))
+    } else {
+        String::new()
+    };
+    meta.versions.insert(
+        version,
+        VersionMeta {
+            created_time: now_s.clone(),
+            deletion_time,
+            destroyed: false,
+        },
+    );
+    meta.current_version = version;
+    meta.updated_time = now_s;
+    let pruned = prune(&mut meta, config);
+    Ok(WritePlan { meta, version, pruned })
+}
+
+/// Drops the oldest versions beyond `max_versions`; returns the dropped version numbers.
+pub fn prune(meta: &mut SecretMeta, config: &MountConfig) -> Vec<u64> {
+    let keep = max_versions(meta, config) as usize;
+    let mut pruned = Vec::new();
+    while meta.versions.len() > keep {
+        if let Some((v, _)) = meta.versions.pop_first() {
+            pruned.push(v);
+        }
+    }
+    meta.oldest_version = meta.versions.keys().next().copied().unwrap_or(0);
+    pruned
+}
+
+/// Soft-deletes `versions` (those not already deleted or destroyed). Unknown versions are
+/// ignored, as in Vault.
+pub fn soft_delete(meta: &mut SecretMeta, versions: &[u64], now: time::OffsetDateTime) {
+    let now_s = clock::rfc3339(now);
+    for v in versions {
+        if let Some(vm) = meta.versions.get_mut(v) {
+            if !vm.destroyed && !vm.is_deleted(now) {
+                vm.deletion_time = now_s.clone();
+            }
+        }
+    }
+    meta.updated_time = now_s;
+}
+
+/// Clears the soft delete of `versions` (not of destroyed ones).
+pub fn undelete(meta: &mut SecretMeta, versions: &[u64], now: time::OffsetDateTime) {
+    for v in versions {
+        if let Some(vm) = meta.versions.get_mut(v) {
+            if !vm.destroyed {
+                vm.deletion_time = String::new();
+            }
+        }
+    }
+    meta.updated_time = clock::rfc3339(now);
+}
+
+/// Marks `versions` destroyed; returns those whose data must be removed.
+pub fn destroy(meta: &mut SecretMeta, versions: &[u64], now: time::OffsetDateTime) -> Vec<u64> {
+    let mut removed = Vec::new();
+    for v in versions {
+        if let Some(vm) = meta.versions.get_mut(v) {
+            if !vm.destroyed {
+                vm.destroyed = true;
+                removed.push(*v);
+            }
+        }
+    }
+    meta.updated_time = clock::rfc3339(now);
+    removed
+}
+
+/// Which version a read means: `0` or absent is the current one.
+pub fn resolve_version(meta: &SecretMeta, requested: Option<u64>) -> u64 {
+    match requested {
+        Some(v) if v > 0 => v,
+        _ => meta.current_version,
+    }
+}
+
+/// Validates a secret path: non-empty, no empty or dot segments, no control characters.
+pub fn validate_path(path: &str) -> Result<()> {
+    let bad = |why: &str| Err(VaultError::InvalidRequest(format!("invalid secret path {path:?}: {why}")));
+    if path.is_empty() || path.ends_with('/') {
+        return bad("a secret path must name a secret, not a folder");
+    }
+    if path.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return bad("control characters are not allowed");
+    }
+    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return bad("empty, '.' and '..' segments are not allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn versions_increase_and_prune_beyond_max() {
+        let cfg = MountConfig {
+            max_versions: 3,
+            ..Default::default()
+        };
+        let mut meta = None;
+        let mut pruned_all = Vec::new();
+        for i in 1..=5 {
+            let plan = plan_write(meta.take(), &cfg, None, at(i)).unwrap();
+            assert_eq!(plan.version, i as u64);
+            pruned_all.extend(plan.pruned);
+            meta = Some(plan.meta);
+        }
+        let meta = meta.unwrap();
+        assert_eq!(pruned_all, vec![1, 2]);
+        assert_eq!(meta.oldest_version, 3);
+        assert_eq!(meta.versions.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn cas_rules() {
+        let cfg = MountConfig::default();
+        assert!(plan_write(None, &cfg, Some(0), at(0)).is_ok(), "cas=0 creates");
+        let m = plan_write(None, &cfg, None, at(0)).unwrap().meta;
+        assert!(matches!(plan_write(Some(m.clone()), &cfg, Some(0), at(1)), Err(VaultError::CasMismatch)));
+        assert!(plan_write(Some(m.clone()), &cfg, Some(1), at(1)).is_ok());
+        let strict = MountConfig {
+            cas_required: true,
+            ..Default::default()
+        };
+        assert!(matches!(plan_write(Some(m), &strict, None, at(1)), Err(VaultError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn delete_undelete_destroy() {
+        let cfg = MountConfig::default();
+        let mut m = plan_write(None, &cfg, None, at(0)).unwrap().meta;
+        soft_delete(&mut m, &[1, 99], at(1));
+        assert!(m.versions[&1].is_deleted(at(2)));
+        undelete(&mut m, &[1], at(3));
+        assert!(!m.versions[&1].is_deleted(at(4)));
+        assert_eq!(destroy(&mut m, &[1], at(5)), vec![1]);
+        assert_eq!(destroy(&mut m, &[1], at(6)), Vec::<u64>::new(), "destroy is idempotent");
+        undelete(&mut m, &[1], at(7));
+        assert!(m.versions[&1].destroyed, "undelete cannot revive destroyed data");
+    }
+
+    #[test]
+    fn delete_version_after_schedules_deletion() {
+        let cfg = MountConfig {
+            delete_version_after_secs: 60,
+            ..Default::default()
+        };
+        let m = plan_write(None, &cfg, None, at(0)).unwrap().meta;
+        assert!(!m.versions[&1].is_deleted(at(59)));
+        assert!(m.versions[&1].is_deleted(at(60)));
+    }
+
+    #[test]
+    fn paths() {
+        for ok in ["a", "team/db", "x.y/z-1"] {
+            assert!(validate_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/", "../etc/passwd", "a//b", "a/./b", "a\u{0}b", "a\nb"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

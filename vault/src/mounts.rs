@@ -1,0 +1,101 @@
+//! The mount table: which path prefixes hold which secrets engine. Kept encrypted in the
+//! replicated state at `core/mounts`; `secret/` (KV v2) exists from init.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Storage key of the mount table.
+pub const MOUNTS_KEY: &[u8] = b"core/mounts";
+
+/// One mounted secrets engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountEntry {
+    /// Engine type: `kv` is the only one Coffer serves.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human description.
+    pub description: String,
+    /// Stable id; storage keys of the mount's data use the mount path, the id is reported.
+    pub uuid: String,
+    /// Public accessor, `kv_<8 hex>`.
+    pub accessor: String,
+    /// Engine options; for KV, `version` = `2`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl MountEntry {
+    /// A KV v2 mount.
+    pub fn kv2(description: &str) -> Self {
+        let uuid = uuid::Uuid::new_v4();
+        Self {
+            kind: "kv".into(),
+            description: description.into(),
+            accessor: format!("kv_{}", &uuid.simple().to_string()[..8]),
+            uuid: uuid.to_string(),
+            options: BTreeMap::from([("version".to_string(), "2".to_string())]),
+        }
+    }
+}
+
+/// Mount path (with trailing `/`) -> entry.
+pub type MountTable = BTreeMap<String, MountEntry>;
+
+/// The table a fresh vault starts with.
+pub fn default_table() -> MountTable {
+    BTreeMap::from([("secret/".to_string(), MountEntry::kv2("key/value secret storage"))])
+}
+
+/// The mount serving `path` (longest prefix match) and the rest of the path after it.
+pub fn resolve<'a>(table: &'a MountTable, path: &'a str) -> Option<(&'a str, &'a MountEntry, &'a str)> {
+    table
+        .iter()
+        .filter(|(mount, _)| path.starts_with(mount.as_str()) || format!("{path}/") == **mount)
+        .max_by_key(|(mount, _)| mount.len())
+        .map(|(mount, entry)| (mount.as_str(), entry, path.get(mount.len()..).unwrap_or("")))
+}
+
+/// Validates a mount path given by an operator: segments of `[A-Za-z0-9_.-]`, not reserved.
+pub fn validate_mount_path(path: &str) -> Result<String, String> {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        return Err("mount path must not be empty".into());
+    }
+    let reserved = ["sys", "auth", "cubbyhole", "identity"];
+    if reserved.iter().any(|r| trimmed == *r || trimmed.starts_with(&format!("{r}/"))) {
+        return Err(format!("mount path {trimmed:?} is reserved"));
+    }
+    let ok = trimmed
+        .split('/')
+        .all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+    if !ok {
+        return Err(format!("invalid mount path {trimmed:?}"));
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins() {
+        let mut table = default_table();
+        table.insert("secret/team/".into(), MountEntry::kv2("team"));
+        let (m, _, rest) = resolve(&table, "secret/team/data/x").unwrap();
+        assert_eq!((m, rest), ("secret/team/", "data/x"));
+        let (m, _, rest) = resolve(&table, "secret/data/x").unwrap();
+        assert_eq!((m, rest), ("secret/", "data/x"));
+        let (m, _, rest) = resolve(&table, "secret").unwrap();
+        assert_eq!((m, rest), ("secret/", ""));
+        assert!(resolve(&table, "nope/data/x").is_none());
+    }
+
+    #[test]
+    fn mount_paths() {
+        assert_eq!(validate_mount_path("team-kv").unwrap(), "team-kv/");
+        assert!(validate_mount_path("sys").is_err());
+        assert!(validate_mount_path("a b").is_err());
+        assert!(validate_mount_path("").is_err());
+    }
+}

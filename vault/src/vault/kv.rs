@@ -1,0 +1,510 @@
+//! KV v2 operations: the rules of [`crate::kv2`] applied to encrypted records, one guarded
+//! transaction per write.
+//!
+//! Storage layout under a mount `m/` (keys are plaintext by design, values are envelopes):
+//! - `kv/m/meta/<path>`: the secret's metadata;
+//! - `kv/m/data/<path>\0<version, 8 bytes BE>`: one version's data (NUL cannot occur in a path);
+//! - `kv/m/config`: the mount's KV configuration.
+
+use std::collections::BTreeMap;
+
+use coffer_raft::{KvEntry, Txn};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::records::Record;
+use super::{Auth, Vault};
+use crate::clock;
+use crate::error::{Result, VaultError};
+use crate::kv2::{self, MountConfig, SecretMeta, VersionMeta};
+use crate::mounts::{MountEntry, MountTable, MOUNTS_KEY};
+
+/// Most keys a LIST returns.
+const LIST_LIMIT: usize = 100_000;
+
+fn meta_key(mount: &str, path: &str) -> Vec<u8> {
+    format!("kv/{mount}meta/{path}").into_bytes()
+}
+
+fn data_key(mount: &str, path: &str, version: u64) -> Vec<u8> {
+    let mut key = format!("kv/{mount}data/{path}\0").into_bytes();
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn config_key(mount: &str) -> Vec<u8> {
+    format!("kv/{mount}config").into_bytes()
+}
+
+/// One version's data as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredData {
+    /// The secret's key/value pairs.
+    data: Map<String, Value>,
+}
+
+/// A version's data and metadata, as `GET data/:path` returns them.
+#[derive(Debug)]
+pub struct KvRead {
+    /// The data; `None` if the version is deleted or destroyed (Vault then answers 404 with
+    /// the metadata).
+    pub data: Option<Map<String, Value>>,
+    /// The version's metadata.
+    pub version: KvVersion,
+}
+
+/// Metadata of one version, in Vault's response shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvVersion {
+    /// Creation time.
+    pub created_time: String,
+    /// The secret's custom metadata.
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+    /// Deletion time or "".
+    pub deletion_time: String,
+    /// Destroyed.
+    pub destroyed: bool,
+    /// Version number.
+    pub version: u64,
+}
+
+impl KvVersion {
+    fn of(meta: &SecretMeta, version: u64, vm: &VersionMeta) -> Self {
+        Self {
+            created_time: vm.created_time.clone(),
+            custom_metadata: (!meta.custom_metadata.is_empty()).then(|| meta.custom_metadata.clone()),
+            deletion_time: vm.deletion_time.clone(),
+            destroyed: vm.destroyed,
+            version,
+        }
+    }
+}
+
+/// Fields of `POST/PATCH metadata/:path`; absent fields are left unchanged.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvMetaUpdate {
+    /// New `max_versions`.
+    pub max_versions: Option<u32>,
+    /// New `cas_required`.
+    pub cas_required: Option<bool>,
+    /// New `delete_version_after` (Go duration string).
+    pub delete_version_after: Option<String>,
+    /// New custom metadata (replaces on POST, merges on PATCH).
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+}
+
+impl Vault {
+    /// The mount table.
+    pub fn mount_table(&self) -> Result<MountTable> {
+        Ok(self
+            .read_record::<MountTable>(MOUNTS_KEY)?
+            .map(|r| r.value)
+            .unwrap_or_default())
+    }
+
+    /// Adds a KV v2 mount at `path`.
+    pub async fn mount_kv(&self, auth: &Auth, path: &str, description: &str) -> Result<()> {
+        auth.require("sys/mounts")?;
+        let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        self.transact(|| {
+            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
+            let mut table = current.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+            if table.keys().any(|m| m.starts_with(&path) || path.starts_with(m.as_str())) {
+                return Err(VaultError::InvalidRequest(format!("path is already in use at {path}")));
+            }
+            table.insert(path.clone(), MountEntry::kv2(description));
+            let txn = Txn::new()
+                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
+                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    /// Removes a mount and every secret under it.
+    pub async fn unmount(&self, auth: &Auth, path: &str) -> Result<()> {
+        auth.require("sys/mounts")?;
+        let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        self.transact(|| {
+            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
+            let mut table = current.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+            if table.remove(&path).is_none() {
+                return Ok((Txn::new(), ()));
+            }
+            let txn = Txn::new()
+                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
+                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?)
+                .delete_prefix(format!("kv/{path}"));
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    fn meta_record(&self, mount: &str, path: &str) -> Result<Option<Record<SecretMeta>>> {
+        kv2::validate_path(path)?;
+        self.read_record(&meta_key(mount, path))
+    }
+
+    /// The mount's KV configuration.
+    pub fn kv_config(&self, auth: &Auth, mount: &str) -> Result<MountConfig> {
+        auth.require(&format!("{mount}config"))?;
+        Ok(self.mount_config(mount)?.map(|r| r.value).unwrap_or_default())
+    }
+
+    fn mount_config(&self, mount: &str) -> Result<Option<Record<MountConfig>>> {
+        self.read_record(&config_key(mount))
+    }
+
+    /// Sets the mount's KV configuration (absent fields unchanged).
+    pub async fn kv_set_config(&self, auth: &Auth, mount: &str, update: KvMetaUpdate) -> Result<()> {
+        auth.require(&format!("{mount}config"))?;
+        let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
+        self.transact(|| {
+            let current = self.mount_config(mount)?;
+            let mut cfg = current.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+            if let Some(v) = update.max_versions {
+                cfg.max_versions = v;
+            }
+            if let Some(v) = update.cas_required {
+                cfg.cas_required = v;
+            }
+            if let Some(v) = delete_after {
+                cfg.delete_version_after_secs = v;
+            }
+            let key = config_key(mount);
+            let txn = Txn::new()
+                .unchanged(key.clone(), current.as_ref().map(|r| &r.entry))
+                .put(key.clone(), self.seal_record(&key, &cfg)?);
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    /// `GET data/:path[?version=N]`. `Ok(None)` when there is no such secret or version.
+    pub async fn kv_read(&self, auth: &Auth, mount: &str, path: &str, version: Option<u64>) -> Result<Option<KvRead>> {
+        auth.require(&format!("{mount}data/{path}"))?;
+        self.engine.read_barrier().await?;
+        let Some(meta) = self.meta_record(mount, path)?.map(|r| r.value) else {
+            return Ok(None);
+        };
+        let version = kv2::resolve_version(&meta, version);
+        let Some(vm) = meta.versions.get(&version) else {
+            return Ok(None);
+        };
+        let shape = KvVersion::of(&meta, version, vm);
+        if vm.destroyed || vm.is_deleted(clock::now()) {
+            return Ok(Some(KvRead { data: None, version: shape }));
+        }
+        let stored: Option<Record<StoredData>> = self.read_record(&data_key(mount, path, version))?;
+        Ok(Some(KvRead {
+            data: stored.map(|r| r.value.data),
+            version: shape,
+        }))
+    }
+
+    /// `POST data/:path`: writes a new version.
+    pub async fn kv_write(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        data: Map<String, Value>,
+        cas: Option<u64>,
+    ) -> Result<KvVersion> {
+        auth.require(&format!("{mount}data/{path}"))?;
+        let stored = StoredData { data };
+        self.write_version(mount, path, cas, |_| Ok(&stored)).await
+    }
+
+    /// `PATCH data/:path`: JSON merge-patch of the current version into a new version.
+    pub async fn kv_patch(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        patch: Map<String, Value>,
+        cas: Option<u64>,
+    ) -> Result<KvVersion> {
+        auth.require(&format!("{mount}data/{path}"))?;
+        let mut merged = None;
+        self.write_version(mount, path, cas, |current| {
+            let Some((meta, current)) = current else {
+                return Err(VaultError::NotFound("no secret at this path to patch".into()));
+            };
+            let version = meta.current_version;
+            let live = meta.versions.get(&version).is_some_and(|v| !v.destroyed && !v.is_deleted(clock::now()));
+            let data = match (live, current) {
+                (true, Some(d)) => d,
+                _ => return Err(VaultError::NotFound("the current version is deleted or destroyed".into())),
+            };
+            let mut doc = Value::Object(data);
+            merge_patch(&mut doc, &Value::Object(patch.clone()));
+            let Value::Object(data) = doc else {
+                return Err(VaultError::internal("merge patch produced a non-object"));
+            };
+            merged = Some(StoredData { data });
+            Ok(merged.as_ref().expect("just set"))
+        })
+        .await
+    }
+
+    /// Shared path of write and patch: plan the version from fresh metadata, then one
+    /// transaction guarded on the metadata being unchanged.
+    async fn write_version<'s>(
+        &self,
+        mount: &str,
+        path: &str,
+        cas: Option<u64>,
+        mut data: impl FnMut(Option<(&SecretMeta, Option<Map<String, Value>>)>) -> Result<&'s StoredData>,
+    ) -> Result<KvVersion> {
+        let mkey = meta_key(mount, path);
+        self.transact(|| {
+            let config = self.mount_config(mount)?.map(|r| r.value).unwrap_or_default();
+            let current = self.meta_record(mount, path)?;
+            let current_data = match &current {
+                Some(r) if r.value.current_version > 0 => self
+                    .read_record::<StoredData>(&data_key(mount, path, r.value.current_version))?
+                    .map(|d| d.value.data),
+                _ => None,
+            };
+            let stored = data(current.as_ref().map(|r| (&r.value, current_data)))?;
+            let observed: Option<KvEntry> = current.as_ref().map(|r| r.entry.clone());
+            let plan = kv2::plan_write(current.map(|r| r.value), &config, cas, clock::now())?;
+            let dkey = data_key(mount, path, plan.version);
+            let mut txn = Txn::new()
+                .unchanged(mkey.clone(), observed.as_ref())
+                .put(mkey.clone(), self.seal_record(&mkey, &plan.meta)?)
+                .put(dkey.clone(), self.seal_record(&dkey, stored)?);
+            for v in &plan.pruned {
+                txn = txn.delete(data_key(mount, path, *v));
+            }
+            let vm = &plan.meta.versions[&plan.version];
+            Ok((txn, KvVersion::of(&plan.meta, plan.version, vm)))
+        })
+        .await
+    }
+
+    /// Applies a metadata-only change (delete, undelete, destroy) in one guarded transaction;
+    /// `change` returns the versions whose data must be removed.
+    async fn change_meta(
+        &self,
+        mount: &str,
+        path: &str,
+        change: impl Fn(&mut SecretMeta) -> Vec<u64>,
+    ) -> Result<()> {
+        let mkey = meta_key(mount, path);
+        self.transact(|| {
+            let Some(current) = self.meta_record(mount, path)? else {
+                return Ok((Txn::new(), ()));
+            };
+            let mut meta = current.value.clone();
+            let removed = change(&mut meta);
+            let mut txn = Txn::new()
+                .unchanged(mkey.clone(), Some(&current.entry))
+                .put(mkey.clone(), self.seal_record(&mkey, &meta)?);
+            for v in removed {
+                txn = txn.delete(data_key(mount, path, v));
+            }
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    /// `DELETE data/:path`: soft-deletes the current version.
+    pub async fn kv_delete_latest(&self, auth: &Auth, mount: &str, path: &str) -> Result<()> {
+        auth.require(&format!("{mount}data/{path}"))?;
+        self.change_meta(mount, path, |m| {
+            let current = m.current_version;
+            kv2::soft_delete(m, &[current], clock::now());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// `POST delete/:path`: soft-deletes the given versions.
+    pub async fn kv_delete_versions(&self, auth: &Auth, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        auth.require(&format!("{mount}delete/{path}"))?;
+        self.change_meta(mount, path, |m| {
+            kv2::soft_delete(m, versions, clock::now());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// `POST undelete/:path`.
+    pub async fn kv_undelete(&self, auth: &Auth, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        auth.require(&format!("{mount}undelete/{path}"))?;
+        self.change_meta(mount, path, |m| {
+            kv2::undelete(m, versions, clock::now());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// `PUT destroy/:path`: removes the versions' data for good.
+    pub async fn kv_destroy(&self, auth: &Auth, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        auth.require(&format!("{mount}destroy/{path}"))?;
+        self.change_meta(mount, path, |m| kv2::destroy(m, versions, clock::now()))
+            .await
+    }
+
+    /// `GET metadata/:path`.
+    pub async fn kv_read_meta(&self, auth: &Auth, mount: &str, path: &str) -> Result<Option<SecretMeta>> {
+        auth.require(&format!("{mount}metadata/{path}"))?;
+        self.engine.read_barrier().await?;
+        Ok(self.meta_record(mount, path)?.map(|r| r.value))
+    }
+
+    /// `POST metadata/:path` (`merge = false`) or `PATCH` (`merge = true`).
+    pub async fn kv_write_meta(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        update: KvMetaUpdate,
+        merge: bool,
+    ) -> Result<()> {
+        auth.require(&format!("{mount}metadata/{path}"))?;
+        let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
+        if let Some(custom) = &update.custom_metadata {
+            validate_custom_metadata(custom)?;
+        }
+        let mkey = meta_key(mount, path);
+        self.transact(|| {
+            let config = self.mount_config(mount)?.map(|r| r.value).unwrap_or_default();
+            let current = self.meta_record(mount, path)?;
+            if merge && current.is_none() {
+                return Err(VaultError::NotFound("no metadata at this path to patch".into()));
+            }
+            let now = clock::rfc3339(clock::now());
+            let mut meta = current.as_ref().map(|r| r.value.clone()).unwrap_or_else(|| SecretMeta::new(&now));
+            if let Some(v) = update.max_versions {
+                meta.max_versions = v;
+            }
+            if let Some(v) = update.cas_required {
+                meta.cas_required = v;
+            }
+            if let Some(v) = delete_after {
+                meta.delete_version_after_secs = v;
+            }
+            if let Some(custom) = &update.custom_metadata {
+                if merge {
+                    meta.custom_metadata.extend(custom.clone());
+                } else {
+                    meta.custom_metadata = custom.clone();
+                }
+            }
+            meta.updated_time = now;
+            let pruned = kv2::prune(&mut meta, &config);
+            let mut txn = Txn::new()
+                .unchanged(mkey.clone(), current.as_ref().map(|r| &r.entry))
+                .put(mkey.clone(), self.seal_record(&mkey, &meta)?);
+            for v in pruned {
+                txn = txn.delete(data_key(mount, path, v));
+            }
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    /// `DELETE metadata/:path`: the metadata and every version.
+    pub async fn kv_delete_meta(&self, auth: &Auth, mount: &str, path: &str) -> Result<()> {
+        auth.require(&format!("{mount}metadata/{path}"))?;
+        kv2::validate_path(path)?;
+        let mkey = meta_key(mount, path);
+        let data_prefix = format!("kv/{mount}data/{path}\0").into_bytes();
+        let txn = Txn::new().delete(mkey).delete_prefix(data_prefix);
+        self.engine.write(txn).await?;
+        Ok(())
+    }
+
+    /// `LIST metadata/:prefix`: immediate children, folders with a trailing `/`.
+    pub async fn kv_list(&self, auth: &Auth, mount: &str, prefix: &str) -> Result<Vec<String>> {
+        auth.require(&format!("{mount}metadata/{prefix}"))?;
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            kv2::validate_path(prefix)?;
+        }
+        let folder = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        self.engine.read_barrier().await?;
+        let base = meta_key(mount, &folder);
+        let entries = self.engine.scan(&base, None, LIST_LIMIT)?;
+        let mut keys: Vec<String> = Vec::new();
+        for (key, _) in entries {
+            let rest = String::from_utf8_lossy(&key[base.len()..]).into_owned();
+            let child = match rest.find('/') {
+                Some(i) => rest[..=i].to_string(),
+                None => rest,
+            };
+            keys.push(child);
+        }
+        // Scan order is key order, so a folder's children are adjacent.
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+fn parse_delete_after(value: Option<&str>) -> Result<Option<u64>> {
+    value
+        .map(|s| {
+            clock::parse_duration_secs(s)
+                .ok_or_else(|| VaultError::InvalidRequest(format!("invalid delete_version_after duration {s:?}")))
+        })
+        .transpose()
+}
+
+fn validate_custom_metadata(custom: &BTreeMap<String, String>) -> Result<()> {
+    if custom.len() > 64 {
+        return Err(VaultError::InvalidRequest("custom_metadata holds more than 64 keys".into()));
+    }
+    for (k, v) in custom {
+        if k.len() > 128 || v.len() > 512 {
+            return Err(VaultError::InvalidRequest(format!(
+                "custom_metadata key {k:?}: keys are limited to 128 bytes and values to 512"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 7396 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch_map) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(target_map) = target else { return };
+    for (k, v) in patch_map {
+        if v.is_null() {
+            target_map.remove(k);
+        } else {
+            merge_patch(target_map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut doc = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut doc, &serde_json::json!({"a": "z", "c": {"f": null}, "n": 1}));
+        assert_eq!(doc, serde_json::json!({"a": "z", "c": {"d": "e"}, "n": 1}));
+    }
+
+    #[test]
+    fn data_keys_of_different_paths_never_collide() {
+        assert_ne!(data_key("secret/", "a", 1), data_key("secret/", "a\0", 1));
+        // Deleting every version of "a" (prefix "…/a\0") must not touch "a/b".
+        assert!(!data_key("secret/", "a/b", 1).starts_with(b"kv/secret/data/a\0"));
+    }
+}

@@ -1,0 +1,81 @@
+//! The vault: the product's rules over the replicated engine. Holds the seal state (root key
+//! and keyring in memory only while unsealed), reads and writes encrypted records, and turns
+//! every API write into one guarded transaction retried on conflict.
+
+mod barrier;
+mod kv;
+mod records;
+mod sys;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use coffer_raft::Engine;
+
+use crate::seal::UnsealProgress;
+
+pub use barrier::{StoredCa, CA_KEY};
+pub use kv::{KvMetaUpdate, KvRead, KvVersion};
+pub use sys::{Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
+
+/// Seal state of this node.
+enum Sealing {
+    /// Sealed; shares entered so far.
+    Sealed(UnsealProgress),
+    /// Unsealed: the root key (to re-wrap the keyring on rotation) and the keyring.
+    Unsealed {
+        root: crate::crypto::Key,
+        keyring: Arc<crate::crypto::keyring::Keyring>,
+    },
+}
+
+/// Static facts about this node the vault reports.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Raft node id.
+    pub node_id: u64,
+    /// This node's API address as clients should dial it.
+    pub api_addr: String,
+    /// Cluster name used at init.
+    pub cluster_name: String,
+}
+
+/// A node's vault. Cheap to share behind an `Arc`.
+pub struct Vault {
+    /// The replicated store.
+    engine: Engine,
+    /// Facts about this node.
+    node: NodeInfo,
+    /// Seal state; a std lock, never held across an await.
+    sealing: RwLock<Sealing>,
+    /// Unseal shares refused since start (wrong or foreign shares, failed combinations).
+    unseal_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// A sealed vault over `engine`.
+    pub fn new(engine: Engine, node: NodeInfo) -> Self {
+        Self {
+            engine,
+            node,
+            sealing: RwLock::new(Sealing::Sealed(UnsealProgress::default())),
+            unseal_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The engine (for status and metrics).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Facts about this node.
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+}

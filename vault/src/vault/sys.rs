@@ -1,0 +1,169 @@
+//! Request and response shapes of the system operations, and token authentication.
+
+use serde::{Deserialize, Serialize};
+
+use super::Vault;
+use crate::error::{Result, VaultError};
+use crate::tokens::{token_key, TokenEntry};
+
+/// `sys/init` request (Vault's shape).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct InitRequest {
+    /// Number of key shares.
+    pub secret_shares: u8,
+    /// Shares needed to unseal.
+    pub secret_threshold: u8,
+    /// Use this root token instead of a random one (dev mode's `--dev-root-token-id`).
+    #[serde(skip)]
+    pub root_token_id: Option<String>,
+}
+
+/// `sys/init` response. Holds the only copies of the shares and root token: never logged.
+#[derive(Serialize)]
+pub struct InitResponse {
+    /// Shares, hex.
+    pub keys: Vec<String>,
+    /// Shares, base64.
+    pub keys_base64: Vec<String>,
+    /// The initial root token.
+    pub root_token: String,
+}
+
+impl std::fmt::Debug for InitResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InitResponse(<redacted>)")
+    }
+}
+
+/// `sys/seal-status` response.
+#[derive(Clone, Debug, Serialize)]
+pub struct SealStatus {
+    #[serde(rename = "type")]
+    /// Seal type (`shamir`).
+    pub kind: String,
+    /// Whether the vault is initialized.
+    pub initialized: bool,
+    /// Whether this node is sealed.
+    pub sealed: bool,
+    /// Threshold.
+    pub t: u8,
+    /// Shares.
+    pub n: u8,
+    /// Shares entered so far.
+    pub progress: usize,
+    /// Unseal attempt nonce (Vault clients expect the field).
+    pub nonce: String,
+    /// Server version.
+    pub version: String,
+    /// Build date (Vault clients expect the field).
+    pub build_date: String,
+    /// Whether a seal migration is running (never).
+    pub migration: bool,
+    /// Cluster name, once initialized and unsealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// Cluster id, once initialized and unsealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Whether this is a recovery seal (never).
+    pub recovery_seal: bool,
+    /// Storage backend.
+    pub storage_type: String,
+    /// Coffer: unseal shares refused on this node since it started.
+    pub unseal_failures: u64,
+}
+
+/// What `sys/health` needs to know.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthInfo {
+    /// Initialized.
+    pub initialized: bool,
+    /// Sealed.
+    pub sealed: bool,
+    /// Whether this node is a standby (not the leader).
+    pub standby: bool,
+    /// Vault field, always false.
+    pub performance_standby: bool,
+    /// Vault field.
+    pub replication_performance_mode: String,
+    /// Vault field.
+    pub replication_dr_mode: String,
+    /// Unix seconds.
+    pub server_time_utc: i64,
+    /// Server version.
+    pub version: String,
+    /// Cluster name (once known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// Cluster id (once known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Coffer: last applied Raft index on this node.
+    pub applied_index: u64,
+}
+
+/// `sys/key-status` response.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyStatus {
+    /// Active term.
+    pub term: u32,
+    /// When the active term was installed.
+    pub install_time: String,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// Storage key of the token record (never the token itself).
+    pub token_key: Vec<u8>,
+    /// The token's accessor.
+    pub accessor: String,
+    /// The token's policies.
+    pub policies: Vec<String>,
+    /// The token's display name.
+    pub display_name: String,
+    /// The full record.
+    pub entry: TokenEntry,
+}
+
+impl Auth {
+    /// Whether the caller holds the `root` policy.
+    pub fn is_root(&self) -> bool {
+        self.policies.iter().any(|p| p == "root")
+    }
+
+    /// Refuses unless the caller may act on `path`. Until ACL policies exist, only `root`
+    /// tokens are issued and only `root` passes.
+    pub fn require(&self, _path: &str) -> Result<()> {
+        if self.is_root() {
+            Ok(())
+        } else {
+            Err(VaultError::PermissionDenied)
+        }
+    }
+}
+
+impl Vault {
+    /// Resolves a client token. Missing, unknown and expired tokens are all `PermissionDenied`
+    /// (which one is logged at debug, never the token).
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Auth> {
+        self.keyring()?;
+        let token = token.filter(|t| !t.is_empty()).ok_or(VaultError::PermissionDenied)?;
+        let key = token_key(token);
+        let record = self
+            .read_record::<TokenEntry>(&key)?
+            .ok_or(VaultError::PermissionDenied)?;
+        let entry = record.value;
+        if entry.expired(crate::clock::now().unix_timestamp()) {
+            tracing::debug!(accessor = %entry.accessor, "expired token refused");
+            return Err(VaultError::PermissionDenied);
+        }
+        Ok(Auth {
+            token_key: key,
+            accessor: entry.accessor.clone(),
+            policies: entry.policies.clone(),
+            display_name: entry.display_name.clone(),
+            entry,
+        })
+    }
+}
