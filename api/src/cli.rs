@@ -236,7 +236,12 @@ fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
     args.enumerate()
         .map(|(i, a)| {
             let is_long_single = i > 0 && a.starts_with('-') && !a.starts_with("--") && a.len() > 2;
-            if is_long_single && a[1..].chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+            if is_long_single
+                && a[1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
+            {
                 format!("-{a}")
             } else {
                 a
@@ -251,10 +256,17 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::LOCAL } else { exit::OK };
+            return if e.use_stderr() {
+                exit::LOCAL
+            } else {
+                exit::OK
+            };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -282,15 +294,18 @@ fn report(e: &ClientError) -> i32 {
     match e {
         ClientError::Local(_) => exit::LOCAL,
         ClientError::Server { status: 404, .. } => exit::NOT_FOUND,
-        ClientError::Server { status: 503, messages } if messages.iter().any(|m| m.contains("read-only")) => {
-            exit::READ_ONLY
-        }
+        ClientError::Server {
+            status: 503,
+            messages,
+        } if messages.iter().any(|m| m.contains("read-only")) => exit::READ_ONLY,
         _ => exit::SERVER,
     }
 }
 
 fn env_any(names: &[&str]) -> Option<String> {
-    names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
 fn client(common: &Common) -> Result<Client, ClientError> {
@@ -304,7 +319,10 @@ fn client(common: &Common) -> Result<Client, ClientError> {
         .clone()
         .or_else(|| env_any(&["COFFER_CACERT", "VAULT_CACERT"]).map(PathBuf::from));
     let ca = ca_path
-        .map(|p| std::fs::read_to_string(&p).map_err(|e| ClientError::Local(format!("reading CA {}: {e}", p.display()))))
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .map_err(|e| ClientError::Local(format!("reading CA {}: {e}", p.display())))
+        })
         .transpose()?;
     let token = env_any(&["COFFER_TOKEN", "VAULT_TOKEN"]).or_else(|| {
         let home = std::env::var("HOME").ok()?;
@@ -360,7 +378,10 @@ fn server_config(args: &ServerArgs) -> Result<(ServerConfig, Option<DevOptions>)
         root_token_id: args.dev_root_token_id.clone(),
     });
     if dev.is_some() {
-        let listen = args.dev_listen_address.clone().unwrap_or_else(|| "127.0.0.1:8200".into());
+        let listen = args
+            .dev_listen_address
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8200".into());
         cfg.listen_addr = Some(listen.clone());
         cfg.api_addr = format!("https://{listen}");
         if cfg.data_dir.as_os_str().is_empty() {
@@ -376,7 +397,10 @@ fn server_config(args: &ServerArgs) -> Result<(ServerConfig, Option<DevOptions>)
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn print_table(rows: &[(String, String)]) {
@@ -425,22 +449,39 @@ fn output(common: &Common, whole: &Value, data: &Value) -> i32 {
 }
 
 async fn status(common: &Common) -> Result<i32, ClientError> {
-    let resp = client(common)?.request("GET", "sys/seal-status", None).await?;
+    let resp = client(common)?
+        .request("GET", "sys/seal-status", None)
+        .await?;
     output(common, &resp.body, &resp.body);
     // As `vault status`: 2 when sealed.
-    Ok(if resp.body["sealed"].as_bool() == Some(true) { exit::SERVER } else { exit::OK })
+    Ok(if resp.body["sealed"].as_bool() == Some(true) {
+        exit::SERVER
+    } else {
+        exit::OK
+    })
 }
 
 async fn operator(cmd: OperatorCmd) -> Result<i32, ClientError> {
     match cmd {
-        OperatorCmd::Init { common, key_shares, key_threshold } => {
+        OperatorCmd::Init {
+            common,
+            key_shares,
+            key_threshold,
+        } => {
             let body = json!({"secret_shares": key_shares, "secret_threshold": key_threshold});
-            let resp = client(&common)?.request("POST", "sys/init", Some(&body)).await?;
+            let resp = client(&common)?
+                .request("POST", "sys/init", Some(&body))
+                .await?;
             if common.format == "json" {
                 print_json(&resp.body);
                 return Ok(exit::OK);
             }
-            for (i, key) in resp.body["keys_base64"].as_array().into_iter().flatten().enumerate() {
+            for (i, key) in resp.body["keys_base64"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 println!("Unseal Key {}: {}", i + 1, scalar(key));
             }
             println!("\nInitial Root Token: {}", scalar(&resp.body["root_token"]));
@@ -467,7 +508,9 @@ async fn operator(cmd: OperatorCmd) -> Result<i32, ClientError> {
                 };
                 json!({ "key": key })
             };
-            let resp = client(&common)?.request("POST", "sys/unseal", Some(&body)).await?;
+            let resp = client(&common)?
+                .request("POST", "sys/unseal", Some(&body))
+                .await?;
             output(&common, &resp.body, &resp.body);
             Ok(exit::OK)
         }
@@ -496,7 +539,9 @@ async fn split_mount(c: &Client, target: &Target) -> Result<(String, String), Cl
         return Ok((mount, target.path.trim_start_matches('/').to_string()));
     }
     let path = target.path.trim_start_matches('/');
-    let resp = c.request("GET", &format!("sys/internal/ui/mounts/{path}"), None).await?;
+    let resp = c
+        .request("GET", &format!("sys/internal/ui/mounts/{path}"), None)
+        .await?;
     let mount = resp.body["data"]["path"]
         .as_str()
         .ok_or_else(|| ClientError::Local(format!("no KV mount serves {path:?}")))?
@@ -513,30 +558,42 @@ fn parse_pairs(pairs: &[String]) -> Result<Map<String, Value>, ClientError> {
             .ok_or_else(|| ClientError::Local(format!("{pair:?} is not key=value")))?;
         let value = if v == "-" {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| ClientError::Local(e.to_string()))?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| ClientError::Local(e.to_string()))?;
             s.trim_end_matches('\n').to_string()
         } else if let Some(file) = v.strip_prefix('@') {
-            std::fs::read_to_string(file).map_err(|e| ClientError::Local(format!("reading {file}: {e}")))?
+            std::fs::read_to_string(file)
+                .map_err(|e| ClientError::Local(format!("reading {file}: {e}")))?
         } else {
             v.to_string()
         };
         data.insert(k.to_string(), Value::String(value));
     }
     if data.is_empty() {
-        return Err(ClientError::Local("nothing to write: give key=value pairs".into()));
+        return Err(ClientError::Local(
+            "nothing to write: give key=value pairs".into(),
+        ));
     }
     Ok(data)
 }
 
 async fn kv(cmd: KvCmd) -> Result<i32, ClientError> {
     match cmd {
-        KvCmd::Get { common, target, version } => {
+        KvCmd::Get {
+            common,
+            target,
+            version,
+        } => {
             let c = client(&common)?;
             let (mount, path) = split_mount(&c, &target).await?;
             let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
-            let resp = c.request("GET", &format!("{mount}data/{path}{query}"), None).await?;
+            let resp = c
+                .request("GET", &format!("{mount}data/{path}{query}"), None)
+                .await?;
             if resp.status == reqwest::StatusCode::NOT_FOUND {
-                eprintln!("No value found at {mount}data/{path}: the version is deleted or destroyed");
+                eprintln!(
+                    "No value found at {mount}data/{path}: the version is deleted or destroyed"
+                );
                 return Ok(exit::NOT_FOUND);
             }
             let data = &resp.body["data"]["data"];
@@ -547,12 +604,24 @@ async fn kv(cmd: KvCmd) -> Result<i32, ClientError> {
             }
             Ok(output(&common, &resp.body, data))
         }
-        KvCmd::Put { common, target, cas, pairs } => write(&common, &target, cas, &pairs, "POST").await,
-        KvCmd::Patch { common, target, cas, pairs } => write(&common, &target, cas, &pairs, "PATCH").await,
+        KvCmd::Put {
+            common,
+            target,
+            cas,
+            pairs,
+        } => write(&common, &target, cas, &pairs, "POST").await,
+        KvCmd::Patch {
+            common,
+            target,
+            cas,
+            pairs,
+        } => write(&common, &target, cas, &pairs, "PATCH").await,
         KvCmd::List { common, target } => {
             let c = client(&common)?;
             let (mount, path) = split_mount(&c, &target).await?;
-            let resp = c.request("LIST", &format!("{mount}metadata/{path}"), None).await?;
+            let resp = c
+                .request("LIST", &format!("{mount}metadata/{path}"), None)
+                .await?;
             if common.format == "json" {
                 print_json(&resp.body["data"]["keys"]);
             } else {
@@ -563,28 +632,42 @@ async fn kv(cmd: KvCmd) -> Result<i32, ClientError> {
             }
             Ok(exit::OK)
         }
-        KvCmd::Delete { common, target, versions } => {
+        KvCmd::Delete {
+            common,
+            target,
+            versions,
+        } => {
             let c = client(&common)?;
             let (mount, path) = split_mount(&c, &target).await?;
             if versions.is_empty() {
-                c.request("DELETE", &format!("{mount}data/{path}"), None).await?;
+                c.request("DELETE", &format!("{mount}data/{path}"), None)
+                    .await?;
             } else {
                 let body = json!({ "versions": versions });
-                c.request("POST", &format!("{mount}delete/{path}"), Some(&body)).await?;
+                c.request("POST", &format!("{mount}delete/{path}"), Some(&body))
+                    .await?;
             }
             eprintln!("Success! Data deleted (if it existed) at: {mount}data/{path}");
             Ok(exit::OK)
         }
-        KvCmd::Undelete { common, target, versions } => {
-            versions_op(&common, &target, "undelete", &versions).await
-        }
-        KvCmd::Destroy { common, target, versions } => {
-            versions_op(&common, &target, "destroy", &versions).await
-        }
-        KvCmd::Metadata { command: MetadataCmd::Get { common, target } } => {
+        KvCmd::Undelete {
+            common,
+            target,
+            versions,
+        } => versions_op(&common, &target, "undelete", &versions).await,
+        KvCmd::Destroy {
+            common,
+            target,
+            versions,
+        } => versions_op(&common, &target, "destroy", &versions).await,
+        KvCmd::Metadata {
+            command: MetadataCmd::Get { common, target },
+        } => {
             let c = client(&common)?;
             let (mount, path) = split_mount(&c, &target).await?;
-            let resp = c.request("GET", &format!("{mount}metadata/{path}"), None).await?;
+            let resp = c
+                .request("GET", &format!("{mount}metadata/{path}"), None)
+                .await?;
             let data = &resp.body["data"];
             if common.format == "json" || common.field.is_some() {
                 return Ok(output(&common, &resp.body, data));
@@ -609,7 +692,13 @@ async fn kv(cmd: KvCmd) -> Result<i32, ClientError> {
     }
 }
 
-async fn write(common: &Common, target: &Target, cas: Option<u64>, pairs: &[String], method: &str) -> Result<i32, ClientError> {
+async fn write(
+    common: &Common,
+    target: &Target,
+    cas: Option<u64>,
+    pairs: &[String],
+    method: &str,
+) -> Result<i32, ClientError> {
     let c = client(common)?;
     let data = parse_pairs(pairs)?;
     let (mount, path) = split_mount(&c, target).await?;
@@ -617,16 +706,24 @@ async fn write(common: &Common, target: &Target, cas: Option<u64>, pairs: &[Stri
     if let Some(cas) = cas {
         body["options"] = json!({ "cas": cas });
     }
-    let resp = c.request(method, &format!("{mount}data/{path}"), Some(&body)).await?;
+    let resp = c
+        .request(method, &format!("{mount}data/{path}"), Some(&body))
+        .await?;
     eprintln!("Success! Data written to: {mount}data/{path}");
     Ok(output(common, &resp.body, &resp.body["data"]))
 }
 
-async fn versions_op(common: &Common, target: &Target, op: &str, versions: &[u64]) -> Result<i32, ClientError> {
+async fn versions_op(
+    common: &Common,
+    target: &Target,
+    op: &str,
+    versions: &[u64],
+) -> Result<i32, ClientError> {
     let c = client(common)?;
     let (mount, path) = split_mount(&c, target).await?;
     let body = json!({ "versions": versions });
-    c.request("POST", &format!("{mount}{op}/{path}"), Some(&body)).await?;
+    c.request("POST", &format!("{mount}{op}/{path}"), Some(&body))
+        .await?;
     eprintln!("Success! {op} done on versions {versions:?} of {mount}data/{path}");
     Ok(exit::OK)
 }

@@ -50,7 +50,11 @@ pub struct Client {
 impl Client {
     /// `addrs` is a comma-separated list of `https://host:port` URLs; `ca_pem` the CA that
     /// signed the servers' certificates.
-    pub fn new(addrs: &str, ca_pem: Option<&str>, token: Option<String>) -> Result<Self, ClientError> {
+    pub fn new(
+        addrs: &str,
+        ca_pem: Option<&str>,
+        token: Option<String>,
+    ) -> Result<Self, ClientError> {
         let addrs: Vec<String> = addrs
             .split(',')
             .map(|a| a.trim().trim_end_matches('/').to_string())
@@ -63,20 +67,31 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
         if let Some(pem) = ca_pem {
-            let tls = coffer_tls::api_client_config(pem).map_err(|e| ClientError::Local(format!("CA certificate: {e}")))?;
+            let tls = coffer_tls::api_client_config(pem)
+                .map_err(|e| ClientError::Local(format!("CA certificate: {e}")))?;
             builder = builder.use_preconfigured_tls((*tls).clone());
         }
-        let http = builder.build().map_err(|e| ClientError::Local(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Local(e.to_string()))?;
         Ok(Self { addrs, token, http })
     }
 
     /// Sends `method path` (path after `/v1/`) with an optional JSON body. Connection errors
     /// move on to the next address; any HTTP answer is returned (errors as `Server`).
-    pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, ClientError> {
-        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Local(e.to_string()))?;
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, ClientError> {
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Local(e.to_string()))?;
         let mut failures = Vec::new();
         for addr in &self.addrs {
-            let mut req = self.http.request(method.clone(), format!("{addr}/v1/{path}"));
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{addr}/v1/{path}"));
             if let Some(token) = &self.token {
                 req = req.header("X-Vault-Token", token);
             }
@@ -85,8 +100,15 @@ impl Client {
             }
             match req.send().await {
                 Ok(resp) => return finish(resp).await,
-                Err(e) if e.is_connect() || e.is_timeout() => failures.push(format!("{addr}: {}", root_cause(&e))),
-                Err(e) => return Err(ClientError::Unreachable(format!("{addr}: {}", root_cause(&e)))),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    failures.push(format!("{addr}: {}", root_cause(&e)))
+                }
+                Err(e) => {
+                    return Err(ClientError::Unreachable(format!(
+                        "{addr}: {}",
+                        root_cause(&e)
+                    )))
+                }
             }
         }
         Err(ClientError::Unreachable(failures.join("; ")))
@@ -110,7 +132,11 @@ async fn finish(resp: reqwest::Response) -> Result<Response, ClientError> {
     }
     let messages = body["errors"]
         .as_array()
-        .map(|a| a.iter().filter_map(|m| m.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     if status == StatusCode::NOT_FOUND && body["data"].is_object() {
         // A deleted KV version: 404 with metadata. Callers decide.

@@ -85,14 +85,17 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Applies `COFFER_*` environment overrides.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         if let Some(v) = get("COFFER_NODE_ID") {
-            self.node_id = v.parse().map_err(|_| format!("COFFER_NODE_ID: {v:?} is not a number"))?;
+            self.node_id = v
+                .parse()
+                .map_err(|_| format!("COFFER_NODE_ID: {v:?} is not a number"))?;
         }
         if let Some(v) = get("COFFER_DATA_DIR") {
             self.data_dir = v.into();
@@ -135,14 +138,22 @@ impl ServerConfig {
         }
         api_host_port(&self.api_addr)?;
         self.listen()?;
-        if self.peer_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if self
+            .peer_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(format!("peer_addr: {:?} is not host:port", self.peer_addr));
         }
         if !(1024..=64 << 20).contains(&self.max_request_bytes) {
             return Err("max_request_bytes: must be between 1024 and 67108864".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(format!("log_format: {:?} is not \"text\" or \"json\"", self.log_format));
+            return Err(format!(
+                "log_format: {:?} is not \"text\" or \"json\"",
+                self.log_format
+            ));
         }
         if self.cluster_name.is_empty() {
             return Err("cluster_name: must not be empty".into());
@@ -163,7 +174,11 @@ fn api_host_port(api_addr: &str) -> Result<String, String> {
         .strip_prefix("https://")
         .ok_or_else(|| format!("api_addr: {api_addr:?} must start with https://"))?;
     let host_port = rest.trim_end_matches('/');
-    if host_port.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+    if host_port
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
         return Err(format!("api_addr: {api_addr:?} needs an explicit port"));
     }
     Ok(host_port.to_string())
@@ -194,9 +209,15 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.seal, SealConfig::File { path: "/etc/coffer/root.key".into() });
+        assert_eq!(
+            cfg.seal,
+            SealConfig::File {
+                path: "/etc/coffer/root.key".into()
+            }
+        );
         assert_eq!(cfg.raft.heartbeat_interval_ms, 50);
-        cfg.apply_env(|k| (k == "COFFER_NODE_ID").then(|| "4".to_string())).unwrap();
+        cfg.apply_env(|k| (k == "COFFER_NODE_ID").then(|| "4".to_string()))
+            .unwrap();
         assert_eq!(cfg.node_id, 4);
         assert_eq!(cfg.listen().unwrap().to_string(), "10.0.0.3:8200");
         cfg.validate().unwrap();
@@ -204,7 +225,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut ServerConfig)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ServerConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.node_id = 0), "node_id"),
             (Box::new(|c| c.data_dir = PathBuf::new()), "data_dir"),
             (Box::new(|c| c.api_addr = "http://x:1".into()), "api_addr"),
@@ -219,6 +241,9 @@ mod tests {
             let err = cfg.validate().unwrap_err();
             assert!(err.starts_with(field), "{field}: {err}");
         }
-        assert!(toml::from_str::<ServerConfig>("nodeid = 1").is_err(), "unknown keys are refused");
+        assert!(
+            toml::from_str::<ServerConfig>("nodeid = 1").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

@@ -43,11 +43,15 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(msg) => body(StatusCode::BAD_REQUEST, vec![msg]),
             ApiError::TooLarge(limit) => body(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                vec![format!("request body too large: the limit is {limit} bytes")],
+                vec![format!(
+                    "request body too large: the limit is {limit} bytes"
+                )],
             ),
             ApiError::NoRoute(path) => body(
                 StatusCode::NOT_FOUND,
-                vec![format!("no handler for route {path:?}: route entry not found")],
+                vec![format!(
+                    "no handler for route {path:?}: route entry not found"
+                )],
             ),
             ApiError::Method(path) => body(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -60,12 +64,14 @@ impl IntoResponse for ApiError {
 
 fn vault_error(e: VaultError) -> Response {
     let status = match &e {
-        VaultError::InvalidRequest(_) | VaultError::AlreadyInitialized | VaultError::BadUnsealKey(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        // A CAS mismatch is 400 with Vault's exact message, as Vault answers it: hvac and the
+        // Vault CLI map 400 to "invalid request" and have no mapping for 412.
+        VaultError::InvalidRequest(_)
+        | VaultError::AlreadyInitialized
+        | VaultError::BadUnsealKey(_)
+        | VaultError::CasMismatch => StatusCode::BAD_REQUEST,
         VaultError::PermissionDenied => StatusCode::FORBIDDEN,
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
-        VaultError::CasMismatch => StatusCode::PRECONDITION_FAILED,
         VaultError::Sealed | VaultError::NotInitialized | VaultError::Unavailable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -55,10 +55,12 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, "connection ended: {e}");

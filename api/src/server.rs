@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use coffer_raft::{Engine, EngineConfig, NodeAddr, NoPeers};
+use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr};
 use coffer_tls::{write_private, CertificateAuthority};
 use coffer_vault::crypto::Key;
 use coffer_vault::{InitRequest, NodeInfo, StoredCa, Vault};
@@ -50,7 +50,11 @@ fn read(path: &Path) -> anyhow::Result<String> {
 
 /// Ensures the node has a CA certificate, an API certificate and a node certificate. A fresh
 /// node creates a cluster CA; its key stays on disk (0600) only until `sys/init`.
-fn ensure_tls(cfg: &ServerConfig, paths: &TlsPaths, api_host: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+fn ensure_tls(
+    cfg: &ServerConfig,
+    paths: &TlsPaths,
+    api_host: &str,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     std::fs::create_dir_all(&paths.dir)?;
     if !paths.ca().exists() {
         let ca = CertificateAuthority::generate(&cfg.cluster_name)?;
@@ -69,7 +73,8 @@ fn ensure_tls(cfg: &ServerConfig, paths: &TlsPaths, api_host: &str) -> anyhow::R
             "{} is missing and the CA key is no longer on disk; restore the TLS files or set tls.cert_file",
             api_cert.display()
         );
-        let ca = CertificateAuthority::from_pem(&read(&paths.ca())?, &Zeroizing::new(read(&ca_key)?))?;
+        let ca =
+            CertificateAuthority::from_pem(&read(&paths.ca())?, &Zeroizing::new(read(&ca_key)?))?;
         let mut hosts = vec![api_host.to_string(), "localhost".into(), "127.0.0.1".into()];
         hosts.dedup();
         if !api_cert.exists() {
@@ -78,13 +83,19 @@ fn ensure_tls(cfg: &ServerConfig, paths: &TlsPaths, api_host: &str) -> anyhow::R
             write_private(&api_key, issued.key_pem.as_bytes())?;
         }
         if !node_cert.exists() {
-            let peer_host = cfg.peer_addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+            let peer_host = cfg
+                .peer_addr
+                .rsplit_once(':')
+                .map_or("127.0.0.1", |(h, _)| h);
             let issued = ca.issue_node(cfg.node_id, &[peer_host.to_string()])?;
             std::fs::write(&node_cert, &issued.cert_pem)?;
             write_private(&node_key, issued.key_pem.as_bytes())?;
         }
     }
-    Ok(coffer_tls::api_server_config(&read(&api_cert)?, &Zeroizing::new(read(&api_key)?))?)
+    Ok(coffer_tls::api_server_config(
+        &read(&api_cert)?,
+        &Zeroizing::new(read(&api_key)?),
+    )?)
 }
 
 fn pending_ca(paths: &TlsPaths) -> anyhow::Result<Option<StoredCa>> {
@@ -100,10 +111,16 @@ fn pending_ca(paths: &TlsPaths) -> anyhow::Result<Option<StoredCa>> {
 /// After a successful `sys/init`: the CA key has moved into the encrypted state, so its file
 /// goes; with a key-file seal the root key is written and the node unseals itself.
 pub fn after_init(state: &AppState, root: Key) -> Result<(), ApiError> {
-    let _ = std::fs::remove_file(TlsPaths { dir: state.tls_dir.clone() }.ca_key());
+    let _ = std::fs::remove_file(
+        TlsPaths {
+            dir: state.tls_dir.clone(),
+        }
+        .ca_key(),
+    );
     if let Some(path) = &state.seal_key_file {
         let hex = Zeroizing::new(hex::encode(root.expose()));
-        write_private(path, hex.as_bytes()).map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
+        write_private(path, hex.as_bytes())
+            .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
         state.vault.unseal_with_root(root)?;
     }
     Ok(())
@@ -125,7 +142,9 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     let bound = listener.local_addr()?;
     let api_host = bound.ip().to_string();
     cfg.api_addr = format!("https://{bound}");
-    let paths = TlsPaths { dir: cfg.data_dir.join("tls") };
+    let paths = TlsPaths {
+        dir: cfg.data_dir.join("tls"),
+    };
     let tls = ensure_tls(&cfg, &paths, &api_host)?;
 
     let engine = Engine::open(
@@ -197,7 +216,9 @@ async fn dev_bootstrap(state: &AppState, dev: &DevOptions, dev_dir: &Path) -> an
         if let Some(wanted) = &dev.root_token_id {
             let saved = read(&token_file).unwrap_or_default();
             if saved.trim() != wanted {
-                tracing::warn!("--dev-root-token-id ignored: this data dir already has a root token");
+                tracing::warn!(
+                    "--dev-root-token-id ignored: this data dir already has a root token"
+                );
             }
         }
         return Ok(());
@@ -215,7 +236,7 @@ async fn dev_bootstrap(state: &AppState, dev: &DevOptions, dev_dir: &Path) -> an
 }
 
 fn print_banner(cfg: &ServerConfig, paths: &TlsPaths, dev: bool, dev_dir: &Path) {
-    println!("Coffer server listening on {}", cfg.api_addr);
+    println!("Coffer server");
     println!("  node id:   {}", cfg.node_id);
     println!("  data dir:  {}", cfg.data_dir.display());
     println!("  CA cert:   {}", paths.ca().display());
@@ -223,12 +244,17 @@ fn print_banner(cfg: &ServerConfig, paths: &TlsPaths, dev: bool, dev_dir: &Path)
         let token = read(&dev_dir.join("root-token")).unwrap_or_default();
         println!("  root token: {}", token.trim());
         println!();
-        println!("Development mode: initialized and unsealed with a single key kept in {}.", dev_dir.display());
+        println!(
+            "Development mode: initialized and unsealed with a single key kept in {}.",
+            dev_dir.display()
+        );
         println!("Do not run dev mode in production. To use the CLI:");
         println!("  export COFFER_ADDR={}", cfg.api_addr);
         println!("  export COFFER_CACERT={}", paths.ca().display());
         println!("  export COFFER_TOKEN={}", token.trim());
     }
+    // Last, so that whoever waits for this line has the whole banner.
+    println!("Coffer server listening on {}", cfg.api_addr);
     use std::io::Write;
     let _ = std::io::stdout().flush();
 }

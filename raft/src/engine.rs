@@ -50,7 +50,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("node_id", &self.node_id).finish()
+        f.debug_struct("Engine")
+            .field("node_id", &self.node_id)
+            .finish()
     }
 }
 
@@ -65,11 +67,15 @@ impl Engine {
         N: RaftNetworkFactory<TypeConfig>,
     {
         let db = crate::db::open(&config.data_dir.join("raft")).map_err(storage)?;
-        let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"), db.clone()).map_err(storage)?;
+        let snapshots =
+            SnapshotFiles::new(config.data_dir.join("snapshots"), db.clone()).map_err(storage)?;
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
         let sm = StateMachine::open(db.clone(), snapshots, applied_tx).map_err(storage)?;
         let log = LogStore::new(db.clone());
-        let raft_config = config.tuning.to_openraft("coffer").map_err(EngineError::Config)?;
+        let raft_config = config
+            .tuning
+            .to_openraft("coffer")
+            .map_err(EngineError::Config)?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(storage)?;
@@ -110,10 +116,12 @@ impl Engine {
         validate(&txn)?;
         match self.raft.client_write(Command::Txn(txn)).await {
             Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(EngineError::NotLeader {
-                leader_id: f.leader_id,
-                leader_api_addr: f.leader_node.map(|n| n.api_addr),
-            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(EngineError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_api_addr: f.leader_node.map(|n| n.api_addr),
+                })
+            }
             Err(e) => Err(storage(e)),
         }
     }
@@ -198,7 +206,12 @@ impl Engine {
 
     /// Compacts every column family (tests prove deleted data leaves the files).
     pub fn compact(&self) {
-        for name in [crate::db::CF_LOG, crate::db::CF_RAFT, crate::db::CF_KV, crate::db::CF_SM] {
+        for name in [
+            crate::db::CF_LOG,
+            crate::db::CF_RAFT,
+            crate::db::CF_KV,
+            crate::db::CF_SM,
+        ] {
             self.db
                 .compact_range_cf(crate::db::cf(&self.db, name), None::<&[u8]>, None::<&[u8]>);
         }
@@ -216,7 +229,9 @@ fn validate(txn: &Txn) -> Result<(), EngineError> {
             Op::Put { key, value } => (key, value.len()),
             Op::Delete { key } => (key, 0),
             Op::DeletePrefix { prefix } if prefix.is_empty() => {
-                return Err(EngineError::InvalidTxn("delete-prefix needs a non-empty prefix".into()))
+                return Err(EngineError::InvalidTxn(
+                    "delete-prefix needs a non-empty prefix".into(),
+                ))
             }
             Op::DeletePrefix { prefix } => (prefix, 0),
         };

@@ -50,7 +50,10 @@ impl LogStore {
     /// Wraps the database and starts the syncer thread, which exits when the last clone drops.
     pub fn new(db: Arc<DB>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let sync_db = db.clone();
+        // The thread holds the database weakly: the last strong handle belongs to the engine,
+        // so the database closes when the engine goes, not whenever this thread next wakes
+        // (RocksDB must not be torn down after the process has begun to exit).
+        let sync_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("coffer-log-sync".into())
             .spawn(move || sync_loop(sync_db, rx))
@@ -58,14 +61,25 @@ impl LogStore {
         Self { db, syncer: tx }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let raw = self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_err)?;
-        raw.map(|bytes| postcard::from_bytes(&bytes).map_err(read_err)).transpose()
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let raw = self
+            .db
+            .get_cf(cf(&self.db, CF_RAFT), key)
+            .map_err(read_err)?;
+        raw.map(|bytes| postcard::from_bytes(&bytes).map_err(read_err))
+            .transpose()
     }
 
     /// Writes `batch` with `sync = true` on the blocking pool, so the caller's task (the Raft
     /// core) only awaits and never performs the fsync itself.
-    async fn write_synced(&self, batch: WriteBatch, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+    async fn write_synced(
+        &self,
+        batch: WriteBatch,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
         let db = self.db.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut opts = WriteOptions::default();
@@ -90,17 +104,17 @@ impl LogStore {
     }
 }
 
-fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_loop(db: std::sync::Weak<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         // Everything queued now was written before this sync starts, so one sync covers all.
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let result = db.flush_wal(true);
+        let result = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("database closed before the log was synced".to_string()),
+        };
         for callback in waiting {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io_err(e.clone())),
-            };
+            let outcome = result.clone().map_err(std::io::Error::other);
             callback.log_io_completed(outcome);
         }
     }
@@ -171,7 +185,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -192,7 +210,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(log_id.index), index_key(u64::MAX));
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG),
+            index_key(log_id.index),
+            index_key(u64::MAX),
+        );
         batch.delete_cf(cf(&self.db, CF_LOG), index_key(u64::MAX));
         self.write_synced(batch, ErrorSubject::Logs).await
     }
@@ -203,7 +225,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let bytes = postcard::to_allocvec(&log_id).map_err(write_err)?;
         batch.put_cf(cf(&self.db, CF_RAFT), KEY_PURGED, bytes);
-        batch.delete_range_cf(cf(&self.db, CF_LOG), index_key(0), index_key(log_id.index + 1));
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG),
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
         self.write_synced(batch, ErrorSubject::Logs).await
     }
 }

@@ -24,7 +24,8 @@ type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeAddr, E>;
 
 impl NoPeer {
     fn unreachable<E: std::error::Error>(&self) -> RpcErr<E> {
-        let err = std::io::Error::other(format!("no peer transport configured for node {}", self.0));
+        let err =
+            std::io::Error::other(format!("no peer transport configured for node {}", self.0));
         RPCError::Unreachable(Unreachable::new(&err))
     }
 }
@@ -50,7 +51,8 @@ impl RaftNetwork<TypeConfig> for NoPeer {
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>>
+    {
         Err(self.unreachable())
     }
 

@@ -10,7 +10,7 @@
 //! machine "installing" (synced) before clearing it; a node that crashes mid-install finishes
 //! the install from `current.snap` when it reopens.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,7 +76,10 @@ impl SnapshotFiles {
     /// Uses (creating) `dir`, removing leftovers of interrupted builds and receptions.
     pub fn new(dir: PathBuf, db: Arc<DB>) -> Result<Self, String> {
         std::fs::create_dir_all(&dir).map_err(io("creating snapshot dir"))?;
-        for entry in std::fs::read_dir(&dir).map_err(io("listing snapshot dir"))?.flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(io("listing snapshot dir"))?
+            .flatten()
+        {
             let name = entry.file_name();
             if name.to_string_lossy().ends_with(".part") {
                 let _ = std::fs::remove_file(entry.path());
@@ -100,14 +103,12 @@ impl SnapshotFiles {
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&snap);
         let meta = |key| -> Result<Option<Vec<u8>>, String> {
-            snap.get_cf(cf(db, CF_SM), key).map_err(io("reading state-machine meta"))
+            snap.get_cf(cf(db, CF_SM), key)
+                .map_err(io("reading state-machine meta"))
         };
-        let decode = |raw: Option<Vec<u8>>| raw.map(|b| postcard::from_bytes(&b)).transpose();
-        let last_applied: Option<Option<LogId>> = decode(meta(KEY_APPLIED)?).map_err(io("applied"))?;
-        let last_applied = last_applied.flatten();
-        let membership: StoredMembership =
-            decode(meta(KEY_MEMBERSHIP)?).map_err(io("membership"))?.unwrap_or_default();
-        let revision: u64 = decode(meta(KEY_REVISION)?).map_err(io("revision"))?.unwrap_or(0);
+        let last_applied: Option<LogId> = decode::<Option<LogId>>(meta(KEY_APPLIED)?)?.flatten();
+        let membership: StoredMembership = decode(meta(KEY_MEMBERSHIP)?)?.unwrap_or_default();
+        let revision: u64 = decode(meta(KEY_REVISION)?)?.unwrap_or(0);
         let snapshot_id = format!(
             "{}-{}-{}",
             last_applied.map_or(0, |l| l.leader_id.term),
@@ -177,12 +178,14 @@ impl SnapshotFiles {
             let mut reader = BufReader::new(file);
             let header = read_header(&mut reader)?;
             let mut file = reader.into_inner();
-            file.seek(SeekFrom::Start(0)).map_err(io("seeking snapshot"))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(io("seeking snapshot"))?;
             Ok::<_, String>((header, file))
         })
         .await
         .map_err(io("reading snapshot"))??;
-        file.seek(SeekFrom::Start(0)).map_err(io("seeking snapshot"))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io("seeking snapshot"))?;
         Ok(Some(Snapshot {
             meta: header.meta(),
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -219,7 +222,8 @@ impl SnapshotFiles {
         }
         let tmp = self.part_path("received");
         let mut out = File::create(&tmp).map_err(io("copying snapshot"))?;
-        file.seek(SeekFrom::Start(0)).map_err(io("seeking snapshot"))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io("seeking snapshot"))?;
         std::io::copy(&mut file, &mut out).map_err(io("copying snapshot"))?;
         out.sync_all().map_err(io("syncing snapshot"))?;
         self.publish(&tmp)?;
@@ -245,7 +249,8 @@ impl SnapshotFiles {
         let header = verify(&mut file)?;
         let kv = cf(db, CF_KV);
         clear_cf(db, kv)?;
-        file.seek(SeekFrom::Start(0)).map_err(io("seeking snapshot"))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io("seeking snapshot"))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let _ = read_header(&mut reader)?;
         let mut batch = WriteBatch::default();
@@ -254,19 +259,27 @@ impl SnapshotFiles {
             let value = read_chunk(&mut reader, MAX_VALUE)?;
             batch.put_cf(kv, key, value);
             if batch.size_in_bytes() >= BATCH_BYTES {
-                db.write(std::mem::take(&mut batch)).map_err(io("installing snapshot"))?;
+                db.write(std::mem::take(&mut batch))
+                    .map_err(io("installing snapshot"))?;
             }
         }
         let sm = cf(db, CF_SM);
-        batch.put_cf(sm, KEY_APPLIED, encode(&Some(header.last_applied))?);
+        batch.put_cf(sm, KEY_APPLIED, encode(&header.last_applied)?);
         batch.put_cf(sm, KEY_MEMBERSHIP, encode(&header.membership)?);
         batch.put_cf(sm, KEY_REVISION, encode(&header.revision)?);
         batch.delete_cf(sm, KEY_INSTALLING);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        db.write_opt(batch, &opts).map_err(io("finishing snapshot install"))?;
+        db.write_opt(batch, &opts)
+            .map_err(io("finishing snapshot install"))?;
         Ok(header)
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: Option<Vec<u8>>) -> Result<Option<T>, String> {
+    raw.map(|b| postcard::from_bytes(&b))
+        .transpose()
+        .map_err(io("decoding state-machine meta"))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
@@ -291,7 +304,8 @@ fn clear_cf(db: &DB, kv: &rocksdb::ColumnFamily) -> Result<(), String> {
         let (key, _) = item.map_err(io("clearing state machine"))?;
         batch.delete_cf(kv, key);
         if batch.size_in_bytes() >= BATCH_BYTES {
-            db.write(std::mem::take(&mut batch)).map_err(io("clearing state machine"))?;
+            db.write(std::mem::take(&mut batch))
+                .map_err(io("clearing state machine"))?;
         }
     }
     db.write(batch).map_err(io("clearing state machine"))
@@ -303,28 +317,34 @@ fn verify(file: &mut File) -> Result<SnapshotHeader, String> {
     if len < (MAGIC.len() + 4 + 32) as u64 {
         return Err("snapshot file is truncated".into());
     }
-    file.seek(SeekFrom::Start(0)).map_err(io("seeking snapshot"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io("seeking snapshot"))?;
     let mut hasher = Sha256::new();
     let mut remaining = len - 32;
     let mut buf = vec![0u8; 1 << 16];
     while remaining > 0 {
         let n = remaining.min(buf.len() as u64) as usize;
-        file.read_exact(&mut buf[..n]).map_err(io("reading snapshot"))?;
+        file.read_exact(&mut buf[..n])
+            .map_err(io("reading snapshot"))?;
         hasher.update(&buf[..n]);
         remaining -= n as u64;
     }
     let mut trailer = [0u8; 32];
-    file.read_exact(&mut trailer).map_err(io("reading snapshot"))?;
+    file.read_exact(&mut trailer)
+        .map_err(io("reading snapshot"))?;
     if hasher.finalize().as_slice() != trailer {
         return Err("snapshot checksum mismatch: the file is corrupt or truncated".into());
     }
-    file.seek(SeekFrom::Start(0)).map_err(io("seeking snapshot"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io("seeking snapshot"))?;
     read_header(&mut BufReader::new(&mut *file))
 }
 
 fn read_header(reader: &mut impl Read) -> Result<SnapshotHeader, String> {
     let mut magic = [0u8; 8];
-    reader.read_exact(&mut magic).map_err(io("reading snapshot"))?;
+    reader
+        .read_exact(&mut magic)
+        .map_err(io("reading snapshot"))?;
     if &magic != MAGIC {
         return Err("not a Coffer snapshot (bad magic)".into());
     }
@@ -334,19 +354,26 @@ fn read_header(reader: &mut impl Read) -> Result<SnapshotHeader, String> {
 
 fn write_chunk(out: &mut impl Write, bytes: &[u8]) -> Result<(), String> {
     let len = u32::try_from(bytes.len()).map_err(io("record too large"))?;
-    out.write_all(&len.to_be_bytes()).map_err(io("writing snapshot"))?;
+    out.write_all(&len.to_be_bytes())
+        .map_err(io("writing snapshot"))?;
     out.write_all(bytes).map_err(io("writing snapshot"))
 }
 
 fn read_chunk(reader: &mut impl Read, max: usize) -> Result<Vec<u8>, String> {
     let mut len = [0u8; 4];
-    reader.read_exact(&mut len).map_err(io("reading snapshot"))?;
+    reader
+        .read_exact(&mut len)
+        .map_err(io("reading snapshot"))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        return Err(format!("snapshot record of {len} bytes exceeds the {max}-byte bound"));
+        return Err(format!(
+            "snapshot record of {len} bytes exceeds the {max}-byte bound"
+        ));
     }
     let mut buf = vec![0u8; len];
-    reader.read_exact(&mut buf).map_err(io("reading snapshot"))?;
+    reader
+        .read_exact(&mut buf)
+        .map_err(io("reading snapshot"))?;
     Ok(buf)
 }
 

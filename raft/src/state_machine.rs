@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
+use openraft::{
+    EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
+};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
 use crate::db::{cf, CF_KV, CF_SM};
@@ -48,7 +50,10 @@ pub fn read_entry(db: &DB, key: &[u8]) -> Result<Option<KvEntry>, String> {
 }
 
 fn corrupt(key: &[u8]) -> String {
-    format!("corrupt state-machine record at {:?}", String::from_utf8_lossy(key))
+    format!(
+        "corrupt state-machine record at {:?}",
+        String::from_utf8_lossy(key)
+    )
 }
 
 /// Reads up to `limit` entries whose key starts with `prefix`, strictly after `after` when
@@ -63,7 +68,11 @@ pub fn scan_prefix(
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&snapshot);
     let start = after.unwrap_or(prefix);
-    let iter = db.iterator_cf_opt(cf(db, CF_KV), opts, IteratorMode::From(start, Direction::Forward));
+    let iter = db.iterator_cf_opt(
+        cf(db, CF_KV),
+        opts,
+        IteratorMode::From(start, Direction::Forward),
+    );
     let mut out = Vec::new();
     for item in iter {
         let (key, raw) = item.map_err(|e| e.to_string())?;
@@ -79,9 +88,13 @@ pub fn scan_prefix(
     Ok(out)
 }
 
-pub(crate) fn get_sm_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, String> {
+pub(crate) fn get_sm_meta<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+) -> Result<Option<T>, String> {
     let raw = db.get_cf(cf(db, CF_SM), key).map_err(|e| e.to_string())?;
-    raw.map(|b| postcard::from_bytes(&b).map_err(|e| e.to_string())).transpose()
+    raw.map(|b| postcard::from_bytes(&b).map_err(|e| e.to_string()))
+        .transpose()
 }
 
 /// Current state read straight from the database, for the planner.
@@ -93,9 +106,10 @@ impl StateView for DbView<'_> {
     }
 
     fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-        let iter = self
-            .0
-            .iterator_cf(cf(self.0, CF_KV), IteratorMode::From(prefix, Direction::Forward));
+        let iter = self.0.iterator_cf(
+            cf(self.0, CF_KV),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
         let mut keys = Vec::new();
         for item in iter {
             let (key, _) = item.map_err(|e| e.to_string())?;
@@ -139,7 +153,9 @@ impl StateMachine {
             tracing::warn!("finishing a snapshot install interrupted by a crash");
             snapshots.load_current_into(&db).map_err(sm_write_err)?;
         }
-        let revision = get_sm_meta(&db, KEY_REVISION).map_err(sm_read_err)?.unwrap_or(0);
+        let revision = get_sm_meta(&db, KEY_REVISION)
+            .map_err(sm_read_err)?
+            .unwrap_or(0);
         let applied: Option<LogId> = get_sm_meta(&db, KEY_APPLIED).map_err(sm_read_err)?;
         applied_tx.send_replace(applied.map_or(0, |l| l.index));
         Ok(Self {
@@ -173,7 +189,11 @@ impl StateMachine {
             }
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(entry.log_id), m);
-                batch.put_cf(sm, KEY_MEMBERSHIP, postcard::to_allocvec(&stored).map_err(sm_write_err)?);
+                batch.put_cf(
+                    sm,
+                    KEY_MEMBERSHIP,
+                    postcard::to_allocvec(&stored).map_err(sm_write_err)?,
+                );
                 TxnResult {
                     succeeded: true,
                     failed_compare: None,
@@ -183,7 +203,11 @@ impl StateMachine {
         };
         let applied = postcard::to_allocvec(&Some(entry.log_id)).map_err(sm_write_err)?;
         batch.put_cf(sm, KEY_APPLIED, applied);
-        batch.put_cf(sm, KEY_REVISION, postcard::to_allocvec(&result.revision).map_err(sm_write_err)?);
+        batch.put_cf(
+            sm,
+            KEY_REVISION,
+            postcard::to_allocvec(&result.revision).map_err(sm_write_err)?,
+        );
         self.db.write(batch).map_err(sm_write_err)?;
         self.revision = result.revision;
         self.applied_tx.send_replace(entry.log_id.index);

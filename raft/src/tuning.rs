@@ -24,8 +24,6 @@ pub struct RaftTuning {
     pub max_in_snapshot_log_to_keep: u64,
     /// Timeout of one snapshot chunk RPC. Default 2 000 ms.
     pub install_snapshot_timeout_ms: u64,
-    /// Timeout of sending a whole snapshot. Default 60 000 ms.
-    pub send_snapshot_timeout_ms: u64,
     /// Max entries in one AppendEntries RPC. Default 256: bounds message size (with 1 MiB
     /// bodies at most, a message stays well under the transport's frame limit).
     pub max_payload_entries: u64,
@@ -47,7 +45,6 @@ impl Default for RaftTuning {
             snapshot_logs_since_last: 10_000,
             max_in_snapshot_log_to_keep: 1_000,
             install_snapshot_timeout_ms: 2_000,
-            send_snapshot_timeout_ms: 60_000,
             max_payload_entries: 256,
             replication_lag_threshold: 5_000,
             snapshot_max_chunk_bytes: 1 << 20,
@@ -65,7 +62,6 @@ impl RaftTuning {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
-            send_snapshot_timeout: self.send_snapshot_timeout_ms,
             max_payload_entries: self.max_payload_entries,
             replication_lag_threshold: self.replication_lag_threshold,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),

@@ -190,7 +190,11 @@ pub fn plan(
     } else {
         writes_for(&txn.ops, state, revision + 1)?
     };
-    let revision = if writes.is_empty() { revision } else { revision + 1 };
+    let revision = if writes.is_empty() {
+        revision
+    } else {
+        revision + 1
+    };
     let result = TxnResult {
         succeeded: true,
         failed_compare: None,
@@ -306,7 +310,11 @@ mod tests {
 
     #[test]
     fn put_keeps_create_revision_and_later_ops_see_earlier_ones() {
-        let state = Mem([(b"a".to_vec(), entry(3, "x")), (b"p/1".to_vec(), entry(4, "y"))].into());
+        let state = Mem([
+            (b"a".to_vec(), entry(3, "x")),
+            (b"p/1".to_vec(), entry(4, "y")),
+        ]
+        .into());
         let txn = Txn::new()
             .put("a", "new")
             .put("p/2", "z")
@@ -319,7 +327,11 @@ mod tests {
             vec![
                 Write::Put(
                     b"a".to_vec(),
-                    KvEntry { mod_revision: 8, create_revision: 3, value: b"new".to_vec() }
+                    KvEntry {
+                        mod_revision: 8,
+                        create_revision: 3,
+                        value: b"new".to_vec()
+                    }
                 ),
                 Write::Delete(b"p/1".to_vec()),
                 Write::Delete(b"p/2".to_vec()),

@@ -125,8 +125,13 @@ impl ServerCertVerifier for NodeServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         match node_id_from_cert(end_entity) {
             Some(id) if id == self.expected_node => Ok(ServerCertVerified::assertion()),
             Some(id) => Err(rustls::Error::General(format!(

@@ -18,10 +18,14 @@ pub fn node_uri(node_id: u64) -> String {
 pub fn node_id_from_cert(der: &[u8]) -> Option<u64> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
-    let mut ids = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => uri.strip_prefix(NODE_URI_PREFIX)?.parse::<u64>().ok(),
-        _ => None,
-    });
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(NODE_URI_PREFIX)?.parse::<u64>().ok(),
+            _ => None,
+        });
     let id = ids.next()?;
     // Two node URIs in one certificate would let one key speak for two nodes.
     ids.next().is_none().then_some(id)

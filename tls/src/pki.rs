@@ -29,7 +29,9 @@ pub struct IssuedCert {
 
 impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedCert").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("IssuedCert")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,7 +48,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +59,10 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Coffer");
-        dn.push(DnType::CommonName, format!("Coffer cluster CA {cluster_name}"));
+        dn.push(
+            DnType::CommonName,
+            format!("Coffer cluster CA {cluster_name}"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -102,7 +108,10 @@ impl CertificateAuthority {
         self.issue(
             &format!("coffer-node-{node_id}"),
             sans,
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )
     }
 

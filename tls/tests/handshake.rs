@@ -14,12 +14,17 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// Accepts one connection; returns the client's node id if it presented a certificate. The
 /// server answers one byte so that a client whose certificate the server refused sees the
 /// failure on read (TLS 1.3 client auth is checked after the client's handshake completes).
-async fn serve_once(config: Arc<rustls::ServerConfig>) -> (u16, tokio::task::JoinHandle<Result<Option<u64>, String>>) {
+async fn serve_once(
+    config: Arc<rustls::ServerConfig>,
+) -> (u16, tokio::task::JoinHandle<Result<Option<u64>, String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut tls = TlsAcceptor::from(config).accept(tcp).await.map_err(|e| e.to_string())?;
+        let mut tls = TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .map_err(|e| e.to_string())?;
         let id = tls
             .get_ref()
             .1
@@ -53,8 +58,11 @@ fn hosts() -> Vec<String> {
 async fn api_client_trusting_the_ca_connects() {
     let ca = CertificateAuthority::generate("t").unwrap();
     let server = ca.issue_server(&hosts()).unwrap();
-    let (port, task) = serve_once(api_server_config(&server.cert_pem, &server.key_pem).unwrap()).await;
-    dial(port, api_client_config(ca.cert_pem()).unwrap()).await.unwrap();
+    let (port, task) =
+        serve_once(api_server_config(&server.cert_pem, &server.key_pem).unwrap()).await;
+    dial(port, api_client_config(ca.cert_pem()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(task.await.unwrap().unwrap(), None);
 }
 
@@ -63,8 +71,11 @@ async fn api_client_trusting_another_ca_is_refused() {
     let ca = CertificateAuthority::generate("t").unwrap();
     let other = CertificateAuthority::generate("other").unwrap();
     let server = ca.issue_server(&hosts()).unwrap();
-    let (port, _task) = serve_once(api_server_config(&server.cert_pem, &server.key_pem).unwrap()).await;
-    let err = dial(port, api_client_config(other.cert_pem()).unwrap()).await.unwrap_err();
+    let (port, _task) =
+        serve_once(api_server_config(&server.cert_pem, &server.key_pem).unwrap()).await;
+    let err = dial(port, api_client_config(other.cert_pem()).unwrap())
+        .await
+        .unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
 
@@ -77,7 +88,11 @@ async fn peers_authenticate_each_other_and_the_node_id_is_bound() {
     let (port, task) = serve_once(server).await;
     let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 2).unwrap();
     dial(port, client).await.unwrap();
-    assert_eq!(task.await.unwrap().unwrap(), Some(1), "server learns the client's node id");
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Some(1),
+        "server learns the client's node id"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +104,10 @@ async fn node_2_cannot_pass_as_node_3() {
     let (port, _task) = serve_once(server).await;
     let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 3).unwrap();
     let err = dial(port, client).await.unwrap_err();
-    assert!(err.contains("peer certificate is for node 2, expected node 3"), "{err}");
+    assert!(
+        err.contains("peer certificate is for node 2, expected node 3"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +118,8 @@ async fn peer_with_a_certificate_from_another_ca_is_refused() {
     let stranger = other.issue_node(1, &hosts()).unwrap();
     let server = peer_server_config(ca.cert_pem(), &n2.cert_pem, &n2.key_pem).unwrap();
     let (port, task) = serve_once(server).await;
-    let client = peer_client_config(ca.cert_pem(), &stranger.cert_pem, &stranger.key_pem, 2).unwrap();
+    let client =
+        peer_client_config(ca.cert_pem(), &stranger.cert_pem, &stranger.key_pem, 2).unwrap();
     assert!(dial(port, client).await.is_err());
     let err = task.await.unwrap().unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
@@ -111,7 +130,10 @@ fn ca_reloads_from_pem_and_keeps_issuing_verifiable_certs() {
     let ca = CertificateAuthority::generate("t").unwrap();
     let reloaded = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
     let n5 = reloaded.issue_node(5, &hosts()).unwrap();
-    let der = rustls_pemfile::certs(&mut n5.cert_pem.as_bytes()).next().unwrap().unwrap();
+    let der = rustls_pemfile::certs(&mut n5.cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
     assert_eq!(node_id_from_cert(&der), Some(5));
     // The reloaded CA's certificates must chain to the original CA certificate.
     peer_client_config(ca.cert_pem(), &n5.cert_pem, &n5.key_pem, 5).unwrap();

@@ -75,7 +75,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (input, secs) in [("0s", 0), ("90m", 5400), ("1h30m", 5400), ("3600", 3600), ("2d", 172800), ("", 0)] {
+        for (input, secs) in [
+            ("0s", 0),
+            ("90m", 5400),
+            ("1h30m", 5400),
+            ("3600", 3600),
+            ("2d", 172800),
+            ("", 0),
+        ] {
             assert_eq!(parse_duration_secs(input), Some(secs), "{input}");
         }
         for bad in ["abc", "5x", "1h5"] {

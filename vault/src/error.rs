@@ -15,7 +15,7 @@ pub enum VaultError {
     /// Nothing at that path (404).
     #[error("{0}")]
     NotFound(String),
-    /// Check-and-set mismatch (412).
+    /// Check-and-set mismatch (400, as Vault answers it).
     #[error("check-and-set parameter did not match the current version")]
     CasMismatch,
     /// The vault has not been initialized (503 on data routes, as Vault).

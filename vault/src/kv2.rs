@@ -120,10 +120,13 @@ pub fn plan_write(
         _ => {}
     }
     let version = meta.current_version + 1;
-    let delay = [meta.delete_version_after_secs, config.delete_version_after_secs]
-        .into_iter()
-        .find(|d| *d > 0)
-        .unwrap_or(0);
+    let delay = [
+        meta.delete_version_after_secs,
+        config.delete_version_after_secs,
+    ]
+    .into_iter()
+    .find(|d| *d > 0)
+    .unwrap_or(0);
     let deletion_time = if delay > 0 {
         clock::rfc3339(now + time::Duration::seconds(delay as i64))
     } else {
@@ -140,7 +143,11 @@ pub fn plan_write(
     meta.current_version = version;
     meta.updated_time = now_s;
     let pruned = prune(&mut meta, config);
-    Ok(WritePlan { meta, version, pruned })
+    Ok(WritePlan {
+        meta,
+        version,
+        pruned,
+    })
 }
 
 /// Drops the oldest versions beyond `max_versions`; returns the dropped version numbers.
@@ -207,7 +214,11 @@ pub fn resolve_version(meta: &SecretMeta, requested: Option<u64>) -> u64 {
 
 /// Validates a secret path: non-empty, no empty or dot segments, no control characters.
 pub fn validate_path(path: &str) -> Result<()> {
-    let bad = |why: &str| Err(VaultError::InvalidRequest(format!("invalid secret path {path:?}: {why}")));
+    let bad = |why: &str| {
+        Err(VaultError::InvalidRequest(format!(
+            "invalid secret path {path:?}: {why}"
+        )))
+    };
     if path.is_empty() || path.ends_with('/') {
         return bad("a secret path must name a secret, not a folder");
     }
@@ -217,7 +228,10 @@ pub fn validate_path(path: &str) -> Result<()> {
     if path.chars().any(|c| c.is_control()) {
         return bad("control characters are not allowed");
     }
-    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return bad("empty, '.' and '..' segments are not allowed");
     }
     Ok(())
@@ -248,21 +262,33 @@ mod tests {
         let meta = meta.unwrap();
         assert_eq!(pruned_all, vec![1, 2]);
         assert_eq!(meta.oldest_version, 3);
-        assert_eq!(meta.versions.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            meta.versions.keys().copied().collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
     }
 
     #[test]
     fn cas_rules() {
         let cfg = MountConfig::default();
-        assert!(plan_write(None, &cfg, Some(0), at(0)).is_ok(), "cas=0 creates");
+        assert!(
+            plan_write(None, &cfg, Some(0), at(0)).is_ok(),
+            "cas=0 creates"
+        );
         let m = plan_write(None, &cfg, None, at(0)).unwrap().meta;
-        assert!(matches!(plan_write(Some(m.clone()), &cfg, Some(0), at(1)), Err(VaultError::CasMismatch)));
+        assert!(matches!(
+            plan_write(Some(m.clone()), &cfg, Some(0), at(1)),
+            Err(VaultError::CasMismatch)
+        ));
         assert!(plan_write(Some(m.clone()), &cfg, Some(1), at(1)).is_ok());
         let strict = MountConfig {
             cas_required: true,
             ..Default::default()
         };
-        assert!(matches!(plan_write(Some(m), &strict, None, at(1)), Err(VaultError::InvalidRequest(_))));
+        assert!(matches!(
+            plan_write(Some(m), &strict, None, at(1)),
+            Err(VaultError::InvalidRequest(_))
+        ));
     }
 
     #[test]
@@ -274,9 +300,16 @@ mod tests {
         undelete(&mut m, &[1], at(3));
         assert!(!m.versions[&1].is_deleted(at(4)));
         assert_eq!(destroy(&mut m, &[1], at(5)), vec![1]);
-        assert_eq!(destroy(&mut m, &[1], at(6)), Vec::<u64>::new(), "destroy is idempotent");
+        assert_eq!(
+            destroy(&mut m, &[1], at(6)),
+            Vec::<u64>::new(),
+            "destroy is idempotent"
+        );
         undelete(&mut m, &[1], at(7));
-        assert!(m.versions[&1].destroyed, "undelete cannot revive destroyed data");
+        assert!(
+            m.versions[&1].destroyed,
+            "undelete cannot revive destroyed data"
+        );
     }
 
     #[test]
@@ -295,7 +328,15 @@ mod tests {
         for ok in ["a", "team/db", "x.y/z-1"] {
             assert!(validate_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/", "../etc/passwd", "a//b", "a/./b", "a\u{0}b", "a\nb"] {
+        for bad in [
+            "",
+            "a/",
+            "../etc/passwd",
+            "a//b",
+            "a/./b",
+            "a\u{0}b",
+            "a\nb",
+        ] {
             assert!(validate_path(bad).is_err(), "{bad:?}");
         }
     }

@@ -13,7 +13,7 @@ mod vault;
 
 pub use error::{Result, VaultError};
 pub use vault::{
-    Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, KvMetaUpdate, KvRead, KvVersion, NodeInfo,
-    SealStatus, Vault,
+    Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, KvMetaUpdate, KvRead, KvVersion,
+    NodeInfo, SealStatus, Vault,
 };
 pub use vault::{StoredCa, CA_KEY};

@@ -43,11 +43,17 @@ pub type MountTable = BTreeMap<String, MountEntry>;
 
 /// The table a fresh vault starts with.
 pub fn default_table() -> MountTable {
-    BTreeMap::from([("secret/".to_string(), MountEntry::kv2("key/value secret storage"))])
+    BTreeMap::from([(
+        "secret/".to_string(),
+        MountEntry::kv2("key/value secret storage"),
+    )])
 }
 
 /// The mount serving `path` (longest prefix match) and the rest of the path after it.
-pub fn resolve<'a>(table: &'a MountTable, path: &'a str) -> Option<(&'a str, &'a MountEntry, &'a str)> {
+pub fn resolve<'a>(
+    table: &'a MountTable,
+    path: &'a str,
+) -> Option<(&'a str, &'a MountEntry, &'a str)> {
     table
         .iter()
         .filter(|(mount, _)| path.starts_with(mount.as_str()) || format!("{path}/") == **mount)
@@ -62,12 +68,18 @@ pub fn validate_mount_path(path: &str) -> Result<String, String> {
         return Err("mount path must not be empty".into());
     }
     let reserved = ["sys", "auth", "cubbyhole", "identity"];
-    if reserved.iter().any(|r| trimmed == *r || trimmed.starts_with(&format!("{r}/"))) {
+    if reserved
+        .iter()
+        .any(|r| trimmed == *r || trimmed.starts_with(&format!("{r}/")))
+    {
         return Err(format!("mount path {trimmed:?} is reserved"));
     }
-    let ok = trimmed
-        .split('/')
-        .all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+    let ok = trimmed.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    });
     if !ok {
         return Err(format!("invalid mount path {trimmed:?}"));
     }

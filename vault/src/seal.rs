@@ -122,8 +122,13 @@ impl UnsealProgress {
     }
 
     /// Checks `share` against the config and adds it. `Err` names why it was refused.
-    pub fn add(&mut self, config: &SealConfig, share: Zeroizing<Vec<u8>>) -> Result<ShareOutcome, String> {
-        let salt = hex::decode(&config.share_salt).map_err(|_| "corrupt seal configuration".to_string())?;
+    pub fn add(
+        &mut self,
+        config: &SealConfig,
+        share: Zeroizing<Vec<u8>>,
+    ) -> Result<ShareOutcome, String> {
+        let salt = hex::decode(&config.share_salt)
+            .map_err(|_| "corrupt seal configuration".to_string())?;
         let fp = fingerprint(&salt, &share);
         if !config.share_fingerprints.contains(&fp) {
             return Err("invalid unseal key: it is not one of this vault's key shares".into());
@@ -156,13 +161,25 @@ mod tests {
     fn three_of_five_unseal_two_do_not_and_strangers_are_refused() {
         let m = init_material(5, 3, "c").unwrap();
         let mut p = UnsealProgress::default();
-        assert_eq!(p.add(&m.config, m.shares[0].clone()), Ok(ShareOutcome::Progress(1)));
-        assert_eq!(p.add(&m.config, m.shares[0].clone()), Ok(ShareOutcome::Duplicate(1)));
-        assert_eq!(p.add(&m.config, m.shares[3].clone()), Ok(ShareOutcome::Progress(2)));
+        assert_eq!(
+            p.add(&m.config, m.shares[0].clone()),
+            Ok(ShareOutcome::Progress(1))
+        );
+        assert_eq!(
+            p.add(&m.config, m.shares[0].clone()),
+            Ok(ShareOutcome::Duplicate(1))
+        );
+        assert_eq!(
+            p.add(&m.config, m.shares[3].clone()),
+            Ok(ShareOutcome::Progress(2))
+        );
         let stranger = init_material(5, 3, "c").unwrap();
         assert!(p.add(&m.config, stranger.shares[0].clone()).is_err());
         assert_eq!(p.len(), 2, "a refused share does not count toward progress");
-        assert_eq!(p.add(&m.config, m.shares[4].clone()), Ok(ShareOutcome::Complete));
+        assert_eq!(
+            p.add(&m.config, m.shares[4].clone()),
+            Ok(ShareOutcome::Complete)
+        );
         assert_eq!(p.take_root().unwrap().expose(), m.root.expose());
         assert!(p.is_empty());
     }
@@ -171,7 +188,10 @@ mod tests {
     fn shares_decode_from_hex_and_base64() {
         use base64::Engine;
         let raw = vec![1u8, 2, 3, 250];
-        assert_eq!(decode_share(&hex::encode(&raw)).unwrap().as_slice(), &raw[..]);
+        assert_eq!(
+            decode_share(&hex::encode(&raw)).unwrap().as_slice(),
+            &raw[..]
+        );
         let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
         assert_eq!(decode_share(&b64).unwrap().as_slice(), &raw[..]);
         assert!(decode_share("not a key!").is_none());

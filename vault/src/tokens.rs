@@ -58,7 +58,11 @@ fn random_base62(len: usize) -> String {
 
 /// Storage key of a token record: the token's SHA-256, never the token.
 pub fn token_key(token: &str) -> Vec<u8> {
-    format!("auth/token/id/{}", hex::encode(Sha256::digest(token.as_bytes()))).into_bytes()
+    format!(
+        "auth/token/id/{}",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )
+    .into_bytes()
 }
 
 /// Storage key mapping an accessor to its token record key.
@@ -77,6 +81,9 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("hvs.") && a.len() == 28);
         let key = String::from_utf8(token_key(&a)).unwrap();
-        assert!(!key.contains(&a[4..]), "storage key must not contain the token");
+        assert!(
+            !key.contains(&a[4..]),
+            "storage key must not contain the token"
+        );
     }
 }

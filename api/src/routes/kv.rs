@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use coffer_vault::kv2::SecretMeta;
 use coffer_vault::{clock, KvMetaUpdate, KvRead};
 use serde::Deserialize;
@@ -43,27 +42,41 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
     }
     let auth = authenticate(state, req)?;
     let table = state.vault.mount_table()?;
-    let (mount, _, rest) =
-        coffer_vault::mounts::resolve(&table, &req.path).ok_or_else(|| ApiError::NoRoute(req.path.clone()))?;
+    let (mount, _, rest) = coffer_vault::mounts::resolve(&table, &req.path)
+        .ok_or_else(|| ApiError::NoRoute(req.path.clone()))?;
     let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
     let v = &state.vault;
     match (section, req.op) {
-        ("data", Op::Read) => read(req, v.kv_read(&auth, mount, path, req.query_u64("version")?).await?),
+        ("data", Op::Read) => read(
+            req,
+            v.kv_read(&auth, mount, path, req.query_u64("version")?)
+                .await?,
+        ),
         ("data", Op::Write) => {
             let body: WriteBody = req.json()?;
-            let data = body
-                .data
-                .ok_or_else(|| ApiError::BadRequest("no data provided: the body needs a \"data\" object".into()))?;
-            let meta = v.kv_write(&auth, mount, path, data, body.options.cas).await?;
-            Ok(envelope(req, serde_json::to_value(meta).unwrap_or_default()))
+            let data = body.data.ok_or_else(|| {
+                ApiError::BadRequest("no data provided: the body needs a \"data\" object".into())
+            })?;
+            let meta = v
+                .kv_write(&auth, mount, path, data, body.options.cas)
+                .await?;
+            Ok(envelope(
+                req,
+                serde_json::to_value(meta).unwrap_or_default(),
+            ))
         }
         ("data", Op::Patch) => {
             let body: WriteBody = req.json()?;
-            let data = body
-                .data
-                .ok_or_else(|| ApiError::BadRequest("no data provided: the body needs a \"data\" object".into()))?;
-            let meta = v.kv_patch(&auth, mount, path, data, body.options.cas).await?;
-            Ok(envelope(req, serde_json::to_value(meta).unwrap_or_default()))
+            let data = body.data.ok_or_else(|| {
+                ApiError::BadRequest("no data provided: the body needs a \"data\" object".into())
+            })?;
+            let meta = v
+                .kv_patch(&auth, mount, path, data, body.options.cas)
+                .await?;
+            Ok(envelope(
+                req,
+                serde_json::to_value(meta).unwrap_or_default(),
+            ))
         }
         ("data", Op::Delete) => {
             v.kv_delete_latest(&auth, mount, path).await?;
@@ -71,7 +84,8 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
         }
         ("delete", Op::Write) => {
             let body: VersionsBody = req.json()?;
-            v.kv_delete_versions(&auth, mount, path, &body.versions).await?;
+            v.kv_delete_versions(&auth, mount, path, &body.versions)
+                .await?;
             Ok(no_content())
         }
         ("undelete", Op::Write) => {
@@ -97,7 +111,8 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
         },
         ("metadata", Op::Write | Op::Patch) => {
             let update: KvMetaUpdate = req.json()?;
-            v.kv_write_meta(&auth, mount, path, update, req.op == Op::Patch).await?;
+            v.kv_write_meta(&auth, mount, path, update, req.op == Op::Patch)
+                .await?;
             Ok(no_content())
         }
         ("metadata", Op::Delete) => {
@@ -118,7 +133,9 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
         ("config", Op::Write) if path.is_empty() => {
             let update: KvMetaUpdate = req.json()?;
             if update.custom_metadata.is_some() {
-                return Err(ApiError::BadRequest("custom_metadata is not a mount setting".into()));
+                return Err(ApiError::BadRequest(
+                    "custom_metadata is not a mount setting".into(),
+                ));
             }
             v.kv_set_config(&auth, mount, update).await?;
             Ok(no_content())
@@ -169,4 +186,3 @@ fn meta_json(meta: &SecretMeta) -> Value {
         "versions": versions,
     })
 }
-

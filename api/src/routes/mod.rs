@@ -48,7 +48,9 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
     let response = match ApiRequest::parse(request, state.max_request_bytes).await {
-        Ok(req) => route(&state, req).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(req) => route(&state, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     };
     tracing::info!(

@@ -89,7 +89,11 @@ impl ApiRequest {
             &self.body
         };
         serde_json::from_slice(bytes).map_err(|e| {
-            let kind = if e.is_data() { "invalid request" } else { "failed to parse JSON input" };
+            let kind = if e.is_data() {
+                "invalid request"
+            } else {
+                "failed to parse JSON input"
+            };
             ApiError::BadRequest(format!("{kind}: {e}"))
         })
     }
@@ -99,15 +103,20 @@ impl ApiRequest {
         self.query
             .get(name)
             .map(|v| {
-                v.parse()
-                    .map_err(|_| ApiError::BadRequest(format!("query parameter {name:?} must be a non-negative integer")))
+                v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "query parameter {name:?} must be a non-negative integer"
+                    ))
+                })
             })
             .transpose()
     }
 
     /// A boolean query parameter (`true`/`1` are true).
     pub fn query_bool(&self, name: &str) -> bool {
-        self.query.get(name).is_some_and(|v| v == "true" || v == "1")
+        self.query
+            .get(name)
+            .is_some_and(|v| v == "true" || v == "1")
     }
 }
 
@@ -115,9 +124,14 @@ fn token(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_string());
     }
-    let auth = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, value) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| value.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| value.trim().to_string())
 }
 
 fn percent_decode(s: &str) -> Result<String, ApiError> {
@@ -138,7 +152,8 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ApiError::BadRequest("request path is not valid UTF-8".into()))
+    String::from_utf8(out)
+        .map_err(|_| ApiError::BadRequest("request path is not valid UTF-8".into()))
 }
 
 fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
@@ -149,4 +164,3 @@ fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
     }
     Ok(out)
 }
-

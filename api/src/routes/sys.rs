@@ -36,7 +36,9 @@ pub(super) fn authenticate(state: &AppState, req: &ApiRequest) -> ApiResult<Auth
 
 pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> ApiResult<Response> {
     match (rest, req.op) {
-        ("init", Op::Read) => Ok(Json(json!({"initialized": state.vault.is_initialized()?})).into_response()),
+        ("init", Op::Read) => {
+            Ok(Json(json!({"initialized": state.vault.is_initialized()?})).into_response())
+        }
         ("init", Op::Write) => init(state, req).await,
         ("seal-status", Op::Read) => Ok(Json(state.vault.seal_status()?).into_response()),
         ("unseal", Op::Write) => unseal(state, req),
@@ -53,7 +55,10 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
         }
         ("key-status", Op::Read) => {
             let status = state.vault.key_status(&authenticate(state, req)?)?;
-            Ok(envelope(req, serde_json::to_value(status).unwrap_or_default()))
+            Ok(envelope(
+                req,
+                serde_json::to_value(status).unwrap_or_default(),
+            ))
         }
         _ => {
             if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
@@ -62,7 +67,17 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
             if let Some(path) = rest.strip_prefix("mounts/") {
                 return mount_change(state, req, path).await;
             }
-            let known = ["init", "seal-status", "unseal", "seal", "health", "leader", "mounts", "rotate", "key-status"];
+            let known = [
+                "init",
+                "seal-status",
+                "unseal",
+                "seal",
+                "health",
+                "leader",
+                "mounts",
+                "rotate",
+                "key-status",
+            ];
             if known.contains(&rest) {
                 Err(ApiError::Method(format!("sys/{rest}")))
             } else {
@@ -92,9 +107,15 @@ struct InitBody {
 async fn init(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     let body: InitBody = req.json()?;
     if body.pgp_keys.is_some() || body.root_token_pgp_key.is_some() {
-        return Err(ApiError::BadRequest("PGP-encrypted shares are not supported".into()));
+        return Err(ApiError::BadRequest(
+            "PGP-encrypted shares are not supported".into(),
+        ));
     }
-    let _ = (body.stored_shares, body.recovery_shares, body.recovery_threshold);
+    let _ = (
+        body.stored_shares,
+        body.recovery_shares,
+        body.recovery_threshold,
+    );
     let ca = state.pending_ca.lock().ok().and_then(|mut ca| ca.take());
     let request = InitRequest {
         secret_shares: body.secret_shares,
@@ -123,7 +144,9 @@ fn unseal(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     let body: UnsealBody = req.json()?;
     let _ = body.migrate;
     if body.key.is_none() && !body.reset {
-        return Err(ApiError::BadRequest("missing required 'key' parameter".into()));
+        return Err(ApiError::BadRequest(
+            "missing required 'key' parameter".into(),
+        ));
     }
     Ok(Json(state.vault.unseal(body.key.as_deref(), body.reset)?).into_response())
 }
@@ -154,7 +177,8 @@ fn health(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     } else {
         code("activecode", 200)?
     };
-    let status = StatusCode::from_u16(status).map_err(|_| ApiError::BadRequest("bad status code".into()))?;
+    let status =
+        StatusCode::from_u16(status).map_err(|_| ApiError::BadRequest("bad status code".into()))?;
     if req.op == Op::Head {
         return Ok(status.into_response());
     }
@@ -273,9 +297,9 @@ pub(super) async fn auth_route(state: &AppState, req: &ApiRequest) -> ApiResult<
         ("auth/token/lookup-self", Op::Read) => {
             let auth = authenticate(state, req)?;
             let e = &auth.entry;
-            let ttl = e
-                .expire_time
-                .map_or(0, |t| (t - coffer_vault::clock::now().unix_timestamp()).max(0));
+            let ttl = e.expire_time.map_or(0, |t| {
+                (t - coffer_vault::clock::now().unix_timestamp()).max(0)
+            });
             Ok(envelope(
                 req,
                 json!({

@@ -58,12 +58,18 @@ pub fn term_of(envelope: &[u8]) -> Result<u32, EnvelopeError> {
     if envelope.len() < HEADER + TAG || envelope[4] != FORMAT_V1 {
         return Err(EnvelopeError::Malformed);
     }
-    let term: [u8; 4] = envelope[..4].try_into().map_err(|_| EnvelopeError::Malformed)?;
+    let term: [u8; 4] = envelope[..4]
+        .try_into()
+        .map_err(|_| EnvelopeError::Malformed)?;
     Ok(u32::from_be_bytes(term))
 }
 
 /// Opens an envelope with `key`, which must be the key of the envelope's term.
-pub fn open(key: &Key, storage_key: &[u8], envelope: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+pub fn open(
+    key: &Key,
+    storage_key: &[u8],
+    envelope: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     term_of(envelope)?;
     let cipher = Aes256Gcm::new(key.expose().into());
     let nonce = Nonce::from_slice(&envelope[5..HEADER]);
@@ -86,21 +92,33 @@ mod tests {
         let key = Key::generate();
         let env = seal(7, &key, b"kv/secret/a", b"hunter2");
         assert_eq!(term_of(&env), Ok(7));
-        assert_eq!(open(&key, b"kv/secret/a", &env).unwrap().as_slice(), b"hunter2");
-        assert!(!env.windows(7).any(|w| w == b"hunter2"), "plaintext must not show");
+        assert_eq!(
+            open(&key, b"kv/secret/a", &env).unwrap().as_slice(),
+            b"hunter2"
+        );
+        assert!(
+            !env.windows(7).any(|w| w == b"hunter2"),
+            "plaintext must not show"
+        );
     }
 
     #[test]
     fn wrong_key_fails() {
         let env = seal(1, &Key::generate(), b"k", b"v");
-        assert_eq!(open(&Key::generate(), b"k", &env), Err(EnvelopeError::Unauthentic));
+        assert_eq!(
+            open(&Key::generate(), b"k", &env),
+            Err(EnvelopeError::Unauthentic)
+        );
     }
 
     #[test]
     fn ciphertext_moved_to_another_storage_key_fails() {
         let key = Key::generate();
         let env = seal(1, &key, b"kv/secret/a", b"v");
-        assert_eq!(open(&key, b"kv/secret/b", &env), Err(EnvelopeError::Unauthentic));
+        assert_eq!(
+            open(&key, b"kv/secret/b", &env),
+            Err(EnvelopeError::Unauthentic)
+        );
     }
 
     #[test]
@@ -110,7 +128,10 @@ mod tests {
         for i in 5..env.len() {
             let mut bad = env.clone();
             bad[i] ^= 0x01;
-            assert!(open(&key, b"k", &bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                open(&key, b"k", &bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 

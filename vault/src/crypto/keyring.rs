@@ -88,9 +88,16 @@ impl Keyring {
     }
 
     /// Opens an envelope sealed under any term of this keyring.
-    pub fn open(&self, storage_key: &[u8], env: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    pub fn open(
+        &self,
+        storage_key: &[u8],
+        env: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
         let term = envelope::term_of(env)?;
-        let key = self.terms.get(&term).ok_or(EnvelopeError::UnknownTerm(term))?;
+        let key = self
+            .terms
+            .get(&term)
+            .ok_or(EnvelopeError::UnknownTerm(term))?;
         envelope::open(&key.key, storage_key, env)
     }
 
@@ -116,10 +123,12 @@ impl Keyring {
     /// key, which is how a wrong set of unseal shares is detected.
     pub fn unwrap(root: &Key, wrapped: &[u8]) -> Result<Self, EnvelopeError> {
         let json = envelope::open(root, KEYRING_STORAGE_KEY, wrapped)?;
-        let wire: Vec<WireTerm> = serde_json::from_slice(&json).map_err(|_| EnvelopeError::Malformed)?;
+        let wire: Vec<WireTerm> =
+            serde_json::from_slice(&json).map_err(|_| EnvelopeError::Malformed)?;
         let mut terms = BTreeMap::new();
         for w in wire {
-            let bytes = Zeroizing::new(hex::decode(&w.key_hex).map_err(|_| EnvelopeError::Malformed)?);
+            let bytes =
+                Zeroizing::new(hex::decode(&w.key_hex).map_err(|_| EnvelopeError::Malformed)?);
             drop(Zeroizing::new(w.key_hex));
             let key = Key::from_slice(&bytes).ok_or(EnvelopeError::Malformed)?;
             terms.insert(
@@ -138,7 +147,9 @@ impl Keyring {
 
     /// Terms and install times, for `sys/key-status`.
     pub fn terms(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.terms.iter().map(|(t, k)| (*t, k.install_time.as_str()))
+        self.terms
+            .iter()
+            .map(|(t, k)| (*t, k.install_time.as_str()))
     }
 }
 
@@ -165,7 +176,10 @@ mod tests {
         let back = Keyring::unwrap(&root, &wrapped).unwrap();
         let env = ring.seal(b"k", b"v");
         assert_eq!(back.open(b"k", &env).unwrap().as_slice(), b"v");
-        assert!(matches!(Keyring::unwrap(&Key::generate(), &wrapped), Err(EnvelopeError::Unauthentic)));
+        assert!(matches!(
+            Keyring::unwrap(&Key::generate(), &wrapped),
+            Err(EnvelopeError::Unauthentic)
+        ));
     }
 
     #[test]

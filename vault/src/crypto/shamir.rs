@@ -48,7 +48,11 @@ fn inv(a: u8) -> u8 {
 }
 
 /// Splits `secret` into `shares` shares, any `threshold` of which recover it.
-pub fn split(secret: &[u8], shares: u8, threshold: u8) -> Result<Vec<Zeroizing<Vec<u8>>>, ShamirError> {
+pub fn split(
+    secret: &[u8],
+    shares: u8,
+    threshold: u8,
+) -> Result<Vec<Zeroizing<Vec<u8>>>, ShamirError> {
     if threshold == 0 || shares == 0 || threshold > shares {
         return Err(ShamirError::InvalidParameters(format!(
             "threshold {threshold} and shares {shares} must satisfy 1 <= threshold <= shares"
@@ -98,7 +102,9 @@ pub fn combine(shares: &[&[u8]]) -> Result<Zeroizing<Vec<u8>>, ShamirError> {
     let xs: Vec<u8> = shares.iter().map(|s| s[len - 1]).collect();
     for (i, x) in xs.iter().enumerate() {
         if *x == 0 || xs[..i].contains(x) {
-            return Err(ShamirError::InvalidShares("duplicate or zero share point".into()));
+            return Err(ShamirError::InvalidShares(
+                "duplicate or zero share point".into(),
+            ));
         }
     }
     let mut secret = Zeroizing::new(vec![0u8; len - 1]);
@@ -147,7 +153,10 @@ mod tests {
     #[test]
     fn single_share_and_parameter_checks() {
         let shares = split(b"0123456789abcdef0123456789abcdef", 1, 1).unwrap();
-        assert_eq!(combine(&[&shares[0][..]]).unwrap().as_slice(), b"0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            combine(&[&shares[0][..]]).unwrap().as_slice(),
+            b"0123456789abcdef0123456789abcdef"
+        );
         assert!(split(b"x", 3, 4).is_err());
         assert!(split(b"x", 3, 1).is_err());
         assert!(split(b"x", 0, 0).is_err());

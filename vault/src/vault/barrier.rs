@@ -42,7 +42,9 @@ impl Vault {
         let Some(entry) = self.engine.get(SEAL_CONFIG_KEY)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&entry.value).map(Some).map_err(VaultError::internal)
+        serde_json::from_slice(&entry.value)
+            .map(Some)
+            .map_err(VaultError::internal)
     }
 
     /// Whether `sys/init` has run.
@@ -58,12 +60,20 @@ impl Vault {
     /// `sys/init`: creates the root key, its shares, the keyring, the mount table and the root
     /// token, in one transaction guarded on "not yet initialized". The node stays sealed.
     /// `ca` (the cluster CA the node generated before init) moves into the encrypted state.
-    pub async fn init(&self, req: InitRequest, ca: Option<StoredCa>) -> Result<(InitResponse, Key)> {
+    pub async fn init(
+        &self,
+        req: InitRequest,
+        ca: Option<StoredCa>,
+    ) -> Result<(InitResponse, Key)> {
         if self.is_initialized()? {
             return Err(VaultError::AlreadyInitialized);
         }
-        let material = init_material(req.secret_shares, req.secret_threshold, &self.node.cluster_name)
-            .map_err(|e| VaultError::InvalidRequest(e.to_string()))?;
+        let material = init_material(
+            req.secret_shares,
+            req.secret_threshold,
+            &self.node.cluster_name,
+        )
+        .map_err(|e| VaultError::InvalidRequest(e.to_string()))?;
         let now = clock::now();
         let keyring = Arc::new(Keyring::new(clock::rfc3339(now)));
         let root_token = req.root_token_id.clone().unwrap_or_else(generate_token);
@@ -78,22 +88,33 @@ impl Vault {
             meta: Default::default(),
             renewable: false,
         };
-        let seal = |key: &[u8], value: &dyn erased_serde_json::Json| keyring.seal(key, &value.json());
+        let seal =
+            |key: &[u8], value: &dyn erased_serde_json::Json| keyring.seal(key, &value.json());
         let tk = token_key(&root_token);
         let mut txn = Txn::new()
             .when(SEAL_CONFIG_KEY, Check::Absent)
-            .put(SEAL_CONFIG_KEY, serde_json::to_vec(&material.config).map_err(VaultError::internal)?)
+            .put(
+                SEAL_CONFIG_KEY,
+                serde_json::to_vec(&material.config).map_err(VaultError::internal)?,
+            )
             .put(KEYRING_STORAGE_KEY, keyring.wrap(&material.root))
             .put(MOUNTS_KEY, seal(MOUNTS_KEY, &default_table()))
             .put(tk.clone(), seal(&tk, &token))
-            .put(accessor_key(&token.accessor), seal(&accessor_key(&token.accessor), &hex::encode(&tk)));
+            .put(
+                accessor_key(&token.accessor),
+                seal(&accessor_key(&token.accessor), &hex::encode(&tk)),
+            );
         if let Some(ca) = &ca {
             txn = txn.put(CA_KEY, seal(CA_KEY, ca));
         }
         if !self.engine.write(txn).await?.succeeded {
             return Err(VaultError::AlreadyInitialized);
         }
-        tracing::info!(shares = req.secret_shares, threshold = req.secret_threshold, "vault initialized");
+        tracing::info!(
+            shares = req.secret_shares,
+            threshold = req.secret_threshold,
+            "vault initialized"
+        );
         let response = InitResponse {
             keys: material.shares.iter().map(hex::encode).collect(),
             keys_base64: material
@@ -114,7 +135,9 @@ impl Vault {
             .ok_or(VaultError::NotInitialized)?;
         let keyring = Keyring::unwrap(&root, &wrapped.value).map_err(|_| {
             self.unseal_failures.fetch_add(1, Ordering::Relaxed);
-            VaultError::BadUnsealKey("unseal failed: the key does not open this vault's keyring".into())
+            VaultError::BadUnsealKey(
+                "unseal failed: the key does not open this vault's keyring".into(),
+            )
         })?;
         *self.sealing.write().map_err(VaultError::internal)? = Sealing::Unsealed {
             root,
@@ -128,7 +151,9 @@ impl Vault {
     pub fn unseal(&self, key: Option<&str>, reset: bool) -> Result<SealStatus> {
         let config = self.seal_config()?.ok_or(VaultError::NotInitialized)?;
         if reset {
-            if let Sealing::Sealed(progress) = &mut *self.sealing.write().map_err(VaultError::internal)? {
+            if let Sealing::Sealed(progress) =
+                &mut *self.sealing.write().map_err(VaultError::internal)?
+            {
                 progress.reset();
             }
             return self.seal_status();
@@ -136,13 +161,15 @@ impl Vault {
         if !self.is_sealed() {
             return self.seal_status();
         }
-        let key = key.ok_or_else(|| VaultError::InvalidRequest("missing required 'key' parameter".into()))?;
+        let key = key
+            .ok_or_else(|| VaultError::InvalidRequest("missing required 'key' parameter".into()))?;
         let refuse = |msg: String| {
             self.unseal_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("unseal share refused: {msg}");
             VaultError::BadUnsealKey(msg)
         };
-        let share = decode_share(key).ok_or_else(|| refuse("invalid unseal key: not hex or base64".into()))?;
+        let share = decode_share(key)
+            .ok_or_else(|| refuse("invalid unseal key: not hex or base64".into()))?;
         let root = {
             let mut guard = self.sealing.write().map_err(VaultError::internal)?;
             let Sealing::Sealed(progress) = &mut *guard else {
@@ -185,7 +212,12 @@ impl Vault {
         Ok(self.status_shape(Some(config), sealed, progress))
     }
 
-    fn status_shape(&self, config: Option<&SealConfig>, sealed: bool, progress: usize) -> SealStatus {
+    fn status_shape(
+        &self,
+        config: Option<&SealConfig>,
+        sealed: bool,
+        progress: usize,
+    ) -> SealStatus {
         let unsealed_config = config.filter(|_| !sealed);
         SealStatus {
             kind: "shamir".into(),
@@ -239,7 +271,8 @@ impl Vault {
                 let Sealing::Unsealed { root, .. } = &*guard else {
                     return Err(VaultError::Sealed);
                 };
-                let mut ring = Keyring::unwrap(root, &current.value).map_err(VaultError::internal)?;
+                let mut ring =
+                    Keyring::unwrap(root, &current.value).map_err(VaultError::internal)?;
                 let term = ring.rotate(clock::rfc3339(clock::now()));
                 let txn = Txn::new()
                     .unchanged(KEYRING_STORAGE_KEY, Some(&current))

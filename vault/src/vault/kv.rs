@@ -72,7 +72,8 @@ impl KvVersion {
     fn of(meta: &SecretMeta, version: u64, vm: &VersionMeta) -> Self {
         Self {
             created_time: vm.created_time.clone(),
-            custom_metadata: (!meta.custom_metadata.is_empty()).then(|| meta.custom_metadata.clone()),
+            custom_metadata: (!meta.custom_metadata.is_empty())
+                .then(|| meta.custom_metadata.clone()),
             deletion_time: vm.deletion_time.clone(),
             destroyed: vm.destroyed,
             version,
@@ -109,9 +110,17 @@ impl Vault {
         let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
-            let mut table = current.as_ref().map(|r| r.value.clone()).unwrap_or_default();
-            if table.keys().any(|m| m.starts_with(&path) || path.starts_with(m.as_str())) {
-                return Err(VaultError::InvalidRequest(format!("path is already in use at {path}")));
+            let mut table = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
+            if table
+                .keys()
+                .any(|m| m.starts_with(&path) || path.starts_with(m.as_str()))
+            {
+                return Err(VaultError::InvalidRequest(format!(
+                    "path is already in use at {path}"
+                )));
             }
             table.insert(path.clone(), MountEntry::kv2(description));
             let txn = Txn::new()
@@ -128,7 +137,10 @@ impl Vault {
         let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
-            let mut table = current.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+            let mut table = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
             if table.remove(&path).is_none() {
                 return Ok((Txn::new(), ()));
             }
@@ -149,7 +161,10 @@ impl Vault {
     /// The mount's KV configuration.
     pub fn kv_config(&self, auth: &Auth, mount: &str) -> Result<MountConfig> {
         auth.require(&format!("{mount}config"))?;
-        Ok(self.mount_config(mount)?.map(|r| r.value).unwrap_or_default())
+        Ok(self
+            .mount_config(mount)?
+            .map(|r| r.value)
+            .unwrap_or_default())
     }
 
     fn mount_config(&self, mount: &str) -> Result<Option<Record<MountConfig>>> {
@@ -157,12 +172,20 @@ impl Vault {
     }
 
     /// Sets the mount's KV configuration (absent fields unchanged).
-    pub async fn kv_set_config(&self, auth: &Auth, mount: &str, update: KvMetaUpdate) -> Result<()> {
+    pub async fn kv_set_config(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        update: KvMetaUpdate,
+    ) -> Result<()> {
         auth.require(&format!("{mount}config"))?;
         let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
         self.transact(|| {
             let current = self.mount_config(mount)?;
-            let mut cfg = current.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+            let mut cfg = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
             if let Some(v) = update.max_versions {
                 cfg.max_versions = v;
             }
@@ -182,7 +205,13 @@ impl Vault {
     }
 
     /// `GET data/:path[?version=N]`. `Ok(None)` when there is no such secret or version.
-    pub async fn kv_read(&self, auth: &Auth, mount: &str, path: &str, version: Option<u64>) -> Result<Option<KvRead>> {
+    pub async fn kv_read(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Option<KvRead>> {
         auth.require(&format!("{mount}data/{path}"))?;
         self.engine.read_barrier().await?;
         let Some(meta) = self.meta_record(mount, path)?.map(|r| r.value) else {
@@ -194,9 +223,13 @@ impl Vault {
         };
         let shape = KvVersion::of(&meta, version, vm);
         if vm.destroyed || vm.is_deleted(clock::now()) {
-            return Ok(Some(KvRead { data: None, version: shape }));
+            return Ok(Some(KvRead {
+                data: None,
+                version: shape,
+            }));
         }
-        let stored: Option<Record<StoredData>> = self.read_record(&data_key(mount, path, version))?;
+        let stored: Option<Record<StoredData>> =
+            self.read_record(&data_key(mount, path, version))?;
         Ok(Some(KvRead {
             data: stored.map(|r| r.value.data),
             version: shape,
@@ -213,8 +246,8 @@ impl Vault {
         cas: Option<u64>,
     ) -> Result<KvVersion> {
         auth.require(&format!("{mount}data/{path}"))?;
-        let stored = StoredData { data };
-        self.write_version(mount, path, cas, |_| Ok(&stored)).await
+        self.write_version(mount, path, cas, |_| Ok(StoredData { data: data.clone() }))
+            .await
     }
 
     /// `PATCH data/:path`: JSON merge-patch of the current version into a new version.
@@ -227,40 +260,50 @@ impl Vault {
         cas: Option<u64>,
     ) -> Result<KvVersion> {
         auth.require(&format!("{mount}data/{path}"))?;
-        let mut merged = None;
         self.write_version(mount, path, cas, |current| {
             let Some((meta, current)) = current else {
-                return Err(VaultError::NotFound("no secret at this path to patch".into()));
+                return Err(VaultError::NotFound(
+                    "no secret at this path to patch".into(),
+                ));
             };
             let version = meta.current_version;
-            let live = meta.versions.get(&version).is_some_and(|v| !v.destroyed && !v.is_deleted(clock::now()));
+            let live = meta
+                .versions
+                .get(&version)
+                .is_some_and(|v| !v.destroyed && !v.is_deleted(clock::now()));
             let data = match (live, current) {
                 (true, Some(d)) => d,
-                _ => return Err(VaultError::NotFound("the current version is deleted or destroyed".into())),
+                _ => {
+                    return Err(VaultError::NotFound(
+                        "the current version is deleted or destroyed".into(),
+                    ))
+                }
             };
             let mut doc = Value::Object(data);
             merge_patch(&mut doc, &Value::Object(patch.clone()));
             let Value::Object(data) = doc else {
                 return Err(VaultError::internal("merge patch produced a non-object"));
             };
-            merged = Some(StoredData { data });
-            Ok(merged.as_ref().expect("just set"))
+            Ok(StoredData { data })
         })
         .await
     }
 
     /// Shared path of write and patch: plan the version from fresh metadata, then one
     /// transaction guarded on the metadata being unchanged.
-    async fn write_version<'s>(
+    async fn write_version(
         &self,
         mount: &str,
         path: &str,
         cas: Option<u64>,
-        mut data: impl FnMut(Option<(&SecretMeta, Option<Map<String, Value>>)>) -> Result<&'s StoredData>,
+        mut data: impl FnMut(Option<(&SecretMeta, Option<Map<String, Value>>)>) -> Result<StoredData>,
     ) -> Result<KvVersion> {
         let mkey = meta_key(mount, path);
         self.transact(|| {
-            let config = self.mount_config(mount)?.map(|r| r.value).unwrap_or_default();
+            let config = self
+                .mount_config(mount)?
+                .map(|r| r.value)
+                .unwrap_or_default();
             let current = self.meta_record(mount, path)?;
             let current_data = match &current {
                 Some(r) if r.value.current_version > 0 => self
@@ -275,7 +318,7 @@ impl Vault {
             let mut txn = Txn::new()
                 .unchanged(mkey.clone(), observed.as_ref())
                 .put(mkey.clone(), self.seal_record(&mkey, &plan.meta)?)
-                .put(dkey.clone(), self.seal_record(&dkey, stored)?);
+                .put(dkey.clone(), self.seal_record(&dkey, &stored)?);
             for v in &plan.pruned {
                 txn = txn.delete(data_key(mount, path, *v));
             }
@@ -323,7 +366,13 @@ impl Vault {
     }
 
     /// `POST delete/:path`: soft-deletes the given versions.
-    pub async fn kv_delete_versions(&self, auth: &Auth, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+    pub async fn kv_delete_versions(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        versions: &[u64],
+    ) -> Result<()> {
         auth.require(&format!("{mount}delete/{path}"))?;
         self.change_meta(mount, path, |m| {
             kv2::soft_delete(m, versions, clock::now());
@@ -333,7 +382,13 @@ impl Vault {
     }
 
     /// `POST undelete/:path`.
-    pub async fn kv_undelete(&self, auth: &Auth, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+    pub async fn kv_undelete(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        versions: &[u64],
+    ) -> Result<()> {
         auth.require(&format!("{mount}undelete/{path}"))?;
         self.change_meta(mount, path, |m| {
             kv2::undelete(m, versions, clock::now());
@@ -343,14 +398,25 @@ impl Vault {
     }
 
     /// `PUT destroy/:path`: removes the versions' data for good.
-    pub async fn kv_destroy(&self, auth: &Auth, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+    pub async fn kv_destroy(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+        versions: &[u64],
+    ) -> Result<()> {
         auth.require(&format!("{mount}destroy/{path}"))?;
         self.change_meta(mount, path, |m| kv2::destroy(m, versions, clock::now()))
             .await
     }
 
     /// `GET metadata/:path`.
-    pub async fn kv_read_meta(&self, auth: &Auth, mount: &str, path: &str) -> Result<Option<SecretMeta>> {
+    pub async fn kv_read_meta(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        path: &str,
+    ) -> Result<Option<SecretMeta>> {
         auth.require(&format!("{mount}metadata/{path}"))?;
         self.engine.read_barrier().await?;
         Ok(self.meta_record(mount, path)?.map(|r| r.value))
@@ -372,13 +438,21 @@ impl Vault {
         }
         let mkey = meta_key(mount, path);
         self.transact(|| {
-            let config = self.mount_config(mount)?.map(|r| r.value).unwrap_or_default();
+            let config = self
+                .mount_config(mount)?
+                .map(|r| r.value)
+                .unwrap_or_default();
             let current = self.meta_record(mount, path)?;
             if merge && current.is_none() {
-                return Err(VaultError::NotFound("no metadata at this path to patch".into()));
+                return Err(VaultError::NotFound(
+                    "no metadata at this path to patch".into(),
+                ));
             }
             let now = clock::rfc3339(clock::now());
-            let mut meta = current.as_ref().map(|r| r.value.clone()).unwrap_or_else(|| SecretMeta::new(&now));
+            let mut meta = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_else(|| SecretMeta::new(&now));
             if let Some(v) = update.max_versions {
                 meta.max_versions = v;
             }
@@ -430,6 +504,7 @@ impl Vault {
         } else {
             format!("{prefix}/")
         };
+        self.keyring()?;
         self.engine.read_barrier().await?;
         let base = meta_key(mount, &folder);
         let entries = self.engine.scan(&base, None, LIST_LIMIT)?;
@@ -451,15 +526,18 @@ impl Vault {
 fn parse_delete_after(value: Option<&str>) -> Result<Option<u64>> {
     value
         .map(|s| {
-            clock::parse_duration_secs(s)
-                .ok_or_else(|| VaultError::InvalidRequest(format!("invalid delete_version_after duration {s:?}")))
+            clock::parse_duration_secs(s).ok_or_else(|| {
+                VaultError::InvalidRequest(format!("invalid delete_version_after duration {s:?}"))
+            })
         })
         .transpose()
 }
 
 fn validate_custom_metadata(custom: &BTreeMap<String, String>) -> Result<()> {
     if custom.len() > 64 {
-        return Err(VaultError::InvalidRequest("custom_metadata holds more than 64 keys".into()));
+        return Err(VaultError::InvalidRequest(
+            "custom_metadata holds more than 64 keys".into(),
+        ));
     }
     for (k, v) in custom {
         if k.len() > 128 || v.len() > 512 {
@@ -480,7 +558,9 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let Value::Object(target_map) = target else { return };
+    let Value::Object(target_map) = target else {
+        return;
+    };
     for (k, v) in patch_map {
         if v.is_null() {
             target_map.remove(k);
@@ -497,7 +577,10 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc7396() {
         let mut doc = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
-        merge_patch(&mut doc, &serde_json::json!({"a": "z", "c": {"f": null}, "n": 1}));
+        merge_patch(
+            &mut doc,
+            &serde_json::json!({"a": "z", "c": {"f": null}, "n": 1}),
+        );
         assert_eq!(doc, serde_json::json!({"a": "z", "c": {"d": "e"}, "n": 1}));
     }
 

@@ -54,7 +54,9 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 

@@ -41,7 +41,8 @@ impl Vault {
         let mut guard = self.sealing.write().map_err(VaultError::internal)?;
         match &mut *guard {
             Sealing::Unsealed { root, keyring } => {
-                let fresh = Arc::new(Keyring::unwrap(root, &wrapped.value).map_err(VaultError::internal)?);
+                let fresh =
+                    Arc::new(Keyring::unwrap(root, &wrapped.value).map_err(VaultError::internal)?);
                 *keyring = fresh.clone();
                 Ok(fresh)
             }
@@ -50,7 +51,11 @@ impl Vault {
     }
 
     /// Decrypts the envelope stored under `key`.
-    pub(crate) fn open_bytes(&self, key: &[u8], envelope: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    pub(crate) fn open_bytes(
+        &self,
+        key: &[u8],
+        envelope: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         let ring = self.keyring()?;
         match ring.open(key, envelope) {
             Ok(pt) => Ok(pt),
@@ -70,7 +75,9 @@ impl Vault {
     }
 
     /// Reads and decrypts a JSON record.
+    /// A sealed node refuses even reads of absent keys: whether a path exists is data too.
     pub(crate) fn read_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<Record<T>>> {
+        self.keyring()?;
         let Some(entry) = self.engine.get(key)? else {
             return Ok(None);
         };
@@ -81,13 +88,17 @@ impl Vault {
 
     /// Encrypts a JSON record for `key` under the active term.
     pub(crate) fn seal_record<T: Serialize>(&self, key: &[u8], value: &T) -> Result<Vec<u8>> {
-        let json = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(VaultError::internal)?);
+        let json =
+            zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(VaultError::internal)?);
         Ok(self.keyring()?.seal(key, &json))
     }
 
     /// Runs `build` (which reads current state and returns a guarded transaction plus the
     /// value to return) until its transaction commits with every guard holding.
-    pub(crate) async fn transact<R>(&self, mut build: impl FnMut() -> Result<(Txn, R)>) -> Result<R> {
+    pub(crate) async fn transact<R>(
+        &self,
+        mut build: impl FnMut() -> Result<(Txn, R)>,
+    ) -> Result<R> {
         for _ in 0..MAX_TXN_ATTEMPTS {
             let (txn, out) = build()?;
             if self.engine.write(txn).await?.succeeded {

@@ -148,7 +148,9 @@ impl Vault {
     /// (which one is logged at debug, never the token).
     pub fn authenticate(&self, token: Option<&str>) -> Result<Auth> {
         self.keyring()?;
-        let token = token.filter(|t| !t.is_empty()).ok_or(VaultError::PermissionDenied)?;
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(VaultError::PermissionDenied)?;
         let key = token_key(token);
         let record = self
             .read_record::<TokenEntry>(&key)?

