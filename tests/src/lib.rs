@@ -18,13 +18,13 @@ pub fn coffer_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("COFFER_BIN") {
         return bin.into();
     }
-    // Test executables live in <target>/<profile>/deps; the binary one level up.
-    let exe = std::env::current_exe().expect("current test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("coffer"))
-        .expect("target directory");
+    // Binaries live in <target>/<profile>, test executables one level below in deps/.
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable directory");
+    let bin = [dir.join("coffer"), dir.join("../coffer")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("../coffer"));
     assert!(
         bin.exists(),
         "{} not found: build it first with `cargo build -p coffer-api --bin coffer`",

@@ -1,0 +1,171 @@
+//! `coffer-bench`: single-node write and read throughput over HTTPS.
+//!
+//! Starts a dev server from the same build (or uses `--addr`/`--ca`/`--token`), then for each
+//! client count runs a timed write phase (new versions of 256-byte secrets) and a timed read
+//! phase (random reads of pre-written secrets), and prints a Markdown table: operations per
+//! second and latency percentiles. Build with `--release` for meaningful figures:
+//!
+//! ```text
+//! cargo build --workspace --release --bins
+//! target/release/coffer-bench --clients 1,64 --seconds 10
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_api::client::Client;
+use coffer_tests::{random_string, Server};
+use serde_json::json;
+
+struct Options {
+    clients: Vec<usize>,
+    seconds: u64,
+    value_bytes: usize,
+    keys: usize,
+    remote: Option<(String, String, String)>,
+}
+
+fn parse_args() -> Options {
+    let mut opts = Options {
+        clients: vec![1, 64],
+        seconds: 10,
+        value_bytes: 256,
+        keys: 1000,
+        remote: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mut addr, mut ca, mut token) = (None, None, None);
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--clients" => opts.clients = value.split(',').filter_map(|c| c.parse().ok()).collect(),
+            "--seconds" => opts.seconds = value.parse().unwrap_or(10),
+            "--value-bytes" => opts.value_bytes = value.parse().unwrap_or(256),
+            "--keys" => opts.keys = value.parse().unwrap_or(1000),
+            "--addr" => addr = Some(value),
+            "--ca" => ca = Some(value),
+            "--token" => token = Some(value),
+            other => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(1);
+            }
+        }
+        i += 2;
+    }
+    if let (Some(a), Some(c), Some(t)) = (addr, ca, token) {
+        opts.remote = Some((a, c, t));
+    }
+    opts
+}
+
+struct PhaseResult {
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl PhaseResult {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+}
+
+async fn phase(client: &Client, clients: usize, seconds: u64, write: bool, keys: usize, value: &str) -> PhaseResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..clients {
+        let client = client.clone();
+        let stop = stop.clone();
+        let errors = errors.clone();
+        let value = value.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = (task * 7919 + n * 31) % keys;
+                n += 1;
+                let t = Instant::now();
+                let result = if write {
+                    let body = json!({"data": {"value": value}});
+                    client.request("POST", &format!("secret/data/bench/{key}"), Some(&body)).await
+                } else {
+                    client.request("GET", &format!("secret/data/bench/{key}"), None).await
+                };
+                match result {
+                    Ok(_) => latencies.push(t.elapsed().as_micros() as u64),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    PhaseResult {
+        ops: latencies_us.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies_us,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = parse_args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "hvs.bench-root-token";
+    let (server, client) = match &opts.remote {
+        Some((addr, ca, token)) => {
+            let pem = std::fs::read_to_string(ca).expect("reading CA");
+            (None, Client::new(addr, Some(&pem), Some(token.clone())).expect("client"))
+        }
+        None => {
+            let server = Server::dev(&dir.path().join("node"), token);
+            let client = server.client(token);
+            (Some(server), client)
+        }
+    };
+    let value = random_string(opts.value_bytes);
+    eprintln!("pre-writing {} secrets of {} bytes", opts.keys, opts.value_bytes);
+    for key in 0..opts.keys {
+        let body = json!({"data": {"value": value}});
+        client
+            .request("POST", &format!("secret/data/bench/{key}"), Some(&body))
+            .await
+            .expect("pre-write");
+    }
+    println!("| operation | clients | ops/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|---|");
+    for &clients in &opts.clients {
+        for write in [true, false] {
+            let r = phase(&client, clients, opts.seconds, write, opts.keys, &value).await;
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+                if write { "write" } else { "read" },
+                clients,
+                r.ops as f64 / r.elapsed.as_secs_f64(),
+                r.percentile(0.50),
+                r.percentile(0.99),
+                r.errors
+            );
+        }
+    }
+    drop(server);
+}
