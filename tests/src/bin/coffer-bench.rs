@@ -77,7 +77,14 @@ impl PhaseResult {
     }
 }
 
-async fn phase(client: &Client, clients: usize, seconds: u64, write: bool, keys: usize, value: &str) -> PhaseResult {
+async fn phase(
+    client: &Client,
+    clients: usize,
+    seconds: u64,
+    write: bool,
+    keys: usize,
+    value: &str,
+) -> PhaseResult {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -96,9 +103,13 @@ async fn phase(client: &Client, clients: usize, seconds: u64, write: bool, keys:
                 let t = Instant::now();
                 let result = if write {
                     let body = json!({"data": {"value": value}});
-                    client.request("POST", &format!("secret/data/bench/{key}"), Some(&body)).await
+                    client
+                        .request("POST", &format!("secret/data/bench/{key}"), Some(&body))
+                        .await
                 } else {
-                    client.request("GET", &format!("secret/data/bench/{key}"), None).await
+                    client
+                        .request("GET", &format!("secret/data/bench/{key}"), None)
+                        .await
                 };
                 match result {
                     Ok(_) => latencies.push(t.elapsed().as_micros() as u64),
@@ -134,7 +145,10 @@ async fn main() {
     let (server, client) = match &opts.remote {
         Some((addr, ca, token)) => {
             let pem = std::fs::read_to_string(ca).expect("reading CA");
-            (None, Client::new(addr, Some(&pem), Some(token.clone())).expect("client"))
+            (
+                None,
+                Client::new(addr, Some(&pem), Some(token.clone())).expect("client"),
+            )
         }
         None => {
             let server = Server::dev(&dir.path().join("node"), token);
@@ -143,7 +157,10 @@ async fn main() {
         }
     };
     let value = random_string(opts.value_bytes);
-    eprintln!("pre-writing {} secrets of {} bytes", opts.keys, opts.value_bytes);
+    eprintln!(
+        "pre-writing {} secrets of {} bytes",
+        opts.keys, opts.value_bytes
+    );
     for key in 0..opts.keys {
         let body = json!({"data": {"value": value}});
         client

@@ -1,0 +1,156 @@
+//! A server started from a config file: starts sealed, `operator init` with 5 shares and a
+//! threshold of 3, two shares leave it sealed, a foreign share is refused and counted, the
+//! third share unseals; a restart seals it again. A key-file seal unseals itself on restart.
+
+use std::path::Path;
+use std::process::Command;
+
+use coffer_tests::{coffer_bin, Server};
+use serde_json::Value;
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let data = dir.join("node");
+    let path = dir.join("coffer.toml");
+    let text = format!(
+        "node_id = 1\ndata_dir = \"{}\"\napi_addr = \"https://127.0.0.1:0\"\npeer_addr = \"127.0.0.1:0\"\n{extra}\n",
+        data.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(config: &Path, dir: &Path) -> Server {
+    Server::spawn(
+        &["server", "--config", config.to_str().unwrap()],
+        &dir.join("node"),
+    )
+}
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(coffer_bin())
+        .args(args)
+        .env("COFFER_ADDR", &server.addr)
+        .env("COFFER_CACERT", server.ca_path())
+        .env("COFFER_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status(server: &Server) -> Value {
+    let (_, out, _) = cli(server, "", &["operator", "status", "-format=json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn shamir_three_of_five_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let server = start(&config, dir.path());
+    assert_eq!(status(&server)["initialized"], false);
+
+    let (code, out, err) = cli(&server, "", &["operator", "init", "-format=json"]);
+    assert_eq!(code, 0, "{err}");
+    let init: Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<String> = serde_json::from_value(init["keys_base64"].clone()).unwrap();
+    let token = init["root_token"].as_str().unwrap().to_string();
+    assert_eq!(keys.len(), 5);
+    assert!(
+        !dir.path().join("node/tls/ca-key.pem").exists(),
+        "the CA key moved into the encrypted state"
+    );
+
+    let (code, _, err) = cli(&server, &token, &["kv", "get", "secret/x"]);
+    assert_eq!(code, 2, "sealed: server error; {err}");
+    assert!(err.contains("Vault is sealed"), "{err}");
+
+    for key in &keys[..2] {
+        let (code, _, err) = cli(&server, "", &["operator", "unseal", key]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let s = status(&server);
+    assert_eq!(
+        (s["sealed"].clone(), s["progress"].clone()),
+        (Value::Bool(true), Value::from(2))
+    );
+
+    let foreign = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g";
+    let (code, _, err) = cli(&server, "", &["operator", "unseal", foreign]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not one of this vault's key shares"), "{err}");
+    let s = status(&server);
+    assert_eq!(
+        (s["progress"].clone(), s["unseal_failures"].clone()),
+        (Value::from(2), Value::from(1))
+    );
+
+    let (code, _, _) = cli(&server, "", &["operator", "unseal", &keys[4]]);
+    assert_eq!(code, 0);
+    assert_eq!(status(&server)["sealed"], false);
+    let (code, _, err) = cli(&server, &token, &["kv", "put", "secret/x", "a=b"]);
+    assert_eq!(code, 0, "{err}");
+
+    server.kill9();
+    let server = start(&config, dir.path());
+    assert_eq!(
+        status(&server)["sealed"],
+        true,
+        "a restarted shamir node starts sealed"
+    );
+    for key in [&keys[1], &keys[3], &keys[0]] {
+        cli(&server, "", &["operator", "unseal", key]);
+    }
+    let (code, out, _) = cli(&server, &token, &["kv", "get", "-field=a", "secret/x"]);
+    assert_eq!((code, out.as_str()), (0, "b\n"));
+}
+
+#[test]
+fn key_file_seal_unseals_itself_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("root.key");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "seal = {{ type = \"file\", path = \"{}\" }}",
+            key_file.display()
+        ),
+    );
+    let server = start(&config, dir.path());
+    let (code, out, _) = cli(
+        &server,
+        "",
+        &[
+            "operator",
+            "init",
+            "-key-shares=1",
+            "-key-threshold=1",
+            "-format=json",
+        ],
+    );
+    assert_eq!(code, 0);
+    let token = serde_json::from_str::<Value>(&out).unwrap()["root_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        status(&server)["sealed"],
+        false,
+        "init with a key-file seal unseals at once"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    cli(&server, &token, &["kv", "put", "secret/auto", "k=v"]);
+    server.kill9();
+    let server = start(&config, dir.path());
+    assert_eq!(status(&server)["sealed"], false);
+    let (code, out, _) = cli(&server, &token, &["kv", "get", "-field=k", "secret/auto"]);
+    assert_eq!((code, out.as_str()), (0, "v\n"));
+}
