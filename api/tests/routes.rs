@@ -333,6 +333,36 @@ async fn bad_input_gets_the_right_status_and_message_and_the_node_keeps_serving(
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+
+    // A secret sent with the wrong shape is not echoed back.
+    let (s, b) = n
+        .call(
+            "POST",
+            "/v1/secret/data/x",
+            Body::from(r#"{"data": "hunter2-secret"}"#),
+            t,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(!b.to_string().contains("hunter2"), "{b}");
+}
+
+#[tokio::test]
+async fn bearer_tokens_work_like_vault_tokens() {
+    let n = node(true).await;
+    for (header, status) in [
+        (format!("Bearer {}", n.token), StatusCode::OK),
+        ("Basic abc".to_string(), StatusCode::FORBIDDEN),
+    ] {
+        let req = Request::builder()
+            .method("GET")
+            .uri("/v1/auth/token/lookup-self")
+            .header("Authorization", header)
+            .body(Body::empty())
+            .unwrap();
+        let resp = n.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), status);
+    }
 }
 
 #[tokio::test]

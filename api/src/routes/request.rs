@@ -28,7 +28,6 @@ pub enum Op {
 }
 
 /// A parsed API request.
-#[derive(Debug)]
 pub struct ApiRequest {
     /// The operation.
     pub op: Op,
@@ -44,6 +43,20 @@ pub struct ApiRequest {
     pub client: Option<ClientAddr>,
     /// Request id, echoed in responses.
     pub request_id: String,
+}
+
+impl std::fmt::Debug for ApiRequest {
+    // Never the token, the body or query values (a secret may travel in any of them).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("op", &self.op)
+            .field("path", &self.path)
+            .field("query_keys", &self.query.keys().collect::<Vec<_>>())
+            .field("has_token", &self.token.is_some())
+            .field("body_bytes", &self.body.len())
+            .field("request_id", &self.request_id)
+            .finish()
+    }
 }
 
 impl ApiRequest {
@@ -88,14 +101,7 @@ impl ApiRequest {
         } else {
             &self.body
         };
-        serde_json::from_slice(bytes).map_err(|e| {
-            let kind = if e.is_data() {
-                "invalid request"
-            } else {
-                "failed to parse JSON input"
-            };
-            ApiError::BadRequest(format!("{kind}: {e}"))
-        })
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(describe_json_error(&e)))
     }
 
     /// A query parameter parsed as an unsigned integer.
@@ -117,6 +123,30 @@ impl ApiRequest {
         self.query
             .get(name)
             .is_some_and(|v| v == "true" || v == "1")
+    }
+}
+
+/// A JSON error message that never repeats the client's values: serde's type errors quote the
+/// offending value (`invalid type: string "hunter2", expected …`), and that value may be a
+/// secret. Field names and positions are kept; values are not.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let at = format!("line {} column {}", e.line(), e.column());
+    if !e.is_data() {
+        // Syntax and EOF messages describe the grammar, not the input.
+        return format!("failed to parse JSON input: {msg}");
+    }
+    if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+        return format!("invalid request: {msg}");
+    }
+    let expected = msg
+        .split_once(", expected ")
+        .map(|(_, rest)| rest.split(" at line ").next().unwrap_or(rest).to_string());
+    match expected {
+        Some(expected) => {
+            format!("invalid request: wrong type or value at {at}, expected {expected}")
+        }
+        None => format!("invalid request: wrong type or value at {at}"),
     }
 }
 
@@ -163,4 +193,33 @@ fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
         out.insert(percent_decode(k)?, percent_decode(&v.replace('+', " "))?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            data: std::collections::BTreeMap<String, String>,
+        }
+        for input in [
+            r#"{"data": "hunter2"}"#,
+            r#"{"data": {"k": 42}}"#,
+            r#"{"data": ["hunter2"]}"#,
+        ] {
+            let err = serde_json::from_str::<Body>(input).unwrap_err();
+            let msg = describe_json_error(&err);
+            assert!(!msg.contains("hunter2") && !msg.contains("42"), "{msg}");
+            assert!(
+                msg.starts_with("invalid request: wrong type or value at line 1"),
+                "{msg}"
+            );
+        }
+        let err = serde_json::from_str::<Body>("{oops").unwrap_err();
+        assert!(describe_json_error(&err).starts_with("failed to parse JSON input"));
+    }
 }

@@ -44,13 +44,23 @@ struct StoredData {
 }
 
 /// A version's data and metadata, as `GET data/:path` returns them.
-#[derive(Debug)]
 pub struct KvRead {
     /// The data; `None` if the version is deleted or destroyed (Vault then answers 404 with
     /// the metadata).
     pub data: Option<Map<String, Value>>,
     /// The version's metadata.
     pub version: KvVersion,
+}
+
+impl std::fmt::Debug for KvRead {
+    // The data is the secret: Debug shows only its keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Option<Vec<&String>> = self.data.as_ref().map(|d| d.keys().collect());
+        f.debug_struct("KvRead")
+            .field("data_keys", &keys)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 /// Metadata of one version, in Vault's response shape.
