@@ -22,6 +22,9 @@ client = hvac.Client(
 )
 kv = client.secrets.kv.v2
 
+head = client.sys.read_health_status()  # HEAD, hvac's default
+check(head.status_code == 200, f"HEAD health: {head.status_code}")
+check(client.sys.is_initialized() and not client.sys.is_sealed(), "is_initialized / is_sealed")
 health = client.sys.read_health_status(method="GET")
 check(health["initialized"] and not health["sealed"], f"health: {health}")
 seal = client.sys.read_seal_status()

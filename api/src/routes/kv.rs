@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::sys::{authenticate, envelope, no_content};
-use super::{ApiRequest, AppState, Op};
+use super::{lenient, ApiRequest, AppState, Op};
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Deserialize)]
@@ -22,13 +22,45 @@ struct WriteBody {
 
 #[derive(Default, Deserialize)]
 struct WriteOptions {
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
     cas: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VersionsBody {
+    #[serde(deserialize_with = "lenient::u64_list")]
     versions: Vec<u64>,
+}
+
+/// Body of `metadata/:path` and `config` writes; absent fields stay unchanged.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaBody {
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    max_versions: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    cas_required: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_duration")]
+    delete_version_after: Option<String>,
+    #[serde(default)]
+    custom_metadata: Option<BTreeMap<String, String>>,
+}
+
+impl MetaBody {
+    fn into_update(self) -> ApiResult<KvMetaUpdate> {
+        let max_versions = self
+            .max_versions
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| ApiError::BadRequest("max_versions is too large".into()))?;
+        Ok(KvMetaUpdate {
+            max_versions,
+            cas_required: self.cas_required,
+            delete_version_after: self.delete_version_after,
+            custom_metadata: self.custom_metadata,
+        })
+    }
 }
 
 pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
@@ -110,7 +142,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             None => Err(ApiError::NotFoundEmpty),
         },
         ("metadata", Op::Write | Op::Patch) => {
-            let update: KvMetaUpdate = req.json()?;
+            let update = req.json::<MetaBody>()?.into_update()?;
             v.kv_write_meta(&auth, mount, path, update, req.op == Op::Patch)
                 .await?;
             Ok(no_content())
@@ -131,7 +163,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             ))
         }
         ("config", Op::Write) if path.is_empty() => {
-            let update: KvMetaUpdate = req.json()?;
+            let update = req.json::<MetaBody>()?.into_update()?;
             if update.custom_metadata.is_some() {
                 return Err(ApiError::BadRequest(
                     "custom_metadata is not a mount setting".into(),

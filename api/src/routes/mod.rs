@@ -4,6 +4,7 @@
 //! resolution are handled in one place.
 
 mod kv;
+mod lenient;
 mod request;
 mod sys;
 

@@ -250,7 +250,7 @@ struct MountBody {
     #[serde(default)]
     description: String,
     #[serde(default)]
-    options: std::collections::BTreeMap<String, String>,
+    options: Option<std::collections::BTreeMap<String, Value>>,
 }
 
 async fn mount_change(state: &AppState, req: &ApiRequest, path: &str) -> ApiResult<Response> {
@@ -258,7 +258,8 @@ async fn mount_change(state: &AppState, req: &ApiRequest, path: &str) -> ApiResu
     match req.op {
         Op::Write => {
             let body: MountBody = req.json()?;
-            let version_ok = body.options.get("version").is_none_or(|v| v == "2");
+            let version = body.options.as_ref().and_then(|o| o.get("version"));
+            let version_ok = version.is_none_or(|v| v == "2" || v == 2);
             if !matches!(body.kind.as_str(), "kv" | "kv-v2") || (body.kind == "kv" && !version_ok) {
                 return Err(ApiError::BadRequest(format!(
                     "unsupported secrets engine {:?}: Coffer serves KV version 2 only",

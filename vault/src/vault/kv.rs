@@ -92,8 +92,7 @@ impl KvVersion {
 }
 
 /// Fields of `POST/PATCH metadata/:path`; absent fields are left unchanged.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default)]
 pub struct KvMetaUpdate {
     /// New `max_versions`.
     pub max_versions: Option<u32>,
