@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod error;
 pub mod kv2;
 pub mod mounts;
+pub mod policy;
 pub mod seal;
 pub mod tokens;
 mod vault;
