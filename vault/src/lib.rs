@@ -13,7 +13,7 @@ pub mod tokens;
 mod vault;
 
 pub use error::{Result, VaultError};
-pub use vault::{
+pub use vault::{StoredPolicy,
     Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, KvMetaUpdate, KvRead, KvVersion,
     NodeInfo, SealStatus, Vault,
 };

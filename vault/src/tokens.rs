@@ -29,6 +29,16 @@ pub struct TokenEntry {
     pub meta: BTreeMap<String, String>,
     /// Whether the token may be renewed.
     pub renewable: bool,
+    /// Storage key (hex of the hash) of the parent token; `None` for orphans. Revoking the
+    /// parent revokes this token.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Hard limit on the token's life in seconds from creation; 0 none.
+    #[serde(default)]
+    pub explicit_max_ttl: u64,
+    /// Periodic tokens renew to this many seconds and have no maximum; 0 not periodic.
+    #[serde(default)]
+    pub period: u64,
 }
 
 impl TokenEntry {
@@ -63,6 +73,23 @@ pub fn token_key(token: &str) -> Vec<u8> {
         hex::encode(Sha256::digest(token.as_bytes()))
     )
     .into_bytes()
+}
+
+/// The hex id inside a token storage key (what `parent` and the child index hold).
+pub fn token_id_of_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key)
+        .trim_start_matches("auth/token/id/")
+        .to_string()
+}
+
+/// Storage key of a token record from its hex id.
+pub fn token_key_from_id(id: &str) -> Vec<u8> {
+    format!("auth/token/id/{id}").into_bytes()
+}
+
+/// Prefix of the child index of a parent token.
+pub fn children_prefix(parent_id: &str) -> Vec<u8> {
+    format!("auth/token/children/{parent_id}/").into_bytes()
 }
 
 /// Storage key mapping an accessor to its token record key.

@@ -12,6 +12,7 @@ use crate::clock;
 use crate::crypto::keyring::{Keyring, KEYRING_STORAGE_KEY};
 use crate::crypto::Key;
 use crate::error::{Result, VaultError};
+use crate::policy::Capability;
 use crate::mounts::{default_table, MOUNTS_KEY};
 use crate::seal::{decode_share, init_material, SealConfig, ShareOutcome, SEAL_CONFIG_KEY};
 use crate::tokens::{accessor_key, generate_accessor, generate_token, token_key, TokenEntry};
@@ -87,6 +88,9 @@ impl Vault {
             expire_time: None,
             meta: Default::default(),
             renewable: false,
+            parent: None,
+            explicit_max_ttl: 0,
+            period: 0,
         };
         let seal =
             |key: &[u8], value: &dyn erased_serde_json::Json| keyring.seal(key, &value.json());
@@ -188,7 +192,7 @@ impl Vault {
 
     /// `sys/seal`: forgets the root key and keyring.
     pub fn seal(&self, auth: &Auth) -> Result<()> {
-        auth.require("sys/seal")?;
+        auth.require_sudo("sys/seal", Capability::Update)?;
         *self.sealing.write().map_err(VaultError::internal)? = Sealing::Sealed(Default::default());
         tracing::info!("vault sealed");
         Ok(())
@@ -260,7 +264,7 @@ impl Vault {
 
     /// `sys/rotate`: adds a keyring term; new writes use it, old terms still decrypt.
     pub async fn rotate(&self, auth: &Auth) -> Result<KeyStatus> {
-        auth.require("sys/rotate")?;
+        auth.require_sudo("sys/rotate", Capability::Update)?;
         let term = self
             .transact(|| {
                 let current = self
@@ -287,7 +291,7 @@ impl Vault {
 
     /// `sys/key-status`.
     pub fn key_status(&self, auth: &Auth) -> Result<KeyStatus> {
-        auth.require("sys/key-status")?;
+        auth.require("sys/key-status", Capability::Read)?;
         let ring = self.keyring()?;
         let (term, key) = ring.active();
         Ok(KeyStatus {

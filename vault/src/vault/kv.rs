@@ -18,6 +18,7 @@ use crate::clock;
 use crate::error::{Result, VaultError};
 use crate::kv2::{self, MountConfig, SecretMeta, VersionMeta};
 use crate::mounts::{MountEntry, MountTable, MOUNTS_KEY};
+use crate::policy::Capability;
 
 /// Most keys a LIST returns.
 const LIST_LIMIT: usize = 100_000;
@@ -115,7 +116,7 @@ impl Vault {
 
     /// Adds a KV v2 mount at `path`.
     pub async fn mount_kv(&self, auth: &Auth, path: &str, description: &str) -> Result<()> {
-        auth.require("sys/mounts")?;
+        auth.require_sudo(&format!("sys/mounts/{path}"), Capability::Delete)?;
         let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
@@ -142,7 +143,7 @@ impl Vault {
 
     /// Removes a mount and every secret under it.
     pub async fn unmount(&self, auth: &Auth, path: &str) -> Result<()> {
-        auth.require("sys/mounts")?;
+        auth.require_sudo(&format!("sys/mounts/{path}"), Capability::Delete)?;
         let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
@@ -169,7 +170,7 @@ impl Vault {
 
     /// The mount's KV configuration.
     pub fn kv_config(&self, auth: &Auth, mount: &str) -> Result<MountConfig> {
-        auth.require(&format!("{mount}config"))?;
+        auth.require(&format!("{mount}config"), Capability::Read)?;
         Ok(self
             .mount_config(mount)?
             .map(|r| r.value)
@@ -187,7 +188,7 @@ impl Vault {
         mount: &str,
         update: KvMetaUpdate,
     ) -> Result<()> {
-        auth.require(&format!("{mount}config"))?;
+        auth.require(&format!("{mount}config"), Capability::Update)?;
         let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
         self.transact(|| {
             let current = self.mount_config(mount)?;
@@ -221,7 +222,7 @@ impl Vault {
         path: &str,
         version: Option<u64>,
     ) -> Result<Option<KvRead>> {
-        auth.require(&format!("{mount}data/{path}"))?;
+        auth.require(&format!("{mount}data/{path}"), Capability::Read)?;
         self.engine.read_barrier().await?;
         let Some(meta) = self.meta_record(mount, path)?.map(|r| r.value) else {
             return Ok(None);
@@ -254,8 +255,7 @@ impl Vault {
         data: Map<String, Value>,
         cas: Option<u64>,
     ) -> Result<KvVersion> {
-        auth.require(&format!("{mount}data/{path}"))?;
-        self.write_version(mount, path, cas, |_| Ok(StoredData { data: data.clone() }))
+        self.write_version(auth, mount, path, cas, None, |_| Ok(StoredData { data: data.clone() }))
             .await
     }
 
@@ -268,8 +268,7 @@ impl Vault {
         patch: Map<String, Value>,
         cas: Option<u64>,
     ) -> Result<KvVersion> {
-        auth.require(&format!("{mount}data/{path}"))?;
-        self.write_version(mount, path, cas, |current| {
+        self.write_version(auth, mount, path, cas, Some(Capability::Patch), |current| {
             let Some((meta, current)) = current else {
                 return Err(VaultError::NotFound(
                     "no secret at this path to patch".into(),
@@ -302,9 +301,11 @@ impl Vault {
     /// transaction guarded on the metadata being unchanged.
     async fn write_version(
         &self,
+        auth: &Auth,
         mount: &str,
         path: &str,
         cas: Option<u64>,
+        needed: Option<Capability>,
         mut data: impl FnMut(Option<(&SecretMeta, Option<Map<String, Value>>)>) -> Result<StoredData>,
     ) -> Result<KvVersion> {
         let mkey = meta_key(mount, path);
@@ -314,6 +315,9 @@ impl Vault {
                 .map(|r| r.value)
                 .unwrap_or_default();
             let current = self.meta_record(mount, path)?;
+            // Vault's rule: writing a path that does not exist needs `create`, else `update`.
+            let cap = needed.unwrap_or(if current.is_some() { Capability::Update } else { Capability::Create });
+            auth.require(&format!("{mount}data/{path}"), cap)?;
             let current_data = match &current {
                 Some(r) if r.value.current_version > 0 => self
                     .read_record::<StoredData>(&data_key(mount, path, r.value.current_version))?
@@ -365,7 +369,7 @@ impl Vault {
 
     /// `DELETE data/:path`: soft-deletes the current version.
     pub async fn kv_delete_latest(&self, auth: &Auth, mount: &str, path: &str) -> Result<()> {
-        auth.require(&format!("{mount}data/{path}"))?;
+        auth.require(&format!("{mount}data/{path}"), Capability::Delete)?;
         self.change_meta(mount, path, |m| {
             let current = m.current_version;
             kv2::soft_delete(m, &[current], clock::now());
@@ -382,7 +386,7 @@ impl Vault {
         path: &str,
         versions: &[u64],
     ) -> Result<()> {
-        auth.require(&format!("{mount}delete/{path}"))?;
+        auth.require(&format!("{mount}delete/{path}"), Capability::Update)?;
         self.change_meta(mount, path, |m| {
             kv2::soft_delete(m, versions, clock::now());
             Vec::new()
@@ -398,7 +402,7 @@ impl Vault {
         path: &str,
         versions: &[u64],
     ) -> Result<()> {
-        auth.require(&format!("{mount}undelete/{path}"))?;
+        auth.require(&format!("{mount}undelete/{path}"), Capability::Update)?;
         self.change_meta(mount, path, |m| {
             kv2::undelete(m, versions, clock::now());
             Vec::new()
@@ -414,7 +418,7 @@ impl Vault {
         path: &str,
         versions: &[u64],
     ) -> Result<()> {
-        auth.require(&format!("{mount}destroy/{path}"))?;
+        auth.require(&format!("{mount}destroy/{path}"), Capability::Update)?;
         self.change_meta(mount, path, |m| kv2::destroy(m, versions, clock::now()))
             .await
     }
@@ -426,7 +430,7 @@ impl Vault {
         mount: &str,
         path: &str,
     ) -> Result<Option<SecretMeta>> {
-        auth.require(&format!("{mount}metadata/{path}"))?;
+        auth.require(&format!("{mount}metadata/{path}"), Capability::Read)?;
         self.engine.read_barrier().await?;
         Ok(self.meta_record(mount, path)?.map(|r| r.value))
     }
@@ -440,7 +444,6 @@ impl Vault {
         update: KvMetaUpdate,
         merge: bool,
     ) -> Result<()> {
-        auth.require(&format!("{mount}metadata/{path}"))?;
         let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
         if let Some(custom) = &update.custom_metadata {
             validate_custom_metadata(custom)?;
@@ -452,6 +455,12 @@ impl Vault {
                 .map(|r| r.value)
                 .unwrap_or_default();
             let current = self.meta_record(mount, path)?;
+            let cap = match (merge, current.is_some()) {
+                (true, _) => Capability::Patch,
+                (false, true) => Capability::Update,
+                (false, false) => Capability::Create,
+            };
+            auth.require(&format!("{mount}metadata/{path}"), cap)?;
             if merge && current.is_none() {
                 return Err(VaultError::NotFound(
                     "no metadata at this path to patch".into(),
@@ -493,7 +502,7 @@ impl Vault {
 
     /// `DELETE metadata/:path`: the metadata and every version.
     pub async fn kv_delete_meta(&self, auth: &Auth, mount: &str, path: &str) -> Result<()> {
-        auth.require(&format!("{mount}metadata/{path}"))?;
+        auth.require(&format!("{mount}metadata/{path}"), Capability::Delete)?;
         kv2::validate_path(path)?;
         let mkey = meta_key(mount, path);
         let data_prefix = format!("kv/{mount}data/{path}\0").into_bytes();
@@ -504,7 +513,7 @@ impl Vault {
 
     /// `LIST metadata/:prefix`: immediate children, folders with a trailing `/`.
     pub async fn kv_list(&self, auth: &Auth, mount: &str, prefix: &str) -> Result<Vec<String>> {
-        auth.require(&format!("{mount}metadata/{prefix}"))?;
+        auth.require(&format!("{mount}metadata/{prefix}"), Capability::List)?;
         if !prefix.is_empty() && !prefix.ends_with('/') {
             kv2::validate_path(prefix)?;
         }

@@ -2,6 +2,7 @@
 //! and keyring in memory only while unsealed), reads and writes encrypted records, and turns
 //! every API write into one guarded transaction retried on conflict.
 
+mod acl;
 mod barrier;
 mod kv;
 mod records;
@@ -16,7 +17,8 @@ use crate::seal::UnsealProgress;
 
 pub use barrier::{StoredCa, CA_KEY};
 pub use kv::{KvMetaUpdate, KvRead, KvVersion};
-pub use sys::{Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
+pub use acl::{Auth, StoredPolicy};
+pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 
 /// Seal state of this node.
 enum Sealing {
@@ -50,6 +52,8 @@ pub struct Vault {
     sealing: RwLock<Sealing>,
     /// Unseal shares refused since start (wrong or foreign shares, failed combinations).
     unseal_failures: AtomicU64,
+    /// Parsed ACL policies, by name and revision.
+    policy_cache: acl::PolicyCache,
 }
 
 impl std::fmt::Debug for Vault {
@@ -68,6 +72,7 @@ impl Vault {
             node,
             sealing: RwLock::new(Sealing::Sealed(UnsealProgress::default())),
             unseal_failures: AtomicU64::new(0),
+            policy_cache: Default::default(),
         }
     }
 

@@ -2,9 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Vault;
-use crate::error::{Result, VaultError};
-use crate::tokens::{token_key, TokenEntry};
 
 /// `sys/init` request (Vault's shape).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -109,63 +106,4 @@ pub struct KeyStatus {
     pub term: u32,
     /// When the active term was installed.
     pub install_time: String,
-}
-
-/// An authenticated caller.
-#[derive(Clone, Debug)]
-pub struct Auth {
-    /// Storage key of the token record (never the token itself).
-    pub token_key: Vec<u8>,
-    /// The token's accessor.
-    pub accessor: String,
-    /// The token's policies.
-    pub policies: Vec<String>,
-    /// The token's display name.
-    pub display_name: String,
-    /// The full record.
-    pub entry: TokenEntry,
-}
-
-impl Auth {
-    /// Whether the caller holds the `root` policy.
-    pub fn is_root(&self) -> bool {
-        self.policies.iter().any(|p| p == "root")
-    }
-
-    /// Refuses unless the caller may act on `path`. Until ACL policies exist, only `root`
-    /// tokens are issued and only `root` passes.
-    pub fn require(&self, _path: &str) -> Result<()> {
-        if self.is_root() {
-            Ok(())
-        } else {
-            Err(VaultError::PermissionDenied)
-        }
-    }
-}
-
-impl Vault {
-    /// Resolves a client token. Missing, unknown and expired tokens are all `PermissionDenied`
-    /// (which one is logged at debug, never the token).
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Auth> {
-        self.keyring()?;
-        let token = token
-            .filter(|t| !t.is_empty())
-            .ok_or(VaultError::PermissionDenied)?;
-        let key = token_key(token);
-        let record = self
-            .read_record::<TokenEntry>(&key)?
-            .ok_or(VaultError::PermissionDenied)?;
-        let entry = record.value;
-        if entry.expired(crate::clock::now().unix_timestamp()) {
-            tracing::debug!(accessor = %entry.accessor, "expired token refused");
-            return Err(VaultError::PermissionDenied);
-        }
-        Ok(Auth {
-            token_key: key,
-            accessor: entry.accessor.clone(),
-            policies: entry.policies.clone(),
-            display_name: entry.display_name.clone(),
-            entry,
-        })
-    }
 }

@@ -1,0 +1,222 @@
+//! Authentication and authorization: resolving a token to its policies, checking
+//! capabilities, and the stored ACL policies (`sys/policies/acl/:name`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use coffer_raft::Txn;
+use serde::{Deserialize, Serialize};
+
+use super::Vault;
+use crate::error::{Result, VaultError};
+use crate::policy::{self, Capability, Policy};
+use crate::tokens::{token_key, TokenEntry};
+
+/// A stored policy: its name and source text, exactly as written (Vault returns the text).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    /// Policy name.
+    pub name: String,
+    /// HCL or JSON source.
+    pub text: String,
+}
+
+fn policy_key(name: &str) -> Vec<u8> {
+    format!("sys/policy/{name}").into_bytes()
+}
+
+/// Parsed policies by name with the revision they were parsed at, so a request does not
+/// re-parse unchanged policies.
+#[derive(Default)]
+pub(crate) struct PolicyCache(Mutex<HashMap<String, (u64, Arc<Policy>)>>);
+
+/// An authenticated caller.
+#[derive(Clone)]
+pub struct Auth {
+    /// Storage key of the token record (never the token itself).
+    pub token_key: Vec<u8>,
+    /// The token's accessor.
+    pub accessor: String,
+    /// The token's policy names.
+    pub policies: Vec<String>,
+    /// The token's display name.
+    pub display_name: String,
+    /// The full record.
+    pub entry: TokenEntry,
+    /// The token's policies, parsed.
+    acl: Arc<Vec<(String, Arc<Policy>)>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("accessor", &self.accessor)
+            .field("display_name", &self.display_name)
+            .field("policies", &self.policies)
+            .finish()
+    }
+}
+
+impl Auth {
+    /// Whether the caller holds the `root` policy.
+    pub fn is_root(&self) -> bool {
+        self.policies.iter().any(|p| p == "root")
+    }
+
+    /// Capabilities on `path`.
+    pub fn capabilities(&self, path: &str) -> std::collections::BTreeSet<Capability> {
+        let refs: Vec<(&str, &Policy)> = self.acl.iter().map(|(n, p)| (n.as_str(), p.as_ref())).collect();
+        policy::capabilities(&refs, path)
+    }
+
+    /// Refuses unless the caller has `cap` on `path`.
+    pub fn require(&self, path: &str, cap: Capability) -> Result<()> {
+        if self.capabilities(path).contains(&cap) {
+            Ok(())
+        } else {
+            Err(VaultError::PermissionDenied)
+        }
+    }
+
+    /// Refuses unless the caller has `cap` and `sudo` on `path` (root-protected routes).
+    pub fn require_sudo(&self, path: &str, cap: Capability) -> Result<()> {
+        let caps = self.capabilities(path);
+        if caps.contains(&cap) && caps.contains(&Capability::Sudo) {
+            Ok(())
+        } else {
+            Err(VaultError::PermissionDenied)
+        }
+    }
+}
+
+impl Vault {
+    /// Resolves a client token. Missing, unknown and expired tokens are all `PermissionDenied`.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Auth> {
+        self.keyring()?;
+        let token = token.filter(|t| !t.is_empty()).ok_or(VaultError::PermissionDenied)?;
+        let key = token_key(token);
+        let entry = self
+            .read_record::<TokenEntry>(&key)?
+            .ok_or(VaultError::PermissionDenied)?
+            .value;
+        if entry.expired(crate::clock::now().unix_timestamp()) {
+            tracing::debug!(accessor = %entry.accessor, "expired token refused");
+            return Err(VaultError::PermissionDenied);
+        }
+        let acl = Arc::new(self.load_policies(&entry.policies)?);
+        Ok(Auth {
+            token_key: key,
+            accessor: entry.accessor.clone(),
+            policies: entry.policies.clone(),
+            display_name: entry.display_name.clone(),
+            entry,
+            acl,
+        })
+    }
+
+    fn load_policies(&self, names: &[String]) -> Result<Vec<(String, Arc<Policy>)>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match name.as_str() {
+                "root" => out.push((name.clone(), Arc::new(Policy::default()))),
+                "default" => {
+                    let p = policy::parse(policy::DEFAULT_POLICY).map_err(VaultError::internal)?;
+                    out.push((name.clone(), Arc::new(p)));
+                }
+                _ => {
+                    if let Some(p) = self.cached_policy(name)? {
+                        out.push((name.clone(), p));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn cached_policy(&self, name: &str) -> Result<Option<Arc<Policy>>> {
+        let Some(entry) = self.engine.get(&policy_key(name))? else {
+            return Ok(None);
+        };
+        let mut cache = self.policy_cache.0.lock().map_err(VaultError::internal)?;
+        if let Some((rev, p)) = cache.get(name) {
+            if *rev == entry.mod_revision {
+                return Ok(Some(p.clone()));
+            }
+        }
+        let plaintext = self.open_bytes(&policy_key(name), &entry.value)?;
+        let stored: StoredPolicy = serde_json::from_slice(&plaintext).map_err(VaultError::internal)?;
+        let parsed = Arc::new(policy::parse(&stored.text).map_err(VaultError::internal)?);
+        cache.insert(name.to_string(), (entry.mod_revision, parsed.clone()));
+        Ok(Some(parsed))
+    }
+
+    /// `PUT sys/policies/acl/:name`.
+    pub async fn write_policy(&self, auth: &Auth, name: &str, text: &str) -> Result<()> {
+        auth.require(&format!("sys/policies/acl/{name}"), Capability::Update)
+            .or_else(|_| auth.require(&format!("sys/policies/acl/{name}"), Capability::Create))?;
+        validate_policy_name(name)?;
+        if policy::BUILTIN.contains(&name) {
+            return Err(VaultError::InvalidRequest(format!("cannot update the built-in {name:?} policy")));
+        }
+        policy::parse(text).map_err(|e| VaultError::InvalidRequest(format!("failed to parse policy: {e}")))?;
+        let key = policy_key(name);
+        let stored = StoredPolicy {
+            name: name.to_string(),
+            text: text.to_string(),
+        };
+        let txn = Txn::new().put(key.clone(), self.seal_record(&key, &stored)?);
+        self.engine.write(txn).await?;
+        Ok(())
+    }
+
+    /// `GET sys/policies/acl/:name`.
+    pub fn read_policy(&self, auth: &Auth, name: &str) -> Result<Option<StoredPolicy>> {
+        auth.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
+        match name {
+            "root" => Ok(Some(StoredPolicy {
+                name: "root".into(),
+                text: String::new(),
+            })),
+            "default" => Ok(Some(StoredPolicy {
+                name: "default".into(),
+                text: policy::DEFAULT_POLICY.trim_start().to_string(),
+            })),
+            _ => Ok(self.read_record::<StoredPolicy>(&policy_key(name))?.map(|r| r.value)),
+        }
+    }
+
+    /// `DELETE sys/policies/acl/:name`.
+    pub async fn delete_policy(&self, auth: &Auth, name: &str) -> Result<()> {
+        auth.require(&format!("sys/policies/acl/{name}"), Capability::Delete)?;
+        if policy::BUILTIN.contains(&name) {
+            return Err(VaultError::InvalidRequest(format!("cannot delete the built-in {name:?} policy")));
+        }
+        self.engine.write(Txn::new().delete(policy_key(name))).await?;
+        Ok(())
+    }
+
+    /// `LIST sys/policies/acl`.
+    pub fn list_policies(&self, auth: &Auth) -> Result<Vec<String>> {
+        auth.require("sys/policies/acl", Capability::List)?;
+        self.keyring()?;
+        let mut names = vec!["default".to_string(), "root".to_string()];
+        for (key, _) in self.engine.scan(b"sys/policy/", None, 100_000)? {
+            names.push(String::from_utf8_lossy(&key["sys/policy/".len()..]).into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+fn validate_policy_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::InvalidRequest(format!(
+            "invalid policy name {name:?}: use letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
