@@ -71,6 +71,7 @@ fn vault_error(e: VaultError) -> Response {
         | VaultError::BadUnsealKey(_)
         | VaultError::CasMismatch => StatusCode::BAD_REQUEST,
         VaultError::PermissionDenied => StatusCode::FORBIDDEN,
+        VaultError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
         VaultError::Sealed | VaultError::NotInitialized | VaultError::Unavailable(_) => {
             StatusCode::SERVICE_UNAVAILABLE

@@ -7,16 +7,27 @@ use coffer_tests::Server;
 
 const TOKEN: &str = "hvs.t30-real-clients";
 
-fn script() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/hvac_check.py")
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
 }
 
 #[test]
 fn hvac_works_unchanged() {
+    run_hvac("hvac_check.py", "hvac: all checks passed");
+}
+
+#[test]
+fn hvac_users_policies_and_tokens_work_unchanged() {
+    run_hvac("hvac_identity.py", "hvac identity: all checks passed");
+}
+
+fn run_hvac(name: &str, success: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::dev(&dir.path().join("node"), TOKEN);
     let out = Command::new("python3")
-        .arg(script())
+        .arg(script(name))
         .env("VAULT_ADDR", &server.addr)
         .env("VAULT_TOKEN", TOKEN)
         .env("VAULT_CACERT", server.ca_path())
@@ -28,7 +39,7 @@ fn hvac_works_unchanged() {
         out.status.success(),
         "hvac check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(stdout.contains("hvac: all checks passed"), "{stdout}");
+    assert!(stdout.contains(success), "{stdout}");
 }
 
 fn bao(server: &Server, args: &[&str]) -> (bool, String, String) {

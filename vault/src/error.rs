@@ -30,6 +30,9 @@ pub enum VaultError {
     /// An unseal share that is malformed or not one of this vault's shares (400).
     #[error("{0}")]
     BadUnsealKey(String),
+    /// Too many failed logins (429).
+    #[error("{0}")]
+    RateLimited(String),
     /// Writes cannot be served now: no leader / no quorum (503).
     #[error("{0}")]
     Unavailable(String),

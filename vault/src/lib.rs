@@ -8,13 +8,15 @@ pub mod error;
 pub mod kv2;
 pub mod mounts;
 pub mod policy;
+pub mod ratelimit;
 pub mod seal;
 pub mod tokens;
 mod vault;
 
 pub use error::{Result, VaultError};
-pub use vault::{StoredPolicy,
-    Auth, HealthInfo, InitRequest, InitResponse, KeyStatus, KvMetaUpdate, KvRead, KvVersion,
-    NodeInfo, SealStatus, Vault,
+pub use vault::{
+    Auth, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead,
+    KvVersion, NodeInfo, SealStatus, StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault,
+    DEFAULT_TTL_SECS, MAX_TTL_SECS,
 };
 pub use vault::{StoredCa, CA_KEY};

@@ -3,6 +3,7 @@
 //! Vault's own router does, so that the non-standard `LIST` method, `?list=true` and mount
 //! resolution are handled in one place.
 
+mod auth;
 mod kv;
 mod lenient;
 mod request;
@@ -69,7 +70,7 @@ async fn route(state: &AppState, req: ApiRequest) -> Result<Response, ApiError> 
         return sys::route(state, rest, &req).await;
     }
     if req.path.starts_with("auth/") {
-        return sys::auth_route(state, &req).await;
+        return auth::route(state, &req).await;
     }
     kv::route(state, &req).await
 }

@@ -68,6 +68,20 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
             if let Some(path) = rest.strip_prefix("mounts/") {
                 return mount_change(state, req, path).await;
             }
+            if let Some(name) = rest
+                .strip_prefix("policies/acl")
+                .or_else(|| rest.strip_prefix("policy"))
+            {
+                if name.is_empty() || name.starts_with('/') {
+                    return super::auth::policies(state, req, name).await;
+                }
+            }
+            if let Some(path) = rest
+                .strip_prefix("auth")
+                .filter(|p| p.is_empty() || p.starts_with('/'))
+            {
+                return super::auth::auth_methods(state, req, path);
+            }
             let known = [
                 "init",
                 "seal-status",
@@ -291,39 +305,5 @@ fn ui_mount(state: &AppState, req: &ApiRequest, path: &str) -> ApiResult<Respons
             Ok(envelope(req, mount_json(mount, entry)))
         }
         None => Err(ApiError::Vault(coffer_vault::VaultError::PermissionDenied)),
-    }
-}
-
-/// `auth/token/lookup-self`: enough of the token API for CLIs that check their token.
-pub(super) async fn auth_route(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
-    match (req.path.as_str(), req.op) {
-        ("auth/token/lookup-self", Op::Read) => {
-            let auth = authenticate(state, req)?;
-            let e = &auth.entry;
-            let ttl = e.expire_time.map_or(0, |t| {
-                (t - coffer_vault::clock::now().unix_timestamp()).max(0)
-            });
-            Ok(envelope(
-                req,
-                json!({
-                    "accessor": e.accessor,
-                    "creation_time": e.creation_time,
-                    "creation_ttl": e.creation_ttl,
-                    "display_name": e.display_name,
-                    "expire_time": null,
-                    "explicit_max_ttl": 0,
-                    "id": req.token,
-                    "meta": e.meta,
-                    "num_uses": 0,
-                    "orphan": true,
-                    "path": e.path,
-                    "policies": e.policies,
-                    "renewable": e.renewable,
-                    "ttl": ttl,
-                    "type": "service",
-                }),
-            ))
-        }
-        _ => Err(ApiError::NoRoute(req.path.clone())),
     }
 }

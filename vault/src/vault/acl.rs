@@ -65,7 +65,11 @@ impl Auth {
 
     /// Capabilities on `path`.
     pub fn capabilities(&self, path: &str) -> std::collections::BTreeSet<Capability> {
-        let refs: Vec<(&str, &Policy)> = self.acl.iter().map(|(n, p)| (n.as_str(), p.as_ref())).collect();
+        let refs: Vec<(&str, &Policy)> = self
+            .acl
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_ref()))
+            .collect();
         policy::capabilities(&refs, path)
     }
 
@@ -93,7 +97,9 @@ impl Vault {
     /// Resolves a client token. Missing, unknown and expired tokens are all `PermissionDenied`.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Auth> {
         self.keyring()?;
-        let token = token.filter(|t| !t.is_empty()).ok_or(VaultError::PermissionDenied)?;
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(VaultError::PermissionDenied)?;
         let key = token_key(token);
         let entry = self
             .read_record::<TokenEntry>(&key)?
@@ -144,7 +150,8 @@ impl Vault {
             }
         }
         let plaintext = self.open_bytes(&policy_key(name), &entry.value)?;
-        let stored: StoredPolicy = serde_json::from_slice(&plaintext).map_err(VaultError::internal)?;
+        let stored: StoredPolicy =
+            serde_json::from_slice(&plaintext).map_err(VaultError::internal)?;
         let parsed = Arc::new(policy::parse(&stored.text).map_err(VaultError::internal)?);
         cache.insert(name.to_string(), (entry.mod_revision, parsed.clone()));
         Ok(Some(parsed))
@@ -156,9 +163,12 @@ impl Vault {
             .or_else(|_| auth.require(&format!("sys/policies/acl/{name}"), Capability::Create))?;
         validate_policy_name(name)?;
         if policy::BUILTIN.contains(&name) {
-            return Err(VaultError::InvalidRequest(format!("cannot update the built-in {name:?} policy")));
+            return Err(VaultError::InvalidRequest(format!(
+                "cannot update the built-in {name:?} policy"
+            )));
         }
-        policy::parse(text).map_err(|e| VaultError::InvalidRequest(format!("failed to parse policy: {e}")))?;
+        policy::parse(text)
+            .map_err(|e| VaultError::InvalidRequest(format!("failed to parse policy: {e}")))?;
         let key = policy_key(name);
         let stored = StoredPolicy {
             name: name.to_string(),
@@ -181,7 +191,9 @@ impl Vault {
                 name: "default".into(),
                 text: policy::DEFAULT_POLICY.trim_start().to_string(),
             })),
-            _ => Ok(self.read_record::<StoredPolicy>(&policy_key(name))?.map(|r| r.value)),
+            _ => Ok(self
+                .read_record::<StoredPolicy>(&policy_key(name))?
+                .map(|r| r.value)),
         }
     }
 
@@ -189,9 +201,13 @@ impl Vault {
     pub async fn delete_policy(&self, auth: &Auth, name: &str) -> Result<()> {
         auth.require(&format!("sys/policies/acl/{name}"), Capability::Delete)?;
         if policy::BUILTIN.contains(&name) {
-            return Err(VaultError::InvalidRequest(format!("cannot delete the built-in {name:?} policy")));
+            return Err(VaultError::InvalidRequest(format!(
+                "cannot delete the built-in {name:?} policy"
+            )));
         }
-        self.engine.write(Txn::new().delete(policy_key(name))).await?;
+        self.engine
+            .write(Txn::new().delete(policy_key(name)))
+            .await?;
         Ok(())
     }
 
@@ -211,7 +227,9 @@ impl Vault {
 fn validate_policy_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {

@@ -12,8 +12,8 @@ use crate::clock;
 use crate::crypto::keyring::{Keyring, KEYRING_STORAGE_KEY};
 use crate::crypto::Key;
 use crate::error::{Result, VaultError};
-use crate::policy::Capability;
 use crate::mounts::{default_table, MOUNTS_KEY};
+use crate::policy::Capability;
 use crate::seal::{decode_share, init_material, SealConfig, ShareOutcome, SEAL_CONFIG_KEY};
 use crate::tokens::{accessor_key, generate_accessor, generate_token, token_key, TokenEntry};
 

@@ -255,8 +255,10 @@ impl Vault {
         data: Map<String, Value>,
         cas: Option<u64>,
     ) -> Result<KvVersion> {
-        self.write_version(auth, mount, path, cas, None, |_| Ok(StoredData { data: data.clone() }))
-            .await
+        self.write_version(auth, mount, path, cas, None, |_| {
+            Ok(StoredData { data: data.clone() })
+        })
+        .await
     }
 
     /// `PATCH data/:path`: JSON merge-patch of the current version into a new version.
@@ -316,7 +318,11 @@ impl Vault {
                 .unwrap_or_default();
             let current = self.meta_record(mount, path)?;
             // Vault's rule: writing a path that does not exist needs `create`, else `update`.
-            let cap = needed.unwrap_or(if current.is_some() { Capability::Update } else { Capability::Create });
+            let cap = needed.unwrap_or(if current.is_some() {
+                Capability::Update
+            } else {
+                Capability::Create
+            });
             auth.require(&format!("{mount}data/{path}"), cap)?;
             let current_data = match &current {
                 Some(r) if r.value.current_version > 0 => self

@@ -7,6 +7,8 @@ mod barrier;
 mod kv;
 mod records;
 mod sys;
+mod token_ops;
+mod userpass;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -15,10 +17,12 @@ use coffer_raft::Engine;
 
 use crate::seal::UnsealProgress;
 
+pub use acl::{Auth, StoredPolicy};
 pub use barrier::{StoredCa, CA_KEY};
 pub use kv::{KvMetaUpdate, KvRead, KvVersion};
-pub use acl::{Auth, StoredPolicy};
 pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
+pub use token_ops::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
+pub use userpass::{UserRecord, UserUpdate};
 
 /// Seal state of this node.
 enum Sealing {
@@ -54,6 +58,8 @@ pub struct Vault {
     unseal_failures: AtomicU64,
     /// Parsed ACL policies, by name and revision.
     policy_cache: acl::PolicyCache,
+    /// Failed-login counters (node-local by design: each node limits what it sees).
+    limiter: std::sync::Mutex<crate::ratelimit::LoginLimiter>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -73,6 +79,7 @@ impl Vault {
             sealing: RwLock::new(Sealing::Sealed(UnsealProgress::default())),
             unseal_failures: AtomicU64::new(0),
             policy_cache: Default::default(),
+            limiter: Default::default(),
         }
     }
 

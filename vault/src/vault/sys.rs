@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// `sys/init` request (Vault's shape).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct InitRequest {
