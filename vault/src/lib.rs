@@ -2,6 +2,7 @@
 //! semantics, tokens, the mount table, and the vault facade that applies them to the
 //! replicated engine. No HTTP here.
 
+pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod error;
