@@ -162,6 +162,8 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     };
     engine.initialize_single(addr).await?;
     engine.wait_leader(Duration::from_secs(30)).await?;
+    let spool = coffer_vault::audit::Spool::open(&cfg.data_dir.join("audit"), cfg.node_id)
+        .map_err(anyhow::Error::msg)?;
     let vault = Arc::new(Vault::new(
         engine.clone(),
         NodeInfo {
@@ -169,7 +171,9 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
             api_addr: cfg.api_addr.clone(),
             cluster_name: cfg.cluster_name.clone(),
         },
+        Arc::new(spool),
     ));
+    tokio::spawn(vault.clone().run_shipper());
 
     let dev_dir = cfg.data_dir.join("dev");
     let seal_key_file = match (&cfg.seal, &dev) {

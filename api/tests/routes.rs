@@ -48,6 +48,9 @@ async fn node(init: bool) -> Node {
             api_addr: "https://127.0.0.1:1".into(),
             cluster_name: "t".into(),
         },
+        std::sync::Arc::new(
+            coffer_vault::audit::Spool::open(&dir.path().join("audit"), 1).unwrap(),
+        ),
     ));
     let mut token = String::new();
     if init {

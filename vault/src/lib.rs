@@ -16,8 +16,8 @@ mod vault;
 
 pub use error::{Result, VaultError};
 pub use vault::{
-    Auth, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead,
-    KvVersion, NodeInfo, SealStatus, StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault,
-    DEFAULT_TTL_SECS, MAX_TTL_SECS,
+    AuditFilter, Auth, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus, KvMetaUpdate,
+    KvRead, KvVersion, NodeChainReport, NodeInfo, SealStatus, StoredPolicy, TokenRequest,
+    UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS, MAX_TTL_SECS, SHIP_BATCH,
 };
 pub use vault::{StoredCa, CA_KEY};

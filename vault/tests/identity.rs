@@ -32,6 +32,7 @@ async fn unsealed(dir: &std::path::Path) -> (Vault, coffer_vault::Auth) {
             api_addr: String::new(),
             cluster_name: "t".into(),
         },
+        std::sync::Arc::new(coffer_vault::audit::Spool::open(&dir.join("audit"), 1).unwrap()),
     );
     let (resp, root) = v
         .init(

@@ -32,6 +32,7 @@ async fn vault(dir: &std::path::Path) -> Vault {
             api_addr: "https://127.0.0.1:1".into(),
             cluster_name: "test".into(),
         },
+        std::sync::Arc::new(coffer_vault::audit::Spool::open(&dir.join("audit"), 1).unwrap()),
     )
 }
 

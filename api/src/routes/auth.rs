@@ -259,6 +259,11 @@ async fn userpass(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<R
         if req.op != Op::Write {
             return Err(ApiError::Method(req.path.clone()));
         }
+        req.set_actor(super::request::Actor {
+            name: user.to_string(),
+            accessor: None,
+            method: "userpass".into(),
+        });
         let body: LoginBody = req.json()?;
         let addr = req
             .client

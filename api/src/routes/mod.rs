@@ -3,6 +3,7 @@
 //! Vault's own router does, so that the non-standard `LIST` method, `?list=true` and mount
 //! resolution are handled in one place.
 
+mod audit;
 mod auth;
 mod kv;
 mod lenient;
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use coffer_vault::Vault;
 
-pub use request::{ApiRequest, Op};
+pub use request::{Actor, ApiRequest, Op};
 
 use crate::error::ApiError;
 
@@ -49,11 +50,18 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
+    let client = request
+        .extensions()
+        .get::<crate::https::ClientAddr>()
+        .copied();
     let response = match ApiRequest::parse(request, state.max_request_bytes).await {
-        Ok(req) => route(&state, req)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
-        Err(e) => e.into_response(),
+        Ok(req) => {
+            let response = route(&state, &req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            audit::record(&state, &req, response).await
+        }
+        Err(e) => audit::record_unparsed(&state, &raw_path, client, e.into_response()).await,
     };
     tracing::info!(
         %method,
@@ -65,12 +73,12 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
-async fn route(state: &AppState, req: ApiRequest) -> Result<Response, ApiError> {
+async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError> {
     if let Some(rest) = req.path.strip_prefix("sys/") {
-        return sys::route(state, rest, &req).await;
+        return sys::route(state, rest, req).await;
     }
     if req.path.starts_with("auth/") {
-        return auth::route(state, &req).await;
+        return auth::route(state, req).await;
     }
-    kv::route(state, &req).await
+    kv::route(state, req).await
 }

@@ -43,6 +43,19 @@ pub struct ApiRequest {
     pub client: Option<ClientAddr>,
     /// Request id, echoed in responses.
     pub request_id: String,
+    /// Who the request turned out to be from, set when it authenticates (or logs in).
+    pub actor: std::sync::Mutex<Option<Actor>>,
+}
+
+/// The caller as the audit record names it.
+#[derive(Clone, Debug, Default)]
+pub struct Actor {
+    /// Display name (`root`, `userpass-alice`) or login name.
+    pub name: String,
+    /// Token accessor, if a token was presented and valid.
+    pub accessor: Option<String>,
+    /// `token` or `userpass`.
+    pub method: String,
 }
 
 impl std::fmt::Debug for ApiRequest {
@@ -88,6 +101,7 @@ impl ApiRequest {
             token: token(&parts.headers),
             client: parts.extensions.get::<ClientAddr>().copied(),
             request_id: uuid::Uuid::new_v4().to_string(),
+            actor: std::sync::Mutex::new(None),
             path,
             query,
             body,
@@ -116,6 +130,13 @@ impl ApiRequest {
                 })
             })
             .transpose()
+    }
+
+    /// Records who the caller is, for the audit record.
+    pub fn set_actor(&self, actor: Actor) {
+        if let Ok(mut slot) = self.actor.lock() {
+            *slot = Some(actor);
+        }
     }
 
     /// A boolean query parameter (`true`/`1` are true).

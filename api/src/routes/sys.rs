@@ -32,7 +32,13 @@ pub fn no_content() -> Response {
 }
 
 pub(super) fn authenticate(state: &AppState, req: &ApiRequest) -> ApiResult<Auth> {
-    Ok(state.vault.authenticate(req.token.as_deref())?)
+    let auth = state.vault.authenticate(req.token.as_deref())?;
+    req.set_actor(super::request::Actor {
+        name: auth.display_name.clone(),
+        accessor: Some(auth.accessor.clone()),
+        method: "token".into(),
+    });
+    Ok(auth)
 }
 
 pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> ApiResult<Response> {

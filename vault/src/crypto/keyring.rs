@@ -145,6 +145,22 @@ impl Keyring {
         Ok(Self { terms })
     }
 
+    /// A subkey for `purpose`, derived from the first term's key (stable across rotations and
+    /// identical on every node): HMAC-SHA256(first key, purpose).
+    pub fn derive(&self, purpose: &[u8]) -> Key {
+        use hmac::Mac;
+        let (_, first) = self
+            .terms
+            .iter()
+            .next()
+            .expect("a keyring always holds at least one term");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(first.key.expose())
+            .expect("HMAC takes any key length");
+        mac.update(purpose);
+        let out: [u8; 32] = mac.finalize().into_bytes().into();
+        Key(Zeroizing::new(out))
+    }
+
     /// Terms and install times, for `sys/key-status`.
     pub fn terms(&self) -> impl Iterator<Item = (u32, &str)> {
         self.terms

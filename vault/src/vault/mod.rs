@@ -3,6 +3,7 @@
 //! every API write into one guarded transaction retried on conflict.
 
 mod acl;
+mod audit_log;
 mod barrier;
 mod kv;
 mod records;
@@ -18,6 +19,7 @@ use coffer_raft::Engine;
 use crate::seal::UnsealProgress;
 
 pub use acl::{Auth, StoredPolicy};
+pub use audit_log::{AuditFilter, NodeChainReport, VerifyReport, SHIP_BATCH};
 pub use barrier::{StoredCa, CA_KEY};
 pub use kv::{KvMetaUpdate, KvRead, KvVersion};
 pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
@@ -58,6 +60,8 @@ pub struct Vault {
     unseal_failures: AtomicU64,
     /// Parsed ACL policies, by name and revision.
     policy_cache: acl::PolicyCache,
+    /// This node's audit spool.
+    spool: Arc<crate::audit::Spool>,
     /// Failed-login counters (node-local by design: each node limits what it sees).
     limiter: std::sync::Mutex<crate::ratelimit::LoginLimiter>,
 }
@@ -72,7 +76,7 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     /// A sealed vault over `engine`.
-    pub fn new(engine: Engine, node: NodeInfo) -> Self {
+    pub fn new(engine: Engine, node: NodeInfo, spool: Arc<crate::audit::Spool>) -> Self {
         Self {
             engine,
             node,
@@ -80,6 +84,7 @@ impl Vault {
             unseal_failures: AtomicU64::new(0),
             policy_cache: Default::default(),
             limiter: Default::default(),
+            spool,
         }
     }
 
