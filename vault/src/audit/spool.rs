@@ -121,7 +121,7 @@ fn recover_tail(path: &Path) -> Result<Option<AuditRecord>, String> {
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(|l| serde_json::from_slice::<AuditRecord>(l).ok())
-        .last();
+        .next_back();
     Ok(last)
 }
 
@@ -234,10 +234,7 @@ impl Spool {
             },
         };
         let mut out = Vec::new();
-        loop {
-            let Some(path) = segments.get(&first) else {
-                break;
-            };
+        while let Some(path) = segments.get(&first) {
             let mut file =
                 File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
             file.seek(SeekFrom::Start(offset))

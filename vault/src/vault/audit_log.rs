@@ -87,6 +87,9 @@ impl AuditFilter {
     }
 }
 
+/// A page of audit records and, when more may follow, the (node, seq) to resume after.
+pub type AuditPage = (Vec<AuditRecord>, Option<(u64, u64)>);
+
 /// One node's chain in the merged log.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeChainReport {
@@ -234,11 +237,7 @@ impl Vault {
 
     /// `GET sys/coffer/audit`: merged records matching `filter`, in (node, seq) order, and
     /// the position to resume after when more may follow.
-    pub fn audit_query(
-        &self,
-        auth: &super::Auth,
-        filter: &AuditFilter,
-    ) -> Result<(Vec<AuditRecord>, Option<(u64, u64)>)> {
+    pub fn audit_query(&self, auth: &super::Auth, filter: &AuditFilter) -> Result<AuditPage> {
         auth.require("sys/coffer/audit", Capability::Read)?;
         self.keyring()?;
         let limit = filter.limit.unwrap_or(100).clamp(1, MAX_QUERY);
