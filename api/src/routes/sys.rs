@@ -82,6 +82,12 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
                     return super::auth::policies(state, req, name).await;
                 }
             }
+            if let Some(rest) = rest.strip_prefix("coffer/audit") {
+                return audit(state, req, rest);
+            }
+            if rest == "metrics" {
+                return metrics(state, req);
+            }
             if let Some(path) = rest
                 .strip_prefix("auth")
                 .filter(|p| p.is_empty() || p.starts_with('/'))
@@ -312,4 +318,158 @@ fn ui_mount(state: &AppState, req: &ApiRequest, path: &str) -> ApiResult<Respons
         }
         None => Err(ApiError::Vault(coffer_vault::VaultError::PermissionDenied)),
     }
+}
+
+/// `sys/coffer/audit` (query) and `sys/coffer/audit/verify`.
+pub(super) fn audit(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    if req.op != Op::Read {
+        return Err(ApiError::Method(req.path.clone()));
+    }
+    match rest {
+        "" => {
+            let filter = audit_filter(req)?;
+            let (records, next) = state.vault.audit_query(&auth, &filter)?;
+            let next = next.map(|(n, s)| format!("{n}:{s}"));
+            Ok(envelope(req, json!({ "records": records, "next": next })))
+        }
+        "/verify" => {
+            let report = state.vault.audit_verify(&auth)?;
+            Ok(envelope(
+                req,
+                serde_json::to_value(report).unwrap_or_default(),
+            ))
+        }
+        _ => Err(ApiError::NoRoute(req.path.clone())),
+    }
+}
+
+fn audit_filter(req: &ApiRequest) -> ApiResult<coffer_vault::AuditFilter> {
+    let text = |k: &str| req.query.get(k).filter(|v| !v.is_empty()).cloned();
+    let time = |k: &str| -> ApiResult<Option<time::OffsetDateTime>> {
+        text(k)
+            .map(|v| {
+                coffer_vault::clock::parse(&v)
+                    .ok_or_else(|| ApiError::BadRequest(format!("{k} must be an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    let after = text("after")
+        .map(|v| {
+            v.split_once(':')
+                .and_then(|(n, s)| Some((n.parse().ok()?, s.parse().ok()?)))
+                .ok_or_else(|| ApiError::BadRequest("after must be <node>:<seq>".into()))
+        })
+        .transpose()?;
+    Ok(coffer_vault::AuditFilter {
+        node: req.query_u64("node")?,
+        actor: text("actor"),
+        operation: text("operation"),
+        path_prefix: text("path_prefix"),
+        mode: text("mode"),
+        outcome: text("outcome"),
+        since: time("since")?,
+        until: time("until")?,
+        after,
+        limit: req.query_u64("limit")?.map(|l| l as usize),
+    })
+}
+
+/// `sys/metrics`: Prometheus text format (token with `read` on `sys/metrics` required).
+pub(super) fn metrics(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    authenticate(state, req)?.require("sys/metrics", Capability::Read)?;
+    use std::sync::atomic::Ordering::Relaxed;
+    let v = &state.vault;
+    let stats = v.spool().stats();
+    let m = v.engine().metrics().borrow().clone();
+    let secs = |n: u64| n as f64 / 1e9;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    metric(
+        "coffer_audit_appends_total",
+        "counter",
+        "Audit records made durable in the local spool.",
+        stats.appends.load(Relaxed).to_string(),
+    );
+    metric(
+        "coffer_audit_fsyncs_total",
+        "counter",
+        "Spool group commits (one fsync each).",
+        stats.fsyncs.load(Relaxed).to_string(),
+    );
+    metric(
+        "coffer_audit_fsync_seconds_total",
+        "counter",
+        "Time spent in spool fsync.",
+        secs(stats.fsync_nanos.load(Relaxed)).to_string(),
+    );
+    metric(
+        "coffer_audit_wait_seconds_total",
+        "counter",
+        "Time requests waited for their audit record to be durable, summed.",
+        secs(stats.wait_nanos.load(Relaxed)).to_string(),
+    );
+    metric(
+        "coffer_audit_spool_last_seq",
+        "gauge",
+        "Highest durable spool sequence number.",
+        v.spool().last_seq().to_string(),
+    );
+    metric(
+        "coffer_audit_merged_seq",
+        "gauge",
+        "Highest sequence number of this node merged into the cluster log.",
+        v.audit_cursor(v.node().node_id).unwrap_or(0).to_string(),
+    );
+    metric(
+        "coffer_raft_applied_index",
+        "gauge",
+        "Last Raft log index applied locally.",
+        v.engine().applied_index().to_string(),
+    );
+    metric(
+        "coffer_raft_last_log_index",
+        "gauge",
+        "Last Raft log index.",
+        m.last_log_index.unwrap_or(0).to_string(),
+    );
+    metric(
+        "coffer_raft_term",
+        "gauge",
+        "Current Raft term.",
+        m.current_term.to_string(),
+    );
+    metric(
+        "coffer_is_leader",
+        "gauge",
+        "1 if this node is the leader.",
+        u8::from(v.engine().is_leader()).to_string(),
+    );
+    metric(
+        "coffer_sealed",
+        "gauge",
+        "1 if this node is sealed.",
+        u8::from(v.is_sealed()).to_string(),
+    );
+    metric(
+        "coffer_unseal_failures_total",
+        "counter",
+        "Unseal shares refused since start.",
+        v.seal_status()
+            .map(|s| s.unseal_failures)
+            .unwrap_or(0)
+            .to_string(),
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }

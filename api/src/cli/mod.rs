@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
+mod audit;
+mod identity;
+
 use crate::client::{Client, ClientError};
 use crate::config::ServerConfig;
 use crate::server::DevOptions;
@@ -50,6 +53,36 @@ enum Command {
     },
     /// Seal status of the node (same as `operator status`).
     Status(Common),
+    /// Log in and keep the token in ~/.coffer-token (mode 0600).
+    Login {
+        #[command(flatten)]
+        common: Common,
+        /// Auth method.
+        #[arg(long, default_value = "userpass")]
+        method: String,
+        /// `username=…` and optionally `password=…` (prompted for otherwise).
+        args: Vec<String>,
+    },
+    /// Tokens: lookup, create, renew, revoke.
+    Token {
+        #[command(subcommand)]
+        command: identity::TokenCmd,
+    },
+    /// ACL policies: write, read, list, delete.
+    Policy {
+        #[command(subcommand)]
+        command: identity::PolicyCmd,
+    },
+    /// Userpass users: create, delete, list, passwd.
+    User {
+        #[command(subcommand)]
+        command: identity::UserCmd,
+    },
+    /// The audit log: tail, export, verify.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCmd,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -85,19 +118,19 @@ struct ServerArgs {
 
 /// Options every client command takes.
 #[derive(Args, Debug, Clone)]
-struct Common {
+pub struct Common {
     /// Server address(es), comma-separated [env: COFFER_ADDR, VAULT_ADDR].
     #[arg(long, global = true)]
-    address: Option<String>,
+    pub address: Option<String>,
     /// CA certificate file [env: COFFER_CACERT, VAULT_CACERT].
     #[arg(long, global = true)]
-    ca_cert: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, default_value = "table", value_parser = ["table", "json"])]
-    format: String,
+    pub format: String,
     /// Print only this field of the data.
     #[arg(long, global = true)]
-    field: Option<String>,
+    pub field: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -282,6 +315,15 @@ async fn run(cli: Cli) -> i32 {
         Command::Operator { command } => operator(command).await,
         Command::Status(common) => status(&common).await,
         Command::Kv { command } => kv(command).await,
+        Command::Login {
+            common,
+            method,
+            args,
+        } => identity::login(&common, &method, &args).await,
+        Command::Token { command } => identity::token(command).await,
+        Command::Policy { command } => identity::policy(command).await,
+        Command::User { command } => identity::user(command).await,
+        Command::Audit { command } => audit::audit(command).await,
     };
     match result {
         Ok(code) => code,
@@ -308,7 +350,7 @@ fn env_any(names: &[&str]) -> Option<String> {
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
-fn client(common: &Common) -> Result<Client, ClientError> {
+pub(crate) fn client(common: &Common) -> Result<Client, ClientError> {
     let addr = common
         .address
         .clone()
@@ -325,8 +367,7 @@ fn client(common: &Common) -> Result<Client, ClientError> {
         })
         .transpose()?;
     let token = env_any(&["COFFER_TOKEN", "VAULT_TOKEN"]).or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        std::fs::read_to_string(PathBuf::from(home).join(".coffer-token"))
+        std::fs::read_to_string(identity::token_file()?)
             .ok()
             .map(|t| t.trim().to_string())
     });
@@ -396,14 +437,14 @@ fn server_config(args: &ServerArgs) -> Result<(ServerConfig, Option<DevOptions>)
     Ok((cfg, dev))
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
 }
 
-fn print_table(rows: &[(String, String)]) {
+pub(crate) fn print_table(rows: &[(String, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
     println!("{:width$}    Value", "Key");
     println!("{:width$}    -----", "---");
@@ -412,7 +453,7 @@ fn print_table(rows: &[(String, String)]) {
     }
 }
 
-fn scalar(v: &Value) -> String {
+pub(crate) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "n/a".into(),
@@ -420,14 +461,14 @@ fn scalar(v: &Value) -> String {
     }
 }
 
-fn rows(obj: &Value) -> Vec<(String, String)> {
+pub(crate) fn rows(obj: &Value) -> Vec<(String, String)> {
     obj.as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), scalar(v))).collect())
         .unwrap_or_default()
 }
 
 /// Prints `data` in the chosen format, or one field of it.
-fn output(common: &Common, whole: &Value, data: &Value) -> i32 {
+pub(crate) fn output(common: &Common, whole: &Value, data: &Value) -> i32 {
     if let Some(field) = &common.field {
         return match data.get(field) {
             Some(v) => {
