@@ -497,3 +497,34 @@ async fn sys_routes_answer_in_vault_shapes() {
     let (s, _) = n.root("GET", "/v1/secret/data/x", Value::Null).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_failed_audit_spool_refuses_requests_and_health_says_why() {
+    let n = node(true).await;
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        n._dir.path().join("audit/spool-00000000000000000001.jsonl"),
+    )
+    .unwrap();
+    let (s, b) = n
+        .root("POST", "/v1/secret/data/x", json!({"data": {"a": "b"}}))
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        b["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("audit spool unavailable"),
+        "{b}"
+    );
+    let (s, b) = n.call("GET", "/v1/sys/health", Body::empty(), None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        b["audit_spool_error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{b}"
+    );
+}

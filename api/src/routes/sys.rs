@@ -191,7 +191,10 @@ fn health(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
             None => Ok(default),
         }
     };
-    let status = if !info.initialized {
+    let status = if info.audit_spool_error.is_some() {
+        // Every audited request is refused: not a node to send traffic to.
+        503
+    } else if !info.initialized {
         code("uninitcode", 501)?
     } else if info.sealed {
         code("sealedcode", 503)?

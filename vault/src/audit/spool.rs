@@ -545,6 +545,24 @@ mod tests {
         );
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_write_fails_closed_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1).unwrap();
+        // The first segment is created on the first append; make it a disk that is full.
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(segment_name(1))).unwrap();
+        let err = spool.append(ev(1)).await.unwrap_err();
+        assert!(err.starts_with("audit spool unavailable: write:"), "{err}");
+        assert_eq!(spool.failure().as_deref(), Some(err.as_str()));
+        assert_eq!(
+            spool.append(ev(2)).await.unwrap_err(),
+            err,
+            "refuses until restart"
+        );
+        assert_eq!(spool.last_seq(), 0, "nothing was acknowledged");
+    }
+
     #[tokio::test]
     async fn a_flipped_byte_is_reported_with_its_position() {
         let dir = tempfile::tempdir().unwrap();

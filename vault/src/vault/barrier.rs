@@ -259,6 +259,7 @@ impl Vault {
             cluster_name: known.map(|c| c.cluster_name.clone()),
             cluster_id: known.map(|c| c.cluster_id.clone()),
             applied_index: self.engine.applied_index(),
+            audit_spool_error: self.spool().failure(),
         })
     }
 

@@ -96,6 +96,10 @@ pub struct HealthInfo {
     pub cluster_id: Option<String>,
     /// Coffer: last applied Raft index on this node.
     pub applied_index: u64,
+    /// Coffer: why the audit spool refuses records, if it does (the node then refuses
+    /// every audited request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_spool_error: Option<String>,
 }
 
 /// `sys/key-status` response.
