@@ -115,6 +115,31 @@ impl Client {
     }
 }
 
+impl Client {
+    /// GETs a non-JSON resource (`sys/metrics`) and returns its text, from the first
+    /// reachable address.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let mut failures = Vec::new();
+        for addr in &self.addrs {
+            let mut req = self.http.get(format!("{addr}/v1/{path}"));
+            if let Some(token) = &self.token {
+                req = req.header("X-Vault-Token", token);
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp
+                        .text()
+                        .await
+                        .map_err(|e| ClientError::Unreachable(e.to_string()))
+                }
+                Ok(resp) => return finish(resp).await.map(|r| r.body.to_string()),
+                Err(e) => failures.push(format!("{addr}: {}", root_cause(&e))),
+            }
+        }
+        Err(ClientError::Unreachable(failures.join("; ")))
+    }
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
