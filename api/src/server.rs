@@ -193,7 +193,9 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     }
     if let Some(path) = seal_key_file.filter(|p| p.exists()) {
         if vault.is_initialized()? && vault.is_sealed() {
-            vault.unseal_with_root(read_key_file(&path)?)?;
+            let outcome = vault.unseal_with_root(read_key_file(&path)?);
+            audit_system(&vault, "unseal", "sys/unseal", outcome.is_ok()).await?;
+            outcome?;
         }
     }
     print_banner(&cfg, &paths, dev.is_some(), &dev_dir);
@@ -234,8 +236,27 @@ async fn dev_bootstrap(state: &AppState, dev: &DevOptions, dev_dir: &Path) -> an
     };
     let ca = state.pending_ca.lock().ok().and_then(|mut ca| ca.take());
     let (response, root) = state.vault.init(request, ca).await?;
+    audit_system(&state.vault, "init", "sys/init", true).await?;
     write_private(&token_file, response.root_token.as_bytes())?;
     after_init(state, root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// Audits what the node does by itself at start (init in dev mode, key-file unseal): no
+/// request carries these, and they are security-relevant all the same.
+async fn audit_system(vault: &Vault, operation: &str, path: &str, ok: bool) -> anyhow::Result<()> {
+    let event = coffer_vault::audit::AuditEvent {
+        actor: "system".into(),
+        auth_method: "key-file".into(),
+        client_addr: "local".into(),
+        operation: operation.into(),
+        path: path.into(),
+        outcome: if ok { "ok" } else { "error" }.into(),
+        status: if ok { 200 } else { 500 },
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    vault.audit(event).await?;
     Ok(())
 }
 

@@ -153,4 +153,28 @@ fn key_file_seal_unseals_itself_on_restart() {
     assert_eq!(status(&server)["sealed"], false);
     let (code, out, _) = cli(&server, &token, &["kv", "get", "-field=k", "secret/auto"]);
     assert_eq!((code, out.as_str()), (0, "v\n"));
+    // The unattended unseal is audited like any other.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cli(
+            &server,
+            &token,
+            &[
+                "audit",
+                "tail",
+                "--actor",
+                "system",
+                "--operation",
+                "unseal",
+            ],
+        );
+        if out.contains("op=unseal") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit record of the key-file unseal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
