@@ -143,3 +143,60 @@ fn bao_version_operations_mounts_and_metadata_work_unchanged() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["sealed"], false);
 }
+
+#[test]
+fn bao_policies_userpass_login_and_tokens_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+    let policy = dir.path().join("team.hcl");
+    std::fs::write(
+        &policy,
+        "path \"secret/data/team/*\" { capabilities = [\"read\"] }\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = bao(&server, args);
+        assert!(ok, "bao {args:?}: {out}\n{err}");
+        out
+    };
+    run(&["policy", "write", "team", policy.to_str().unwrap()]);
+    assert!(run(&["policy", "list"]).lines().any(|l| l == "team"));
+    run(&["auth", "enable", "userpass"]);
+    run(&[
+        "write",
+        "auth/userpass/users/alice",
+        "password=pw",
+        "policies=team",
+    ]);
+    run(&["kv", "put", "secret/team/x", "a=b"]);
+    // Log in as alice; bao keeps her token in $HOME/.vault-token and uses it instead of
+    // BAO_TOKEN only when BAO_TOKEN is unset, so run her commands without it.
+    let alice = |args: &[&str]| {
+        let out = Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &server.addr)
+            .env("BAO_CACERT", server.ca_path())
+            .env_remove("BAO_TOKEN")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = alice(&["login", "-method=userpass", "username=alice", "password=pw"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = alice(&["kv", "get", "-field=a", "secret/team/x"]);
+    assert!(ok && out.trim() == "b", "{out}");
+    let (ok, _, err) = alice(&["kv", "put", "secret/team/x", "a=c"]);
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let (ok, _, err) = alice(&["token", "revoke", "-self"]);
+    assert!(ok, "{err}");
+    let (ok, _, _) = alice(&["kv", "get", "secret/team/x"]);
+    assert!(!ok, "a revoked token no longer reads");
+    let created = run(&["token", "create", "-policy=team", "-ttl=1h", "-format=json"]);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(created["auth"]["lease_duration"], 3600);
+}
