@@ -147,21 +147,20 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     };
     let tls = ensure_tls(&cfg, &paths, &api_host)?;
 
-    let engine = Engine::open(
+    let engine = Engine::open_single(
         EngineConfig {
             node_id: cfg.node_id,
             data_dir: cfg.data_dir.clone(),
             tuning: cfg.raft.clone(),
         },
         NoPeers,
+        NodeAddr {
+            api_addr: cfg.api_addr.clone(),
+            peer_addr: cfg.peer_addr.clone(),
+        },
+        Duration::from_secs(30),
     )
     .await?;
-    let addr = NodeAddr {
-        api_addr: cfg.api_addr.clone(),
-        peer_addr: cfg.peer_addr.clone(),
-    };
-    engine.initialize_single(addr).await?;
-    engine.wait_leader(Duration::from_secs(30)).await?;
     let spool = coffer_vault::audit::Spool::open(&cfg.data_dir.join("audit"), cfg.node_id)
         .map_err(anyhow::Error::msg)?;
     let vault = Arc::new(Vault::new(

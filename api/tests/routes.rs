@@ -23,24 +23,21 @@ struct Node {
 
 async fn node(init: bool) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(
+    let engine = Engine::open_single(
         EngineConfig {
             node_id: 1,
             data_dir: dir.path().to_path_buf(),
             tuning: RaftTuning::default(),
         },
         NoPeers,
+        NodeAddr {
+            api_addr: "https://127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+        },
+        Duration::from_secs(10),
     )
     .await
     .unwrap();
-    engine
-        .initialize_single(NodeAddr {
-            api_addr: "https://127.0.0.1:1".into(),
-            peer_addr: "127.0.0.1:2".into(),
-        })
-        .await
-        .unwrap();
-    engine.wait_leader(Duration::from_secs(10)).await.unwrap();
     let vault = Arc::new(Vault::new(
         engine,
         NodeInfo {

@@ -87,6 +87,23 @@ impl Engine {
         })
     }
 
+    /// Opens the engine and makes it the leader of a one-voter cluster (initializing one on a
+    /// fresh data directory), waiting up to `timeout` for the leadership.
+    pub async fn open_single<N>(
+        config: EngineConfig,
+        network: N,
+        addr: NodeAddr,
+        timeout: Duration,
+    ) -> Result<Self, EngineError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let engine = Self::open(config, network).await?;
+        engine.initialize_single(addr).await?;
+        engine.wait_leader(timeout).await?;
+        Ok(engine)
+    }
+
     /// Makes this node a one-voter cluster if it is not part of one yet. Idempotent.
     pub async fn initialize_single(&self, addr: NodeAddr) -> Result<(), EngineError> {
         if self.raft.is_initialized().await.map_err(storage)? {

@@ -76,24 +76,21 @@ async fn a_secret_value_never_reaches_the_disk_or_the_log() {
 
     // Force a snapshot and a full compaction on the same data, then look again.
     {
-        let engine = Engine::open(
+        let engine = Engine::open_single(
             EngineConfig {
                 node_id: 1,
                 data_dir: data.clone(),
                 tuning: RaftTuning::default(),
             },
             NoPeers,
+            NodeAddr {
+                api_addr: "https://127.0.0.1:1".into(),
+                peer_addr: "127.0.0.1:2".into(),
+            },
+            Duration::from_secs(10),
         )
         .await
         .unwrap();
-        engine
-            .initialize_single(NodeAddr {
-                api_addr: "https://127.0.0.1:1".into(),
-                peer_addr: "127.0.0.1:2".into(),
-            })
-            .await
-            .unwrap();
-        engine.wait_leader(Duration::from_secs(10)).await.unwrap();
         engine.snapshot_now().await.unwrap();
         engine.compact();
         engine.shutdown().await.unwrap();

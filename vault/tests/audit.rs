@@ -1,12 +1,13 @@
 //! Audit over a real engine: spool → merged log exactly once across restarts and racing
 //! shippers, and tampering detected with its position.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr, RaftTuning, Txn};
-use coffer_vault::audit::{AuditEvent, Spool};
-use coffer_vault::{AuditFilter, InitRequest, NodeInfo, Vault};
+use std::sync::Arc;
+
+use coffer_raft::Txn;
+use coffer_vault::audit::AuditEvent;
+use coffer_vault::{AuditFilter, InitRequest, Vault};
 
 struct Node {
     vault: Arc<Vault>,
@@ -14,34 +15,7 @@ struct Node {
 }
 
 async fn open(dir: &std::path::Path, init: Option<&str>) -> Node {
-    let engine = Engine::open(
-        EngineConfig {
-            node_id: 1,
-            data_dir: dir.to_path_buf(),
-            tuning: RaftTuning::default(),
-        },
-        NoPeers,
-    )
-    .await
-    .unwrap();
-    engine
-        .initialize_single(NodeAddr {
-            api_addr: "https://127.0.0.1:1".into(),
-            peer_addr: "127.0.0.1:2".into(),
-        })
-        .await
-        .unwrap();
-    engine.wait_leader(Duration::from_secs(10)).await.unwrap();
-    let spool = Arc::new(Spool::open(&dir.join("audit"), 1).unwrap());
-    let vault = Arc::new(Vault::new(
-        engine,
-        NodeInfo {
-            node_id: 1,
-            api_addr: String::new(),
-            cluster_name: "t".into(),
-        },
-        spool,
-    ));
+    let vault = Arc::new(common::vault(dir).await);
     let root = match init {
         Some(token) => token.to_string(),
         None => {

@@ -1,39 +1,14 @@
 //! Identities over a real engine: token trees, expiry, renewal limits, userpass and limits.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr, RaftTuning};
-use coffer_vault::{InitRequest, NodeInfo, TokenRequest, UserUpdate, Vault, VaultError};
+use coffer_vault::{InitRequest, TokenRequest, UserUpdate, Vault, VaultError};
 use zeroize::Zeroizing;
 
 async fn unsealed(dir: &std::path::Path) -> (Vault, coffer_vault::Auth) {
-    let engine = Engine::open(
-        EngineConfig {
-            node_id: 1,
-            data_dir: dir.to_path_buf(),
-            tuning: RaftTuning::default(),
-        },
-        NoPeers,
-    )
-    .await
-    .unwrap();
-    engine
-        .initialize_single(NodeAddr {
-            api_addr: "https://127.0.0.1:1".into(),
-            peer_addr: "127.0.0.1:2".into(),
-        })
-        .await
-        .unwrap();
-    engine.wait_leader(Duration::from_secs(10)).await.unwrap();
-    let v = Vault::new(
-        engine,
-        NodeInfo {
-            node_id: 1,
-            api_addr: String::new(),
-            cluster_name: "t".into(),
-        },
-        std::sync::Arc::new(coffer_vault::audit::Spool::open(&dir.join("audit"), 1).unwrap()),
-    );
+    let v = common::vault(dir).await;
     let (resp, root) = v
         .init(
             InitRequest {

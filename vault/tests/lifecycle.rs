@@ -1,40 +1,11 @@
 //! The vault over a real one-voter engine: init, unseal with shares, seal, rotate, KV v2.
 
-use std::time::Duration;
+mod common;
 
-use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr, RaftTuning};
-use coffer_vault::{Auth, InitRequest, NodeInfo, Vault, VaultError};
+use coffer_vault::{Auth, InitRequest, Vault, VaultError};
 use serde_json::{json, Map, Value};
 
-async fn vault(dir: &std::path::Path) -> Vault {
-    let engine = Engine::open(
-        EngineConfig {
-            node_id: 1,
-            data_dir: dir.to_path_buf(),
-            tuning: RaftTuning::default(),
-        },
-        NoPeers,
-    )
-    .await
-    .unwrap();
-    engine
-        .initialize_single(NodeAddr {
-            api_addr: "https://127.0.0.1:1".into(),
-            peer_addr: "127.0.0.1:2".into(),
-        })
-        .await
-        .unwrap();
-    engine.wait_leader(Duration::from_secs(10)).await.unwrap();
-    Vault::new(
-        engine,
-        NodeInfo {
-            node_id: 1,
-            api_addr: "https://127.0.0.1:1".into(),
-            cluster_name: "test".into(),
-        },
-        std::sync::Arc::new(coffer_vault::audit::Spool::open(&dir.join("audit"), 1).unwrap()),
-    )
-}
+use common::vault;
 
 fn data(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()

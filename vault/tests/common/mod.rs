@@ -1,0 +1,40 @@
+//! Shared set-up for the vault's integration tests: a real one-voter engine and audit spool
+//! in a temporary directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr, RaftTuning};
+use coffer_vault::audit::Spool;
+use coffer_vault::{NodeInfo, Vault};
+
+/// A sealed, possibly uninitialized vault of node 1 over `dir`.
+#[allow(dead_code)] // each test binary uses part of this module
+pub async fn vault(dir: &Path) -> Vault {
+    let engine = Engine::open_single(
+        EngineConfig {
+            node_id: 1,
+            data_dir: dir.to_path_buf(),
+            tuning: RaftTuning::default(),
+        },
+        NoPeers,
+        NodeAddr {
+            api_addr: "https://127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let spool = Arc::new(Spool::open(&dir.join("audit"), 1).unwrap());
+    Vault::new(
+        engine,
+        NodeInfo {
+            node_id: 1,
+            api_addr: "https://127.0.0.1:1".into(),
+            cluster_name: "test".into(),
+        },
+        spool,
+    )
+}
