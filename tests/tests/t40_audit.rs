@@ -306,12 +306,13 @@ fn a_flipped_byte_in_the_spool_is_reported_by_audit_verify() {
         .map(|(i, _)| i)
         .collect();
     let third_start = lines[1] + 1;
-    let pos = third_start
-        + bytes[third_start..]
-            .windows(6)
-            .position(|w| w == b"secret")
-            .unwrap();
-    bytes[pos] ^= 0x20; // 's' -> 'S': still valid JSON, no longer the recorded content
+    let field = br#""sealed":""#;
+    let at = bytes[third_start..]
+        .windows(field.len())
+        .position(|w| w == field);
+    let pos = third_start + at.expect("sealed body on line 3") + field.len() + 60;
+    // Another base64 letter: still valid JSON and base64, no longer the sealed body.
+    bytes[pos] = if bytes[pos] == b'A' { b'B' } else { b'A' };
     std::fs::write(&seg, bytes).unwrap();
 
     let server = Server::dev(&data, ROOT);

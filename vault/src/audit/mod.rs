@@ -8,7 +8,9 @@
 //!   keyring and the engine.
 
 pub mod record;
+pub mod sealing;
 pub mod spool;
 
 pub use record::{chain, verify_chain, AuditEvent, AuditRecord, ChainProblem};
+pub use sealing::SpoolKey;
 pub use spool::{Spool, SpoolStats};

@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use super::record::{chain, verify_chain, AuditEvent, AuditRecord, ChainProblem, GENESIS};
+use serde::{Deserialize, Serialize};
+
+use super::record::{chain, AuditEvent, AuditRecord, ChainProblem, GENESIS};
+use super::sealing::{BatchSealer, SpoolKey};
 
 /// Records per segment file; segments wholly merged into the cluster log are deleted.
 const SEGMENT_RECORDS: u64 = 10_000;
@@ -52,6 +55,8 @@ struct Shared {
     notify: tokio::sync::Notify,
     /// Counters.
     stats: SpoolStats,
+    /// Public key bodies are sealed to; `None` until the vault is initialized.
+    recipient: Mutex<Option<[u8; 32]>>,
     /// Where the last `read_from` stopped: (next seq, segment first seq, byte offset), so the
     /// shipper reads each segment once instead of rescanning it per batch.
     read_pos: Mutex<Option<(u64, u64, u64)>>,
@@ -72,6 +77,62 @@ impl std::fmt::Debug for Spool {
         f.debug_struct("Spool")
             .field("node", &self.node)
             .finish_non_exhaustive()
+    }
+}
+
+/// One spool line: the chain fields in clear (so a sealed node can continue the chain), the
+/// body sealed to the audit spool key — or, before the vault is initialized and no key exists
+/// yet, in clear.
+#[derive(Serialize, Deserialize)]
+struct SpoolLine {
+    node: u64,
+    seq: u64,
+    prev_hash: String,
+    hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<AuditEvent>,
+}
+
+impl SpoolLine {
+    fn of(rec: &AuditRecord, sealer: Option<&BatchSealer>) -> Self {
+        let (sealed, event) = match sealer {
+            Some(s) => {
+                let body =
+                    zeroize::Zeroizing::new(serde_json::to_vec(&rec.event).unwrap_or_default());
+                (Some(s.seal(rec.node, rec.seq, &body)), None)
+            }
+            None => (None, Some(rec.event.clone())),
+        };
+        Self {
+            node: rec.node,
+            seq: rec.seq,
+            prev_hash: rec.prev_hash.clone(),
+            hash: rec.hash.clone(),
+            sealed,
+            event,
+        }
+    }
+
+    /// The record, opening a sealed body with `key`.
+    fn record(self, key: Option<&SpoolKey>) -> Result<AuditRecord, String> {
+        let event = match (self.event, self.sealed) {
+            (Some(e), _) => e,
+            (None, Some(sealed)) => {
+                let key = key.ok_or("the audit spool key is needed (the vault is sealed)")?;
+                let body = key.open(self.node, self.seq, &sealed)?;
+                serde_json::from_slice(&body).map_err(|e| format!("sealed audit body: {e}"))?
+            }
+            (None, None) => return Err("spool line has no body".into()),
+        };
+        Ok(AuditRecord {
+            node: self.node,
+            seq: self.seq,
+            event,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
     }
 }
 
@@ -97,8 +158,9 @@ fn list_segments(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, String> {
     Ok(out)
 }
 
-/// Reads the last segment, truncating a torn (newline-less) tail; returns the last record.
-fn recover_tail(path: &Path) -> Result<Option<AuditRecord>, String> {
+/// Reads the last segment, truncating a torn (newline-less) tail; returns the last record's
+/// sequence number and hash.
+fn recover_tail(path: &Path) -> Result<Option<(u64, String)>, String> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -120,8 +182,9 @@ fn recover_tail(path: &Path) -> Result<Option<AuditRecord>, String> {
     let last = bytes[..complete]
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .filter_map(|l| serde_json::from_slice::<AuditRecord>(l).ok())
-        .next_back();
+        .filter_map(|l| serde_json::from_slice::<SpoolLine>(l).ok())
+        .next_back()
+        .map(|l| (l.seq, l.hash));
     Ok(last)
 }
 
@@ -134,7 +197,7 @@ impl Spool {
             Some((_, path)) => recover_tail(path)?,
             None => None,
         };
-        let (last_seq, last_hash) = last.map_or((0, GENESIS.to_string()), |r| (r.seq, r.hash));
+        let (last_seq, last_hash) = last.unwrap_or((0, GENESIS.to_string()));
         let shared = Arc::new(Shared {
             durable: AtomicU64::new(last_seq),
             failure: Mutex::new(None),
@@ -142,6 +205,7 @@ impl Spool {
             notify: tokio::sync::Notify::new(),
             stats: SpoolStats::default(),
             read_pos: Mutex::new(None),
+            recipient: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -186,6 +250,13 @@ impl Spool {
         result
     }
 
+    /// Seals every later record body to `public` (the cluster's audit spool key).
+    pub fn set_recipient(&self, public: [u8; 32]) {
+        if let Ok(mut r) = self.shared.recipient.lock() {
+            *r = Some(public);
+        }
+    }
+
     /// Why the spool refuses appends, if it does.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.lock().ok().and_then(|f| f.clone())
@@ -211,8 +282,14 @@ impl Spool {
         self.shared.notify.notified().await
     }
 
-    /// Up to `max` durable records from `seq` on, in order.
-    pub fn read_from(&self, seq: u64, max: usize) -> Result<Vec<AuditRecord>, String> {
+    /// Up to `max` durable records from `seq` on, in order; sealed bodies are opened with
+    /// `key`.
+    pub fn read_from(
+        &self,
+        seq: u64,
+        max: usize,
+        key: Option<&SpoolKey>,
+    ) -> Result<Vec<AuditRecord>, String> {
         let durable = self.last_seq();
         if seq > durable || max == 0 {
             return Ok(Vec::new());
@@ -249,7 +326,7 @@ impl Spool {
                 if n == 0 || line.last() != Some(&b'\n') {
                     break;
                 }
-                let rec: AuditRecord = serde_json::from_slice(&line).map_err(|e| {
+                let rec: SpoolLine = serde_json::from_slice(&line).map_err(|e| {
                     format!("unreadable audit spool line in {}: {e}", path.display())
                 })?;
                 if rec.seq > durable {
@@ -257,7 +334,7 @@ impl Spool {
                 }
                 offset += n as u64;
                 if rec.seq >= seq {
-                    out.push(rec);
+                    out.push(rec.record(key)?);
                     if out.len() >= max {
                         let next = out.last().map_or(seq, |r| r.seq + 1);
                         *self.shared.read_pos.lock().map_err(|e| e.to_string())? =
@@ -296,39 +373,73 @@ impl Spool {
         Ok(())
     }
 
-    /// Checks the chain of every record still in the spool.
-    pub fn verify(&self) -> Result<(u64, Vec<ChainProblem>), String> {
+    /// Checks every record still in the spool: the chain links (gaps, forks) from the clear
+    /// fields, and each body against its hash (opening sealed bodies with `key`).
+    pub fn verify(&self, key: Option<&SpoolKey>) -> Result<(u64, Vec<ChainProblem>), String> {
         let segments = self
             .shared
             .segments
             .lock()
             .map_err(|e| e.to_string())?
             .clone();
-        let mut records = Vec::new();
         let mut problems = Vec::new();
+        let mut count = 0;
+        let mut prev: Option<(u64, String)> = None;
+        let problem = |seq, kind: &str, detail: String| ChainProblem {
+            node: self.node,
+            seq,
+            kind: kind.into(),
+            detail,
+        };
         for path in segments.values() {
             let text =
                 std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            for (i, line) in text.split(|b| *b == b'\n').enumerate() {
-                if line.is_empty() {
+            for (i, raw) in text.split(|b| *b == b'\n').enumerate() {
+                if raw.is_empty() {
                     continue;
                 }
-                match serde_json::from_slice::<AuditRecord>(line) {
-                    Ok(r) => records.push(r),
-                    Err(e) => problems.push(ChainProblem {
-                        node: self.node,
-                        seq: records.last().map_or(0, |r: &AuditRecord| r.seq + 1),
-                        kind: "unreadable".into(),
-                        detail: format!("{} line {}: {e}", path.display(), i + 1),
-                    }),
+                let line: SpoolLine = match serde_json::from_slice(raw) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let seq = prev.as_ref().map_or(0, |p| p.0 + 1);
+                        problems.push(problem(
+                            seq,
+                            "unreadable",
+                            format!("{} line {}: {e}", path.display(), i + 1),
+                        ));
+                        continue;
+                    }
+                };
+                count += 1;
+                let (seq, prev_hash, hash) = (line.seq, line.prev_hash.clone(), line.hash.clone());
+                if let Some((pseq, phash)) = &prev {
+                    if seq != pseq + 1 {
+                        problems.push(problem(
+                            seq,
+                            "gap",
+                            format!("expected record {} after {pseq}, found {seq}", pseq + 1),
+                        ));
+                    } else if prev_hash != *phash {
+                        problems.push(problem(
+                            seq,
+                            "fork",
+                            format!("record {seq} does not link to record {pseq}"),
+                        ));
+                    }
                 }
+                match line.record(key) {
+                    Ok(r) if r.intact() => {}
+                    Ok(_) => problems.push(problem(
+                        seq,
+                        "tampered",
+                        format!("record {seq} does not match its hash"),
+                    )),
+                    Err(e) => problems.push(problem(seq, "tampered", format!("record {seq}: {e}"))),
+                }
+                prev = Some((seq, hash));
             }
         }
-        let start = records.first().map_or((0, GENESIS.to_string()), |r| {
-            (r.seq.saturating_sub(1), r.prev_hash.clone())
-        });
-        problems.extend(verify_chain(self.node, (start.0, &start.1), &records));
-        Ok((records.len() as u64, problems))
+        Ok((count, problems))
     }
 }
 
@@ -396,6 +507,8 @@ impl Writer {
 
     /// Writes records (rolling segments as needed) and syncs once per touched file.
     fn write(&mut self, records: &[AuditRecord]) -> Result<(), String> {
+        let recipient = *self.shared.recipient.lock().map_err(|e| e.to_string())?;
+        let sealer = recipient.map(|r| BatchSealer::new(&r));
         let mut buf = Vec::new();
         for rec in records {
             let needs_new = match &self.file {
@@ -406,7 +519,8 @@ impl Writer {
                 self.flush(&mut buf)?;
                 self.roll(rec.seq)?;
             }
-            serde_json::to_writer(&mut buf, rec).map_err(|e| e.to_string())?;
+            serde_json::to_writer(&mut buf, &SpoolLine::of(rec, sealer.as_ref()))
+                .map_err(|e| e.to_string())?;
             buf.push(b'\n');
         }
         self.flush(&mut buf)
@@ -489,9 +603,9 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
         assert!(spool.stats().fsyncs.load(Ordering::Relaxed) <= 64);
-        let read = spool.read_from(1, 1000).unwrap();
+        let read = spool.read_from(1, 1000, None).unwrap();
         assert_eq!(read.len(), 64);
-        assert!(verify_chain(3, (0, GENESIS), &read).is_empty());
+        assert!(super::super::record::verify_chain(3, (0, GENESIS), &read).is_empty());
         drop(spool);
 
         let reopened = Spool::open(dir.path(), 3).unwrap();
@@ -500,6 +614,41 @@ mod tests {
         assert_eq!(
             (next.seq, next.prev_hash.as_str()),
             (65, read[63].hash.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_are_sealed_once_a_recipient_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 2).unwrap();
+        spool.append(ev(1)).await.unwrap();
+        let key = SpoolKey::generate();
+        spool.set_recipient(key.public());
+        spool.append(ev(2)).await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join(segment_name(1))).unwrap();
+        assert!(
+            text.contains("secret/data/1"),
+            "before a key exists bodies are clear"
+        );
+        assert!(
+            !text.contains("secret/data/2"),
+            "afterwards they are sealed"
+        );
+        assert!(
+            spool.read_from(1, 10, None).is_err(),
+            "a sealed node cannot read sealed bodies"
+        );
+        let read = spool.read_from(1, 10, Some(&key)).unwrap();
+        assert_eq!(read[1].event.path, "secret/data/2");
+        let (count, problems) = spool.verify(Some(&key)).unwrap();
+        assert_eq!((count, problems.len()), (2, 0), "{problems:?}");
+        drop(spool);
+        let reopened = Spool::open(dir.path(), 2).unwrap();
+        reopened.set_recipient(key.public());
+        let next = reopened.append(ev(3)).await.unwrap();
+        assert_eq!(
+            (next.seq, next.prev_hash.as_str()),
+            (3, read[1].hash.as_str())
         );
     }
 
@@ -518,7 +667,7 @@ mod tests {
         let spool = Spool::open(dir.path(), 1).unwrap();
         assert_eq!(spool.last_seq(), 3);
         assert_eq!(spool.append(ev(4)).await.unwrap().seq, 4);
-        let (count, problems) = spool.verify().unwrap();
+        let (count, problems) = spool.verify(None).unwrap();
         assert_eq!((count, problems.len()), (4, 0));
     }
 
@@ -533,14 +682,14 @@ mod tests {
         assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
         let mut next = 1;
         while next <= n as u64 {
-            let batch = spool.read_from(next, 256).unwrap();
+            let batch = spool.read_from(next, 256, None).unwrap();
             assert_eq!(batch[0].seq, next);
             next = batch.last().unwrap().seq + 1;
         }
         spool.prune_through(SEGMENT_RECORDS).unwrap();
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
         assert_eq!(
-            spool.read_from(SEGMENT_RECORDS + 1, 5).unwrap()[0].seq,
+            spool.read_from(SEGMENT_RECORDS + 1, 5, None).unwrap()[0].seq,
             SEGMENT_RECORDS + 1
         );
     }
@@ -584,7 +733,7 @@ mod tests {
                 .unwrap();
         bytes[pos] ^= 0x20;
         std::fs::write(&seg, bytes).unwrap();
-        let (_, problems) = spool.verify().unwrap();
+        let (_, problems) = spool.verify(None).unwrap();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(
             (problems[0].seq, problems[0].kind.as_str()),

@@ -17,7 +17,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use super::Vault;
-use crate::audit::{verify_chain, AuditEvent, AuditRecord, ChainProblem};
+use crate::audit::{verify_chain, AuditEvent, AuditRecord, ChainProblem, SpoolKey};
 use crate::error::{Result, VaultError};
 use crate::policy::Capability;
 
@@ -25,6 +25,11 @@ use crate::policy::Capability;
 pub const SHIP_BATCH: usize = 256;
 /// Most records one query returns.
 pub const MAX_QUERY: usize = 10_000;
+
+/// The audit spool's public key, in clear: a sealed node seals spool bodies to it.
+pub(crate) const SPOOL_PUB_KEY: &[u8] = b"core/audit-spool-pub";
+/// The audit spool's private key, under the keyring: only an unsealed node opens spool bodies.
+pub(crate) const SPOOL_SECRET_KEY: &[u8] = b"core/audit-spool-key";
 
 fn cursor_key(node: u64) -> Vec<u8> {
     format!("audit/cursor/{node:020}").into_bytes()
@@ -160,6 +165,33 @@ impl Vault {
         &self.spool
     }
 
+    /// Points the spool at the cluster's audit spool public key, if the vault has one.
+    pub(crate) fn load_spool_recipient(&self) -> Result<()> {
+        if let Some(entry) = self.engine.get(SPOOL_PUB_KEY)? {
+            let public: [u8; 32] = entry
+                .value
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::internal("corrupt audit spool public key"))?;
+            self.spool.set_recipient(public);
+        }
+        Ok(())
+    }
+
+    /// The audit spool's private key (unsealed nodes only).
+    fn spool_key(&self) -> Result<Option<SpoolKey>> {
+        let Some(record) = self.read_record::<String>(SPOOL_SECRET_KEY)? else {
+            return Ok(None);
+        };
+        let bytes =
+            zeroize::Zeroizing::new(hex::decode(&record.value).map_err(VaultError::internal)?);
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::internal("corrupt audit spool key"))?;
+        Ok(Some(SpoolKey::from_bytes(arr)))
+    }
+
     /// The cluster's cursor for `node`.
     pub fn audit_cursor(&self, node: u64) -> Result<u64> {
         Ok(self
@@ -185,9 +217,10 @@ impl Vault {
             let _ = self.spool.prune_through(cursor);
             return Ok(0);
         }
+        let key = self.spool_key()?;
         let records = self
             .spool
-            .read_from(cursor + 1, SHIP_BATCH)
+            .read_from(cursor + 1, SHIP_BATCH, key.as_ref())
             .map_err(VaultError::internal)?;
         let Some(last) = records.last() else {
             return Ok(0);
@@ -276,7 +309,11 @@ impl Vault {
                 .unwrap_or(0);
             merged.push(self.verify_node(node, decode_cursor(&entry.value))?);
         }
-        let (count, problems) = self.spool.verify().map_err(VaultError::internal)?;
+        let key = self.spool_key()?;
+        let (count, problems) = self
+            .spool
+            .verify(key.as_ref())
+            .map_err(VaultError::internal)?;
         let spool = NodeChainReport {
             node: self.spool.node(),
             records: count,

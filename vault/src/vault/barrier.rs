@@ -111,9 +111,18 @@ impl Vault {
         if let Some(ca) = &ca {
             txn = txn.put(CA_KEY, seal(CA_KEY, ca));
         }
+        let spool_key = crate::audit::SpoolKey::generate();
+        let spool_secret = zeroize::Zeroizing::new(hex::encode(*spool_key.to_bytes()));
+        txn = txn
+            .put(super::audit_log::SPOOL_PUB_KEY, spool_key.public().to_vec())
+            .put(
+                super::audit_log::SPOOL_SECRET_KEY,
+                seal(super::audit_log::SPOOL_SECRET_KEY, &*spool_secret),
+            );
         if !self.engine.write(txn).await?.succeeded {
             return Err(VaultError::AlreadyInitialized);
         }
+        self.spool.set_recipient(spool_key.public());
         tracing::info!(
             shares = req.secret_shares,
             threshold = req.secret_threshold,

@@ -77,7 +77,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// A sealed vault over `engine`.
     pub fn new(engine: Engine, node: NodeInfo, spool: Arc<crate::audit::Spool>) -> Self {
-        Self {
+        let vault = Self {
             engine,
             node,
             sealing: RwLock::new(Sealing::Sealed(UnsealProgress::default())),
@@ -85,7 +85,11 @@ impl Vault {
             policy_cache: Default::default(),
             limiter: Default::default(),
             spool,
+        };
+        if let Err(e) = vault.load_spool_recipient() {
+            tracing::error!("audit spool key unavailable, spool bodies stay in clear: {e}");
         }
+        vault
     }
 
     /// The engine (for status and metrics).
