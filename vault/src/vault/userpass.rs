@@ -58,7 +58,17 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// Password hashes computed at once. Each takes 19 MiB and ~50 ms of a core: unbounded, a
+/// login storm would exhaust memory; bounded, it queues (and the rate limiter sheds it).
+const CONCURRENT_HASHES: usize = 4;
+
+fn hash_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_HASHES);
+    &SLOTS
+}
+
 async fn hash_password(password: Zeroizing<String>) -> Result<String> {
+    let _slot = hash_slots().acquire().await.map_err(VaultError::internal)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         hasher()
@@ -84,6 +94,9 @@ fn decoy_hash() -> &'static str {
 }
 
 async fn verify_password(hash: String, password: Zeroizing<String>) -> bool {
+    let Ok(_slot) = hash_slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash).is_ok_and(|parsed| {
             hasher()
