@@ -66,7 +66,7 @@ impl Engine {
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
-        let db = crate::db::open(&config.data_dir.join("raft")).map_err(storage)?;
+        let db = open_db_when_released(&config.data_dir.join("raft")).await?;
         let snapshots =
             SnapshotFiles::new(config.data_dir.join("snapshots"), db.clone()).map_err(storage)?;
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
@@ -115,6 +115,23 @@ impl Engine {
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(storage(e)),
         }
+    }
+
+    /// Initializes a cluster with these voters (run on one node of a fresh cluster).
+    pub async fn initialize_cluster(
+        &self,
+        members: BTreeMap<NodeId, NodeAddr>,
+    ) -> Result<(), EngineError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// The openraft handle, for the peer transport's server side.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     /// Waits until this node is leader, up to `timeout`.
@@ -237,6 +254,26 @@ impl Engine {
     /// Stops Raft. Storage closes when the last handle drops.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         self.raft.shutdown().await.map_err(storage)
+    }
+}
+
+/// Opens the node's RocksDB. If this same process still holds it — an engine being reopened
+/// right after `shutdown`, while openraft's state-machine task drops its last handle — waits
+/// up to 5 s for the lock to go. A lock held by another process fails at once: two nodes on
+/// one data directory must never run.
+async fn open_db_when_released(path: &std::path::Path) -> Result<Arc<DB>, EngineError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match crate::db::open(path) {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if e.to_string().contains("lock hold by current process")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(storage(e)),
+        }
     }
 }
 
