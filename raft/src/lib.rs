@@ -15,6 +15,7 @@ mod log_store;
 mod network;
 mod snapshot;
 mod state_machine;
+pub mod transport;
 mod tuning;
 mod txn;
 mod types;
@@ -24,6 +25,7 @@ pub use log_store::LogStore;
 pub use network::NoPeers;
 pub use snapshot::{SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
+pub use transport::{serve_peers, PeerIdentity, PeerNetwork};
 pub use tuning::RaftTuning;
 pub use txn::{plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write};
 pub use types::{

@@ -1,0 +1,204 @@
+//! Dialing peers: openraft's network factory. `new_client` only records where the peer is;
+//! the connection is made on first use, kept open, and dropped (then redialed) after any
+//! failure, so a dead peer costs one connect timeout per RPC attempt, never a blocked task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::codec::{read_frame, write_frame};
+use super::{PeerIdentity, PeerRequest, PeerResponse};
+use crate::types::{NodeAddr, NodeId, TypeConfig};
+
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The factory openraft asks for clients.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    /// Our certificate, key and the CA.
+    identity: Arc<PeerIdentity>,
+}
+
+impl PeerNetwork {
+    /// A network presenting `identity`.
+    pub fn new(identity: Arc<PeerIdentity>) -> Self {
+        Self { identity }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.peer_addr.clone(),
+            identity: self.identity.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// A client to one peer.
+pub struct PeerClient {
+    /// The peer's node id; its certificate must bind it.
+    target: NodeId,
+    /// `host:port` of its peer listener.
+    addr: String,
+    /// Our identity.
+    identity: Arc<PeerIdentity>,
+    /// The open connection, if any.
+    conn: Option<TlsStream<TcpStream>>,
+}
+
+type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeAddr, E>;
+
+fn unreachable<E: std::error::Error>(msg: impl std::fmt::Display) -> RpcErr<E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg.to_string())))
+}
+
+impl PeerClient {
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, String> {
+        let id = &self.identity;
+        let config =
+            coffer_tls::peer_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem, self.target)
+                .map_err(|e| e.to_string())?;
+        let host = self
+            .addr
+            .rsplit_once(':')
+            .map_or(self.addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("peer address {}: {e}", self.addr))?;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| format!("connecting to {} timed out", self.addr))?
+            .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with node {} at {}: {e}", self.target, self.addr))
+    }
+
+    /// Sends one request and waits for its answer within `ttl`.
+    async fn call<E: std::error::Error>(
+        &mut self,
+        request: PeerRequest,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> Result<PeerResponse, RpcErr<E>> {
+        let exchange = async {
+            if self.conn.is_none() {
+                self.conn = Some(self.connect().await?);
+            }
+            let conn = self.conn.as_mut().ok_or("no connection")?;
+            write_frame(conn, &request)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_frame::<_, PeerResponse>(conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(ttl, exchange).await {
+            Ok(Ok(PeerResponse::Refused(why))) => {
+                Err(unreachable(format!("node {} refused: {why}", self.target)))
+            }
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(unreachable(e))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: self.identity.node_id,
+                    target: self.target,
+                    timeout: ttl,
+                }))
+            }
+        }
+    }
+}
+
+fn protocol_error<E: std::error::Error>() -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "peer answered a different RPC",
+    )))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let target = self.target;
+        match self
+            .call(
+                PeerRequest::AppendEntries(rpc),
+                RPCTypes::AppendEntries,
+                option.hard_ttl(),
+            )
+            .await?
+        {
+            PeerResponse::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+            }
+            _ => Err(protocol_error()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>>
+    {
+        let target = self.target;
+        match self
+            .call(
+                PeerRequest::InstallSnapshot(rpc),
+                RPCTypes::InstallSnapshot,
+                option.hard_ttl(),
+            )
+            .await?
+        {
+            PeerResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+            }
+            _ => Err(protocol_error()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let target = self.target;
+        match self
+            .call(PeerRequest::Vote(rpc), RPCTypes::Vote, option.hard_ttl())
+            .await?
+        {
+            PeerResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+            }
+            _ => Err(protocol_error()),
+        }
+    }
+}

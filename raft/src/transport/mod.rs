@@ -1,0 +1,82 @@
+//! The peer transport: Raft RPCs over mutual TLS on a dedicated port.
+//!
+//! - [`codec`]: length-prefixed postcard frames with a size bound.
+//! - [`server`]: accepts peers whose certificate comes from the cluster CA, learns their node
+//!   id from the certificate, and refuses any RPC that claims to come from another node.
+//! - [`client`]: openraft's `RaftNetworkFactory`; `new_client` never connects, each client
+//!   keeps one long-lived connection and reconnects after a failure.
+
+pub mod client;
+pub mod codec;
+pub mod server;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::types::{NodeId, TypeConfig};
+
+pub use client::PeerNetwork;
+pub use server::serve_peers;
+
+/// What a node presents and trusts on the peer port. The key is zeroized on drop.
+pub struct PeerIdentity {
+    /// This node's id (bound in its certificate).
+    pub node_id: NodeId,
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: String,
+    /// This node's certificate, PEM.
+    pub cert_pem: String,
+    /// This node's private key, PEM.
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerIdentity")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An RPC on the peer channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Leader election.
+    Vote(VoteRequest<NodeId>),
+    /// One snapshot chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+impl PeerRequest {
+    /// The node the request says it comes from (the leader or candidate in its vote).
+    pub fn claimed_sender(&self) -> Option<NodeId> {
+        let vote = match self {
+            PeerRequest::AppendEntries(r) => &r.vote,
+            PeerRequest::Vote(r) => &r.vote,
+            PeerRequest::InstallSnapshot(r) => &r.vote,
+        };
+        vote.leader_id().voted_for()
+    }
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Answer to `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `InstallSnapshot`.
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The server refused the request; the reason is also in its log.
+    Refused(String),
+}

@@ -1,0 +1,102 @@
+//! Accepting peers: mutual TLS with the cluster CA, the node id taken from the verified
+//! certificate, and every RPC checked against it. Each refusal is logged with its reason.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::codec::{read_frame, write_frame, CodecError};
+use super::{PeerRequest, PeerResponse};
+use crate::types::Raft;
+
+/// How long a peer may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves Raft RPCs on `listener` until `shutdown` resolves.
+pub async fn serve_peers(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    raft: Raft,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("peer accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(%addr, "peer refused: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, "peer refused: TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| coffer_tls::node_id_from_cert(c));
+            let Some(peer) = peer else {
+                tracing::warn!(%addr, "peer refused: its certificate binds no node id");
+                return;
+            };
+            if let Err(e) = serve_connection(tls, peer, &raft).await {
+                if !matches!(&e, CodecError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+                {
+                    tracing::debug!(%addr, peer, "peer connection ended: {e}");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(mut stream: S, peer: u64, raft: &Raft) -> Result<(), CodecError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let request: PeerRequest = read_frame(&mut stream).await?;
+        let response = match request.claimed_sender() {
+            Some(claimed) if claimed != peer => {
+                let why = format!(
+                    "peer certificate is for node {peer} but the request claims node {claimed}"
+                );
+                tracing::warn!("peer refused: {why}");
+                PeerResponse::Refused(why)
+            }
+            _ => dispatch(raft, request).await,
+        };
+        write_frame(&mut stream, &response).await?;
+    }
+}
+
+async fn dispatch(raft: &Raft, request: PeerRequest) -> PeerResponse {
+    match request {
+        PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+        PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+        PeerRequest::InstallSnapshot(r) => {
+            PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
+        }
+    }
+}

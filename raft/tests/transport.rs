@@ -1,0 +1,210 @@
+//! Three engines replicating over the real mutual-TLS peer transport on loopback: election,
+//! replication, failover after the leader stops, and refusals of strangers and impostors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_raft::{
+    serve_peers, Engine, EngineConfig, NodeAddr, PeerIdentity, PeerNetwork, RaftTuning, Txn,
+};
+use coffer_tls::CertificateAuthority;
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use tokio::net::TcpListener;
+
+struct Node {
+    engine: Engine,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    addr: String,
+}
+
+fn identity(ca: &CertificateAuthority, id: u64) -> PeerIdentity {
+    let cert = ca.issue_node(id, &["127.0.0.1".to_string()]).unwrap();
+    PeerIdentity {
+        node_id: id,
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+    }
+}
+
+async fn start(
+    ca: &CertificateAuthority,
+    id: u64,
+    listener: TcpListener,
+    dir: &std::path::Path,
+) -> Node {
+    let addr = listener.local_addr().unwrap().to_string();
+    let ident = Arc::new(identity(ca, id));
+    let tls =
+        coffer_tls::peer_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem).unwrap();
+    let config = EngineConfig {
+        node_id: id,
+        data_dir: dir.join(format!("n{id}")),
+        tuning: RaftTuning::default(),
+    };
+    let engine = Engine::open(config, PeerNetwork::new(ident)).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let raft = engine.raft().clone();
+    tokio::spawn(serve_peers(listener, tls, raft, async move {
+        let _ = stopped.await;
+    }));
+    Node {
+        engine,
+        stop: Some(stop),
+        addr,
+    }
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn leader_of(nodes: &[&Node]) -> Option<u64> {
+    let leaders: Vec<Option<u64>> = nodes
+        .iter()
+        .map(|n| n.engine.leader().map(|(id, _)| id))
+        .collect();
+    let first = leaders[0]?;
+    leaders.iter().all(|l| *l == Some(first)).then_some(first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_voters_elect_replicate_and_fail_over_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("t").unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        nodes.push(start(&ca, i as u64 + 1, l, dir.path()).await);
+    }
+    let members: BTreeMap<u64, NodeAddr> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                i as u64 + 1,
+                NodeAddr {
+                    api_addr: String::new(),
+                    peer_addr: n.addr.clone(),
+                },
+            )
+        })
+        .collect();
+    nodes[0].engine.initialize_cluster(members).await.unwrap();
+
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("a leader all agree on", || leader_of(&all).is_some()).await;
+    let leader = leader_of(&all).unwrap();
+    let l = &nodes[leader as usize - 1];
+    let res = l.engine.write(Txn::new().put("k", "v1")).await.unwrap();
+    assert!(res.succeeded);
+    let target = l.engine.applied_index();
+    wait_for("every node to apply the write", || {
+        nodes.iter().all(|n| n.engine.applied_index() >= target)
+    })
+    .await;
+    for n in &nodes {
+        assert_eq!(n.engine.get(b"k").unwrap().unwrap().value, b"v1");
+    }
+
+    // Stop the leader: its peer server and its Raft.
+    let mut old = nodes.remove(leader as usize - 1);
+    let _ = old.stop.take().unwrap().send(());
+    old.engine.shutdown().await.unwrap();
+    let rest: Vec<&Node> = nodes.iter().collect();
+    wait_for("a new leader among the survivors", || {
+        leader_of(&rest).is_some_and(|id| id != leader)
+    })
+    .await;
+    let new_leader = leader_of(&rest).unwrap();
+    let n = nodes
+        .iter()
+        .find(|n| n.engine.node_id() == new_leader)
+        .unwrap();
+    assert!(
+        n.engine
+            .write(Txn::new().put("k", "v2"))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    let target = n.engine.applied_index();
+    wait_for("the survivors to apply", || {
+        nodes.iter().all(|n| n.engine.applied_index() >= target)
+    })
+    .await;
+    for n in &nodes {
+        assert_eq!(n.engine.get(b"k").unwrap().unwrap().value, b"v2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_and_impostors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("t").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = start(&ca, 1, listener, dir.path()).await;
+    let addr = NodeAddr {
+        api_addr: String::new(),
+        peer_addr: node.addr.clone(),
+    };
+    let vote =
+        |claimed: u64| openraft::raft::VoteRequest::new(openraft::Vote::new(5, claimed), None);
+    let option = || RPCOption::new(Duration::from_secs(2));
+
+    // Node 2's genuine certificate, but the vote claims node 3.
+    let mut impostor = PeerNetwork::new(Arc::new(identity(&ca, 2)))
+        .new_client(1, &addr)
+        .await;
+    let err = impostor
+        .vote(vote(3), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("peer certificate is for node 2 but the request claims node 3"),
+        "{err}"
+    );
+    // The same node speaking for itself is answered.
+    assert!(impostor.vote(vote(2), option()).await.is_ok());
+
+    // A certificate from another CA never gets a TLS session.
+    let other = CertificateAuthority::generate("other").unwrap();
+    let mut stranger = PeerNetwork::new(Arc::new(identity(&other, 2)))
+        .new_client(1, &addr)
+        .await;
+    let err = stranger
+        .vote(vote(2), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("TLS"),
+        "{err}"
+    );
+
+    // Dialing node 1 while expecting node 3 is refused by our own verifier.
+    let mut confused = PeerNetwork::new(Arc::new(identity(&ca, 2)))
+        .new_client(3, &addr)
+        .await;
+    let err = confused
+        .vote(vote(2), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("peer certificate is for node 1, expected node 3"),
+        "{err}"
+    );
+}
