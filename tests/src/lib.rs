@@ -2,6 +2,8 @@
 //! started on port 0 (the server prints the address it bound), stopped with SIGKILL or SIGTERM,
 //! restarted on the same data directory. Everything waits on conditions, never on sleeps.
 
+pub mod harness;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

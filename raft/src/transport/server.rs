@@ -15,7 +15,8 @@ use crate::types::Raft;
 /// How long a peer may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves Raft RPCs on `listener` until `shutdown` resolves.
+/// Serves Raft RPCs on `listener` until `shutdown` resolves; then closes every open peer
+/// connection too, so peers notice at once and redial whoever serves the address next.
 pub async fn serve_peers(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -23,10 +24,14 @@ pub async fn serve_peers(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let (closing, closed) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                let _ = closing.send(true);
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -39,6 +44,7 @@ pub async fn serve_peers(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let raft = raft.clone();
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -61,11 +67,17 @@ pub async fn serve_peers(
                 tracing::warn!(%addr, "peer refused: its certificate binds no node id");
                 return;
             };
-            if let Err(e) = serve_connection(tls, peer, &raft).await {
-                if !matches!(&e, CodecError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
-                {
-                    tracing::debug!(%addr, peer, "peer connection ended: {e}");
+            tokio::select! {
+                result = serve_connection(tls, peer, &raft) => {
+                    if let Err(e) = result {
+                        let eof = matches!(&e, CodecError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
+                        if !eof {
+                            tracing::debug!(%addr, peer, "peer connection ended: {e}");
+                        }
+                    }
                 }
+                // Shutting down closes the connection, so the peer redials.
+                _ = closed.wait_for(|c| *c) => {}
             }
         });
     }

@@ -1,0 +1,322 @@
+//! In-process cluster harness: real engines on real RocksDB, talking over the real mutual-TLS
+//! peer transport on loopback, through a network wrapper the test controls — isolate a node,
+//! cut one link, drop a share of RPCs — and helpers that wait on Raft metrics, never on sleeps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coffer_raft::{
+    serve_peers, Engine, EngineConfig, NodeAddr, NodeId, PeerIdentity, PeerNetwork, RaftTuning,
+    TypeConfig,
+};
+use coffer_tls::CertificateAuthority;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use rand::Rng;
+use tokio::net::TcpListener;
+
+/// What the test has done to the network.
+#[derive(Default)]
+pub struct Faults {
+    /// Directed links (from, to) that carry nothing.
+    cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Share of RPCs dropped, per mille.
+    drop_permille: AtomicU32,
+}
+
+impl Faults {
+    fn blocks(&self, from: NodeId, to: NodeId) -> bool {
+        if self
+            .cut
+            .lock()
+            .map(|c| c.contains(&(from, to)))
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        let p = self.drop_permille.load(Ordering::Relaxed);
+        p > 0 && rand::thread_rng().gen_range(0..1000) < p
+    }
+}
+
+/// openraft's network for one node, through the faults.
+pub struct FaultyNetwork {
+    from: NodeId,
+    inner: PeerNetwork,
+    faults: Arc<Faults>,
+}
+
+/// A client to one peer, through the faults.
+pub struct FaultyClient {
+    from: NodeId,
+    to: NodeId,
+    inner: coffer_raft::transport::client::PeerClient,
+    faults: Arc<Faults>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for FaultyNetwork {
+    type Network = FaultyClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> FaultyClient {
+        FaultyClient {
+            from: self.from,
+            to: target,
+            inner: self.inner.new_client(target, node).await,
+            faults: self.faults.clone(),
+        }
+    }
+}
+
+type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeAddr, E>;
+
+impl FaultyClient {
+    // The error type is openraft's, fixed by the RaftNetwork trait this feeds.
+    #[allow(clippy::result_large_err)]
+    fn check<E: std::error::Error>(&self) -> Result<(), RpcErr<E>> {
+        // A cut in either direction loses the request or its answer.
+        if self.faults.blocks(self.from, self.to) || self.faults.blocks(self.to, self.from) {
+            let e =
+                std::io::Error::other(format!("harness: link {}->{} is cut", self.from, self.to));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        Ok(())
+    }
+}
+
+impl RaftNetwork<TypeConfig> for FaultyClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.check()?;
+        self.inner.append_entries(rpc, option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.check()?;
+        self.inner.install_snapshot(rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.check()?;
+        self.inner.vote(rpc, option).await
+    }
+}
+
+/// A running member of the harness cluster.
+pub struct Member {
+    /// Its engine.
+    pub engine: Engine,
+    /// Stops its peer listener.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// An in-process cluster.
+pub struct Cluster {
+    /// Members by id; `None` while stopped.
+    pub members: BTreeMap<NodeId, Option<Member>>,
+    /// Peer addresses by id (stable across restarts).
+    pub addrs: BTreeMap<NodeId, String>,
+    faults: Arc<Faults>,
+    ca: CertificateAuthority,
+    dir: tempfile::TempDir,
+    tuning: RaftTuning,
+}
+
+impl Cluster {
+    /// Starts `n` voters (ids 1..=n) and initializes them as one cluster.
+    pub async fn start(n: u64, tuning: RaftTuning) -> Cluster {
+        let mut cluster = Cluster {
+            members: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            faults: Arc::default(),
+            ca: CertificateAuthority::generate("harness").expect("CA"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            tuning,
+        };
+        for id in 1..=n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            cluster
+                .addrs
+                .insert(id, listener.local_addr().expect("addr").to_string());
+            let member = cluster.start_member(id, listener).await;
+            cluster.members.insert(id, Some(member));
+        }
+        let voters = cluster
+            .addrs
+            .iter()
+            .map(|(id, a)| {
+                (
+                    *id,
+                    NodeAddr {
+                        api_addr: String::new(),
+                        peer_addr: a.clone(),
+                    },
+                )
+            })
+            .collect();
+        cluster
+            .engine(1)
+            .initialize_cluster(voters)
+            .await
+            .expect("initialize");
+        cluster
+    }
+
+    async fn start_member(&self, id: NodeId, listener: TcpListener) -> Member {
+        let cert = self
+            .ca
+            .issue_node(id, &["127.0.0.1".to_string()])
+            .expect("cert");
+        let ident = Arc::new(PeerIdentity {
+            node_id: id,
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem: cert.cert_pem.clone(),
+            key_pem: cert.key_pem.clone(),
+        });
+        let tls = coffer_tls::peer_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)
+            .expect("tls");
+        let network = FaultyNetwork {
+            from: id,
+            inner: PeerNetwork::new(ident),
+            faults: self.faults.clone(),
+        };
+        let config = EngineConfig {
+            node_id: id,
+            data_dir: self.data_dir(id),
+            tuning: self.tuning.clone(),
+        };
+        let engine = Engine::open(config, network).await.expect("engine");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_peers(
+            listener,
+            tls,
+            engine.raft().clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Member {
+            engine,
+            stop: Some(stop),
+        }
+    }
+
+    fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    /// The engine of a running member.
+    pub fn engine(&self, id: NodeId) -> &Engine {
+        &self.members[&id]
+            .as_ref()
+            .expect("member is running")
+            .engine
+    }
+
+    /// Running members.
+    pub fn running(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Waits until the given members agree on one leader among them, and returns it.
+    pub async fn wait_leader(&self, among: &[NodeId], not: Option<NodeId>) -> NodeId {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaders: Vec<Option<NodeId>> = among
+                .iter()
+                .map(|id| self.engine(*id).leader().map(|(l, _)| l))
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                let agreed = leaders.iter().all(|x| *x == Some(*l));
+                if agreed && among.contains(l) && Some(*l) != not && self.engine(*l).is_leader() {
+                    return *l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader among {among:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until each of `ids` has applied at least `index`.
+    pub async fn wait_applied(&self, ids: &[NodeId], index: u64) {
+        for id in ids {
+            self.engine(*id)
+                .raft()
+                .wait(Some(Duration::from_secs(20)))
+                .applied_index_at_least(Some(index), "catch up")
+                .await
+                .unwrap_or_else(|e| panic!("node {id} did not apply {index}: {e}"));
+        }
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&self, id: NodeId) {
+        let mut cut = self.faults.cut.lock().expect("faults");
+        for other in self.addrs.keys().filter(|o| **o != id) {
+            cut.insert((id, *other));
+            cut.insert((*other, id));
+        }
+    }
+
+    /// Cuts the link between `a` and `b`, both directions.
+    pub fn cut(&self, a: NodeId, b: NodeId) {
+        let mut cut = self.faults.cut.lock().expect("faults");
+        cut.insert((a, b));
+        cut.insert((b, a));
+    }
+
+    /// Drops this share (per mille) of all RPCs.
+    pub fn drop_per_mille(&self, p: u32) {
+        self.faults.drop_permille.store(p, Ordering::Relaxed);
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.faults.cut.lock().expect("faults").clear();
+        self.faults.drop_permille.store(0, Ordering::Relaxed);
+    }
+
+    /// Stops a member: its peer listener and its Raft. Its data stays.
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(mut m) = self.members.get_mut(&id).and_then(Option::take) {
+            if let Some(stop) = m.stop.take() {
+                let _ = stop.send(());
+            }
+            m.engine.shutdown().await.expect("shutdown");
+        }
+    }
+
+    /// Restarts a stopped member from its data directory on its old address.
+    pub async fn restart(&mut self, id: NodeId) {
+        let listener = TcpListener::bind(&self.addrs[&id])
+            .await
+            .expect("rebind the peer address");
+        let member = self.start_member(id, listener).await;
+        self.members.insert(id, Some(member));
+    }
+}
