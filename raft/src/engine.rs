@@ -46,6 +46,8 @@ pub struct Engine {
     node_id: NodeId,
     /// Last applied log index, published by the state machine after each apply.
     applied: tokio::sync::watch::Receiver<u64>,
+    /// Sends writes and read-index requests to the leader when this node is not it.
+    forwarder: Option<Arc<crate::transport::Forwarder>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -84,6 +86,7 @@ impl Engine {
             db,
             node_id: config.node_id,
             applied,
+            forwarder: None,
         })
     }
 
@@ -145,9 +148,26 @@ impl Engine {
             .map_err(|e| EngineError::NoLeader(e.to_string()))
     }
 
-    /// Proposes `txn` and waits until it is committed and applied.
+    /// Lets this node serve writes and linearizable reads while it is not the leader, by
+    /// forwarding to the leader over the peer channel.
+    pub fn with_forwarder(mut self, forwarder: Arc<crate::transport::Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// Proposes `txn` and waits until it is committed and applied — here if this node leads,
+    /// else on the leader through the forwarder (and then until applied here too, so a read
+    /// on this node right after sees the write).
     pub async fn write(&self, txn: Txn) -> Result<TxnResult, EngineError> {
         validate(&txn)?;
+        if let (false, Some(fw), Some((leader, addr))) =
+            (self.is_leader(), &self.forwarder, self.leader())
+        {
+            let result = fw.write(leader, &addr, txn).await.map_err(forward_error)?;
+            let index = fw.read_index(leader, &addr).await.map_err(forward_error)?;
+            self.wait_applied(index).await?;
+            return Ok(result);
+        }
         match self.raft.client_write(Command::Txn(txn)).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -160,9 +180,16 @@ impl Engine {
         }
     }
 
-    /// Blocks until a read on this node reflects every write acknowledged before the call
-    /// (leader: confirms leadership with a quorum, then waits for apply).
+    /// Blocks until a read on this node reflects every write acknowledged before the call.
+    /// The leader confirms its leadership with a quorum; a follower obtains that read index
+    /// from the leader and waits until it has applied it.
     pub async fn read_barrier(&self) -> Result<(), EngineError> {
+        if let (false, Some(fw), Some((leader, addr))) =
+            (self.is_leader(), &self.forwarder, self.leader())
+        {
+            let index = fw.read_index(leader, &addr).await.map_err(forward_error)?;
+            return self.wait_applied(index).await;
+        }
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -174,6 +201,16 @@ impl Engine {
             Err(RaftError::APIError(e)) => Err(EngineError::NoLeader(e.to_string())),
             Err(e) => Err(storage(e)),
         }
+    }
+
+    /// Waits until this node has applied `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), EngineError> {
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::NoLeader(format!("not caught up with the leader: {e}")))
     }
 
     /// Reads one key from local state.
@@ -257,6 +294,16 @@ impl Engine {
     }
 }
 
+fn forward_error(e: crate::transport::ForwardError) -> EngineError {
+    match e {
+        crate::transport::ForwardError::NotLeader(leader_id) => EngineError::NotLeader {
+            leader_id,
+            leader_api_addr: None,
+        },
+        crate::transport::ForwardError::Failed(msg) => EngineError::NoLeader(msg),
+    }
+}
+
 /// Opens the node's RocksDB. If this same process still holds it — an engine being reopened
 /// right after `shutdown`, while openraft's state-machine task drops its last handle — waits
 /// up to 5 s for the lock to go. A lock held by another process fails at once: two nodes on
@@ -277,7 +324,7 @@ async fn open_db_when_released(path: &std::path::Path) -> Result<Arc<DB>, Engine
     }
 }
 
-fn validate(txn: &Txn) -> Result<(), EngineError> {
+pub(crate) fn validate(txn: &Txn) -> Result<(), EngineError> {
     for op in &txn.ops {
         let (key, value_len) = match op {
             Op::Put { key, value } => (key, value.len()),

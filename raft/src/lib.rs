@@ -25,7 +25,7 @@ pub use log_store::LogStore;
 pub use network::NoPeers;
 pub use snapshot::{SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
-pub use transport::{serve_peers, PeerIdentity, PeerNetwork};
+pub use transport::{serve_peers, Forwarder, PeerIdentity, PeerNetwork};
 pub use tuning::RaftTuning;
 pub use txn::{plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write};
 pub use types::{

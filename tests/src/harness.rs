@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coffer_raft::{
-    serve_peers, Engine, EngineConfig, NodeAddr, NodeId, PeerIdentity, PeerNetwork, RaftTuning,
-    TypeConfig,
+    serve_peers, Engine, EngineConfig, Forwarder, NodeAddr, NodeId, PeerIdentity, PeerNetwork,
+    RaftTuning, TypeConfig,
 };
 use coffer_tls::CertificateAuthority;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
@@ -195,7 +195,7 @@ impl Cluster {
             .expect("tls");
         let network = FaultyNetwork {
             from: id,
-            inner: PeerNetwork::new(ident),
+            inner: PeerNetwork::new(ident.clone()),
             faults: self.faults.clone(),
         };
         let config = EngineConfig {
@@ -203,7 +203,10 @@ impl Cluster {
             data_dir: self.data_dir(id),
             tuning: self.tuning.clone(),
         };
-        let engine = Engine::open(config, network).await.expect("engine");
+        let engine = Engine::open(config, network)
+            .await
+            .expect("engine")
+            .with_forwarder(Arc::new(Forwarder::new(ident)));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve_peers(
             listener,

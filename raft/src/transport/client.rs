@@ -135,6 +135,24 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Sends one request and returns the answer (or why there is none) within `ttl`.
+    pub(crate) async fn exchange(
+        &mut self,
+        request: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, String> {
+        self.call::<ForwardErrorDisplay>(request, RPCTypes::AppendEntries, ttl)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An error type for `call` when the caller only wants the message.
+#[derive(Debug, thiserror::Error)]
+#[error("forwarding failed")]
+struct ForwardErrorDisplay;
+
 fn protocol_error<E: std::error::Error>() -> RpcErr<E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(
         "peer answered a different RPC",

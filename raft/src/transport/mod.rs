@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod forward;
 pub mod server;
 
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -21,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::types::{NodeId, TypeConfig};
 
 pub use client::PeerNetwork;
+pub use forward::Forwarder;
 pub use server::serve_peers;
 
 /// What a node presents and trusts on the peer port. The key is zeroized on drop.
@@ -52,6 +54,10 @@ pub enum PeerRequest {
     Vote(VoteRequest<NodeId>),
     /// One snapshot chunk.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write a follower forwards to the leader.
+    Forward(crate::txn::Txn),
+    /// A follower asks the leader for a linearizable read index.
+    ReadIndex,
 }
 
 impl PeerRequest {
@@ -61,6 +67,8 @@ impl PeerRequest {
             PeerRequest::AppendEntries(r) => &r.vote,
             PeerRequest::Vote(r) => &r.vote,
             PeerRequest::InstallSnapshot(r) => &r.vote,
+            // Forwarded requests speak for whoever holds the certificate.
+            PeerRequest::Forward(_) | PeerRequest::ReadIndex => return None,
         };
         vote.leader_id().voted_for()
     }
@@ -77,6 +85,21 @@ pub enum PeerResponse {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    /// Answer to `Forward`: the transaction's result, or why the leader could not run it.
+    Forwarded(Result<crate::txn::TxnResult, ForwardError>),
+    /// Answer to `ReadIndex`: the log index a linearizable read must wait for.
+    ReadIndex(Result<u64, ForwardError>),
     /// The server refused the request; the reason is also in its log.
     Refused(String),
+}
+
+/// Why a forwarded request failed on the node that received it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// That node is not (or no longer) the leader.
+    #[error("node is not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    /// No quorum or another Raft failure.
+    #[error("{0}")]
+    Failed(String),
 }

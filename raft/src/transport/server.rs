@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::codec::{read_frame, write_frame, CodecError};
-use super::{PeerRequest, PeerResponse};
+use super::{ForwardError, PeerRequest, PeerResponse};
 use crate::types::Raft;
 
 /// How long a peer may take to finish the TLS handshake.
@@ -110,5 +110,34 @@ async fn dispatch(raft: &Raft, request: PeerRequest) -> PeerResponse {
         PeerRequest::InstallSnapshot(r) => {
             PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
         }
+        PeerRequest::Forward(txn) => PeerResponse::Forwarded(forwarded_write(raft, txn).await),
+        PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft).await),
+    }
+}
+
+async fn forwarded_write(
+    raft: &Raft,
+    txn: crate::txn::Txn,
+) -> Result<crate::txn::TxnResult, ForwardError> {
+    use openraft::error::ClientWriteError;
+    crate::engine::validate(&txn).map_err(|e| ForwardError::Failed(e.to_string()))?;
+    match raft.client_write(crate::types::Command::Txn(txn)).await {
+        Ok(resp) => Ok(resp.data),
+        Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader(f.leader_id))
+        }
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
+    }
+}
+
+/// The leader confirms its leadership with a quorum and returns the index a read must see.
+async fn read_index(raft: &Raft) -> Result<u64, ForwardError> {
+    use openraft::error::CheckIsLeaderError;
+    match raft.get_read_log_id().await {
+        Ok((read, applied)) => Ok(read.max(applied).map_or(0, |l| l.index)),
+        Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader(f.leader_id))
+        }
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
     }
 }

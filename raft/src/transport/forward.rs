@@ -1,0 +1,92 @@
+//! Serving clients on any node: a follower sends writes to the leader, and asks it for a read
+//! index before a linearizable local read, over the same mutual-TLS peer channel. Connections
+//! are pooled per leader: one request at a time per connection, as many connections as
+//! concurrent requests need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::network::RaftNetworkFactory;
+
+use super::client::{PeerClient, PeerNetwork};
+use super::{ForwardError, PeerIdentity, PeerRequest, PeerResponse};
+use crate::txn::{Txn, TxnResult};
+use crate::types::{NodeAddr, NodeId};
+
+/// How long a forwarded request may take end to end.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per leader.
+const MAX_IDLE: usize = 64;
+
+/// Forwards client requests to the leader.
+pub struct Forwarder {
+    /// Builds clients with our identity.
+    network: PeerNetwork,
+    /// Idle clients by (leader, peer address).
+    idle: Mutex<HashMap<(NodeId, String), Vec<PeerClient>>>,
+}
+
+impl Forwarder {
+    /// A forwarder presenting `identity`.
+    pub fn new(identity: Arc<PeerIdentity>) -> Self {
+        Self {
+            network: PeerNetwork::new(identity),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn call(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+        request: PeerRequest,
+    ) -> Result<PeerResponse, ForwardError> {
+        let key = (leader, addr.peer_addr.clone());
+        let pooled = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(&key).and_then(Vec::pop));
+        let mut client = match pooled {
+            Some(c) => c,
+            None => self.network.clone().new_client(leader, addr).await,
+        };
+        let response = client
+            .exchange(request, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| ForwardError::Failed(format!("leader node {leader} unreachable: {e}")))?;
+        if let Ok(mut m) = self.idle.lock() {
+            let pool = m.entry(key).or_default();
+            if pool.len() < MAX_IDLE {
+                pool.push(client);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Runs `txn` on the leader.
+    pub async fn write(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+        txn: Txn,
+    ) -> Result<TxnResult, ForwardError> {
+        match self.call(leader, addr, PeerRequest::Forward(txn)).await? {
+            PeerResponse::Forwarded(r) => r,
+            other => Err(ForwardError::Failed(format!(
+                "unexpected answer to a forwarded write: {other:?}"
+            ))),
+        }
+    }
+
+    /// The leader's read index.
+    pub async fn read_index(&self, leader: NodeId, addr: &NodeAddr) -> Result<u64, ForwardError> {
+        match self.call(leader, addr, PeerRequest::ReadIndex).await? {
+            PeerResponse::ReadIndex(r) => r,
+            other => Err(ForwardError::Failed(format!(
+                "unexpected answer to a read index request: {other:?}"
+            ))),
+        }
+    }
+}
