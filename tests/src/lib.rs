@@ -141,6 +141,25 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Runs the `coffer` CLI against this server with `token`; returns exit code, stdout and
+    /// stderr. `VAULT_*` variables of the test's environment are kept out.
+    pub fn cli(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(coffer_bin())
+            .args(args)
+            .env("COFFER_ADDR", &self.addr)
+            .env("COFFER_CACERT", self.ca_path())
+            .env("COFFER_TOKEN", token)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .output()
+            .expect("running coffer");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Path of the CA file clients use.
     pub fn ca_path(&self) -> PathBuf {
         self.data_dir.join("tls/ca.pem")

@@ -3,9 +3,8 @@
 //! third share unseals; a restart seals it again. A key-file seal unseals itself on restart.
 
 use std::path::Path;
-use std::process::Command;
 
-use coffer_tests::{coffer_bin, Server};
+use coffer_tests::Server;
 use serde_json::Value;
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -27,18 +26,7 @@ fn start(config: &Path, dir: &Path) -> Server {
 }
 
 fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(coffer_bin())
-        .args(args)
-        .env("COFFER_ADDR", &server.addr)
-        .env("COFFER_CACERT", server.ca_path())
-        .env("COFFER_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    server.cli(token, args)
 }
 
 fn status(server: &Server) -> Value {

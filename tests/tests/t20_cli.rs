@@ -7,20 +7,7 @@ use coffer_tests::{coffer_bin, Server};
 const TOKEN: &str = "hvs.t20-cli-token";
 
 fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(coffer_bin())
-        .args(args)
-        .env("COFFER_ADDR", &server.addr)
-        .env("COFFER_CACERT", server.ca_path())
-        .env("COFFER_TOKEN", token)
-        .env_remove("VAULT_ADDR")
-        .env_remove("VAULT_TOKEN")
-        .output()
-        .expect("running coffer");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    server.cli(token, args)
 }
 
 #[test]

@@ -2,12 +2,11 @@
 //! merge after SIGKILL under 32 concurrent clients, and tampering found by `coffer audit verify`.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coffer_api::client::Client;
-use coffer_tests::{coffer_bin, Server};
+use coffer_tests::Server;
 use serde_json::{json, Value};
 
 const ROOT: &str = "hvs.t40-audit-root";
@@ -275,17 +274,8 @@ fn a_flipped_byte_in_the_spool_is_reported_by_audit_verify() {
     let data = dir.path().join("node");
     let server = Server::dev(&data, ROOT);
     let cli = |server: &Server, args: &[&str]| {
-        let out = Command::new(coffer_bin())
-            .args(args)
-            .env("COFFER_ADDR", &server.addr)
-            .env("COFFER_CACERT", server.ca_path())
-            .env("COFFER_TOKEN", ROOT)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = server.cli(ROOT, args);
+        (code, out)
     };
     for i in 0..5 {
         cli(
