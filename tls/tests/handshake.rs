@@ -125,8 +125,8 @@ async fn peer_with_a_certificate_from_another_ca_is_refused() {
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
 
-#[test]
-fn ca_reloads_from_pem_and_keeps_issuing_verifiable_certs() {
+#[tokio::test]
+async fn ca_reloads_from_pem_and_keeps_issuing_verifiable_certs() {
     let ca = CertificateAuthority::generate("t").unwrap();
     let reloaded = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
     let n5 = reloaded.issue_node(5, &hosts()).unwrap();
@@ -135,6 +135,12 @@ fn ca_reloads_from_pem_and_keeps_issuing_verifiable_certs() {
         .unwrap()
         .unwrap();
     assert_eq!(node_id_from_cert(&der), Some(5));
-    // The reloaded CA's certificates must chain to the original CA certificate.
-    peer_client_config(ca.cert_pem(), &n5.cert_pem, &n5.key_pem, 5).unwrap();
+    // A certificate from the reloaded CA must verify against the original CA certificate,
+    // in a real handshake with a peer whose certificate the original CA issued.
+    let n1 = ca.issue_node(1, &hosts()).unwrap();
+    let server = peer_server_config(ca.cert_pem(), &n5.cert_pem, &n5.key_pem).unwrap();
+    let (port, task) = serve_once(server).await;
+    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 5).unwrap();
+    dial(port, client).await.unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), Some(1));
 }
