@@ -125,10 +125,7 @@ impl Vault {
         for name in names {
             match name.as_str() {
                 "root" => out.push((name.clone(), Arc::new(Policy::default()))),
-                "default" => {
-                    let p = policy::parse(policy::DEFAULT_POLICY).map_err(VaultError::internal)?;
-                    out.push((name.clone(), Arc::new(p)));
-                }
+                "default" => out.push((name.clone(), default_policy())),
                 _ => {
                     if let Some(p) = self.cached_policy(name)? {
                         out.push((name.clone(), p));
@@ -222,6 +219,19 @@ impl Vault {
         names.sort();
         Ok(names)
     }
+}
+
+/// The built-in `default` policy, parsed once: nearly every token carries it, so parsing it
+/// per request would sit on the hot path.
+fn default_policy() -> Arc<Policy> {
+    static DEFAULT: std::sync::OnceLock<Arc<Policy>> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            Arc::new(
+                policy::parse(policy::DEFAULT_POLICY).expect("the built-in default policy parses"),
+            )
+        })
+        .clone()
 }
 
 fn validate_policy_name(name: &str) -> Result<()> {
