@@ -6,6 +6,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use coffer_raft::{Check, Txn};
 
+use super::records::seal_json;
 use super::sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 use super::{Auth, Sealing, Vault};
 use crate::clock;
@@ -92,8 +93,6 @@ impl Vault {
             explicit_max_ttl: 0,
             period: 0,
         };
-        let seal =
-            |key: &[u8], value: &dyn erased_serde_json::Json| keyring.seal(key, &value.json());
         let tk = token_key(&root_token);
         let mut txn = Txn::new()
             .when(SEAL_CONFIG_KEY, Check::Absent)
@@ -102,14 +101,17 @@ impl Vault {
                 serde_json::to_vec(&material.config).map_err(VaultError::internal)?,
             )
             .put(KEYRING_STORAGE_KEY, keyring.wrap(&material.root))
-            .put(MOUNTS_KEY, seal(MOUNTS_KEY, &default_table()))
-            .put(tk.clone(), seal(&tk, &token))
+            .put(
+                MOUNTS_KEY,
+                seal_json(&keyring, MOUNTS_KEY, &default_table())?,
+            )
+            .put(tk.clone(), seal_json(&keyring, &tk, &token)?)
             .put(
                 accessor_key(&token.accessor),
-                seal(&accessor_key(&token.accessor), &hex::encode(&tk)),
+                seal_json(&keyring, &accessor_key(&token.accessor), &hex::encode(&tk))?,
             );
         if let Some(ca) = &ca {
-            txn = txn.put(CA_KEY, seal(CA_KEY, ca));
+            txn = txn.put(CA_KEY, seal_json(&keyring, CA_KEY, ca)?);
         }
         let spool_key = crate::audit::SpoolKey::generate();
         let spool_secret = zeroize::Zeroizing::new(hex::encode(*spool_key.to_bytes()));
@@ -117,7 +119,7 @@ impl Vault {
             .put(super::audit_log::SPOOL_PUB_KEY, spool_key.public().to_vec())
             .put(
                 super::audit_log::SPOOL_SECRET_KEY,
-                seal(super::audit_log::SPOOL_SECRET_KEY, &*spool_secret),
+                seal_json(&keyring, super::audit_log::SPOOL_SECRET_KEY, &*spool_secret)?,
             );
         if !self.engine.write(txn).await?.succeeded {
             return Err(VaultError::AlreadyInitialized);
@@ -313,18 +315,5 @@ impl Vault {
     /// The cluster CA from the encrypted state (unsealed nodes only).
     pub fn cluster_ca(&self) -> Result<Option<StoredCa>> {
         Ok(self.read_record::<StoredCa>(CA_KEY)?.map(|r| r.value))
-    }
-}
-
-/// Lets `init` seal values of different types through one closure.
-mod erased_serde_json {
-    pub trait Json {
-        fn json(&self) -> zeroize::Zeroizing<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> zeroize::Zeroizing<Vec<u8>> {
-            // Plain data structures always serialize to JSON.
-            zeroize::Zeroizing::new(serde_json::to_vec(self).unwrap_or_default())
-        }
     }
 }

@@ -23,6 +23,13 @@ pub(crate) struct Record<T> {
     pub entry: KvEntry,
 }
 
+/// Encrypts a JSON record for `key` under `ring`'s active term (also used by `init`, before
+/// the node holds an unsealed keyring).
+pub(crate) fn seal_json<T: Serialize>(ring: &Keyring, key: &[u8], value: &T) -> Result<Vec<u8>> {
+    let json = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(VaultError::internal)?);
+    Ok(ring.seal(key, &json))
+}
+
 impl Vault {
     /// The current keyring, or `Sealed`.
     pub(crate) fn keyring(&self) -> Result<Arc<Keyring>> {
@@ -88,9 +95,7 @@ impl Vault {
 
     /// Encrypts a JSON record for `key` under the active term.
     pub(crate) fn seal_record<T: Serialize>(&self, key: &[u8], value: &T) -> Result<Vec<u8>> {
-        let json =
-            zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(VaultError::internal)?);
-        Ok(self.keyring()?.seal(key, &json))
+        seal_json(&*self.keyring()?, key, value)
     }
 
     /// Runs `build` (which reads current state and returns a guarded transaction plus the
