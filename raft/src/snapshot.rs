@@ -1,9 +1,10 @@
 //! Snapshot files: building one from a consistent RocksDB snapshot, verifying and installing
 //! one received from the leader, both in bounded chunks.
 //!
-//! Format: `MAGIC | u32 header_len | header (postcard) | records | sha256(all before)`, where a
-//! record is `u32 key_len | key | u32 value_len | value` and the value is the state machine's
-//! stored encoding. Memory stays bounded by [`BATCH_BYTES`] whatever the store's size.
+//! Format: `MAGIC | u32 header_len | header (postcard) | records | u64 record_count |
+//! sha256(all before)`, where a record is `u32 key_len | key | u32 value_len | value` and the
+//! value is the state machine's stored encoding. The count trails the records so that one pass
+//! over the state machine both writes and counts them. Memory stays bounded by [`BATCH_BYTES`] whatever the store's size.
 //!
 //! Durability: a snapshot is written to a temporary file, fsynced, renamed to `current.snap`
 //! and the directory fsynced before anyone is told about it. Installing marks the state
@@ -24,7 +25,7 @@ use crate::db::{cf, CF_KV, CF_SM};
 use crate::state_machine::{KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION};
 use crate::types::{LogId, NodeAddr, NodeId, StoredMembership, TypeConfig};
 
-const MAGIC: &[u8; 8] = b"CFSNAP01";
+const MAGIC: &[u8; 8] = b"CFSNAP02";
 const CURRENT: &str = "current.snap";
 const KEY_INSTALLING: &[u8] = b"installing";
 /// Upper bound of one RocksDB write batch while installing.
@@ -45,7 +46,8 @@ pub struct SnapshotHeader {
     pub membership: StoredMembership,
     /// Global revision of the state machine.
     pub revision: u64,
-    /// Number of key-value records.
+    /// Number of key-value records (stored in the trailer, filled in by [`verify`]).
+    #[serde(skip)]
     pub entries: u64,
 }
 
@@ -120,16 +122,12 @@ impl SnapshotFiles {
         let result = (|| {
             let file = File::create(&tmp).map_err(io("creating snapshot"))?;
             let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-            // The header carries the record count, so count from the same RocksDB snapshot.
-            let count = db
-                .iterator_cf_opt(cf(db, CF_KV), read_opts(&snap), IteratorMode::Start)
-                .count() as u64;
-            let header = SnapshotHeader {
+            let mut header = SnapshotHeader {
                 snapshot_id: snapshot_id.clone(),
                 last_applied,
                 membership: membership.clone(),
                 revision,
-                entries: count,
+                entries: 0,
             };
             let header_bytes = postcard::to_allocvec(&header).map_err(io("encoding header"))?;
             out.write_all(MAGIC).map_err(io("writing snapshot"))?;
@@ -138,7 +136,10 @@ impl SnapshotFiles {
                 let (key, value) = item.map_err(io("reading state machine"))?;
                 write_chunk(&mut out, &key)?;
                 write_chunk(&mut out, &value)?;
+                header.entries += 1;
             }
+            out.write_all(&header.entries.to_be_bytes())
+                .map_err(io("writing snapshot"))?;
             let digest = out.finish();
             let mut inner = out.into_inner();
             inner.write_all(&digest).map_err(io("writing snapshot"))?;
@@ -314,7 +315,7 @@ fn clear_cf(db: &DB, kv: &rocksdb::ColumnFamily) -> Result<(), String> {
 /// Checks magic and checksum of a whole snapshot file; returns its header.
 fn verify(file: &mut File) -> Result<SnapshotHeader, String> {
     let len = file.metadata().map_err(io("reading snapshot"))?.len();
-    if len < (MAGIC.len() + 4 + 32) as u64 {
+    if len < (MAGIC.len() + 4 + 8 + 32) as u64 {
         return Err("snapshot file is truncated".into());
     }
     file.seek(SeekFrom::Start(0))
@@ -335,9 +336,16 @@ fn verify(file: &mut File) -> Result<SnapshotHeader, String> {
     if hasher.finalize().as_slice() != trailer {
         return Err("snapshot checksum mismatch: the file is corrupt or truncated".into());
     }
+    file.seek(SeekFrom::Start(len - 40))
+        .map_err(io("seeking snapshot"))?;
+    let mut count = [0u8; 8];
+    file.read_exact(&mut count)
+        .map_err(io("reading snapshot"))?;
     file.seek(SeekFrom::Start(0))
         .map_err(io("seeking snapshot"))?;
-    read_header(&mut BufReader::new(&mut *file))
+    let mut header = read_header(&mut BufReader::new(&mut *file))?;
+    header.entries = u64::from_be_bytes(count);
+    Ok(header)
 }
 
 fn read_header(reader: &mut impl Read) -> Result<SnapshotHeader, String> {
