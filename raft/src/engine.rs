@@ -163,8 +163,7 @@ impl Engine {
         if let (false, Some(fw), Some((leader, addr))) =
             (self.is_leader(), &self.forwarder, self.leader())
         {
-            let result = fw.write(leader, &addr, txn).await.map_err(forward_error)?;
-            let index = fw.read_index(leader, &addr).await.map_err(forward_error)?;
+            let (result, index) = fw.write(leader, &addr, txn).await.map_err(forward_error)?;
             self.wait_applied(index).await?;
             return Ok(result);
         }

@@ -65,13 +65,13 @@ impl Forwarder {
         Ok(response)
     }
 
-    /// Runs `txn` on the leader.
+    /// Runs `txn` on the leader; returns its result and the log index it was committed at.
     pub async fn write(
         &self,
         leader: NodeId,
         addr: &NodeAddr,
         txn: Txn,
-    ) -> Result<TxnResult, ForwardError> {
+    ) -> Result<(TxnResult, u64), ForwardError> {
         match self.call(leader, addr, PeerRequest::Forward(txn)).await? {
             PeerResponse::Forwarded(r) => r,
             other => Err(ForwardError::Failed(format!(

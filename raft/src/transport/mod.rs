@@ -85,8 +85,9 @@ pub enum PeerResponse {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
-    /// Answer to `Forward`: the transaction's result, or why the leader could not run it.
-    Forwarded(Result<crate::txn::TxnResult, ForwardError>),
+    /// Answer to `Forward`: the transaction's result and the log index it was committed at
+    /// (what the follower waits to apply), or why the leader could not run it.
+    Forwarded(Result<(crate::txn::TxnResult, u64), ForwardError>),
     /// Answer to `ReadIndex`: the log index a linearizable read must wait for.
     ReadIndex(Result<u64, ForwardError>),
     /// The server refused the request; the reason is also in its log.

@@ -118,11 +118,11 @@ async fn dispatch(raft: &Raft, request: PeerRequest) -> PeerResponse {
 async fn forwarded_write(
     raft: &Raft,
     txn: crate::txn::Txn,
-) -> Result<crate::txn::TxnResult, ForwardError> {
+) -> Result<(crate::txn::TxnResult, u64), ForwardError> {
     use openraft::error::ClientWriteError;
     crate::engine::validate(&txn).map_err(|e| ForwardError::Failed(e.to_string()))?;
     match raft.client_write(crate::types::Command::Txn(txn)).await {
-        Ok(resp) => Ok(resp.data),
+        Ok(resp) => Ok((resp.data, resp.log_id.index)),
         Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(ForwardError::NotLeader(f.leader_id))
         }
