@@ -218,21 +218,22 @@ fn health(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
 fn leader(state: &AppState) -> ApiResult<Response> {
     let engine = state.vault.engine();
     let is_self = engine.is_leader();
+    let leader = engine.leader().map(|(_, addr)| addr).unwrap_or_default();
     let leader_address = if is_self {
         state.vault.node().api_addr.clone()
     } else {
-        engine.leader().map(|(_, a)| a.api_addr).unwrap_or_default()
+        leader.api_addr
     };
-    let metrics = engine.metrics().borrow().clone();
+    let last_log_index = engine.metrics().borrow().last_log_index.unwrap_or(0);
     Ok(Json(json!({
         "ha_enabled": true,
         "is_self": is_self,
         "active_time": "0001-01-01T00:00:00Z",
         "leader_address": leader_address,
-        "leader_cluster_address": engine.leader().map(|(_, a)| a.peer_addr).unwrap_or_default(),
+        "leader_cluster_address": leader.peer_addr,
         "performance_standby": false,
         "performance_standby_last_remote_wal": 0,
-        "raft_committed_index": metrics.last_log_index.unwrap_or(0),
+        "raft_committed_index": last_log_index,
         "raft_applied_index": engine.applied_index(),
     }))
     .into_response())
