@@ -46,7 +46,7 @@ pub struct SnapshotHeader {
     pub membership: StoredMembership,
     /// Global revision of the state machine.
     pub revision: u64,
-    /// Number of key-value records (stored in the trailer, filled in by [`verify`]).
+    /// Number of key-value records (stored in the trailer; filled in when the file is verified).
     #[serde(skip)]
     pub entries: u64,
 }
