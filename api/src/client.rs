@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 /// How long to wait for a TCP+TLS connection before trying the next address.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,6 +37,8 @@ pub struct Response {
     pub status: StatusCode,
     /// Parsed body.
     pub body: Value,
+    /// Response headers (`X-Coffer-Applied-Index` and the like).
+    pub headers: reqwest::header::HeaderMap,
 }
 
 /// A client bound to a list of node addresses, a CA, and a token.
@@ -150,10 +152,15 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 async fn finish(resp: reqwest::Response) -> Result<Response, ClientError> {
     let status = resp.status();
+    let headers = resp.headers().clone();
     let text = resp.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status.is_success() {
-        return Ok(Response { status, body });
+        return Ok(Response {
+            status,
+            body,
+            headers,
+        });
     }
     let messages = body["errors"]
         .as_array()
@@ -165,7 +172,11 @@ async fn finish(resp: reqwest::Response) -> Result<Response, ClientError> {
         .unwrap_or_default();
     if status == StatusCode::NOT_FOUND && body["data"].is_object() {
         // A deleted KV version: 404 with metadata. Callers decide.
-        return Ok(Response { status, body });
+        return Ok(Response {
+            status,
+            body,
+            headers,
+        });
     }
     Err(ClientError::Server {
         status: status.as_u16(),

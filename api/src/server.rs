@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr};
+use coffer_raft::{Engine, EngineConfig, Forwarder, NodeAddr, PeerIdentity, PeerNetwork};
 use coffer_tls::{write_private, CertificateAuthority};
 use coffer_vault::crypto::Key;
 use coffer_vault::{InitRequest, NodeInfo, StoredCa, Vault};
@@ -98,6 +98,81 @@ fn ensure_tls(
     )?)
 }
 
+/// This node's peer certificate and key, and the CA, from `<data_dir>/tls`.
+fn peer_identity(node_id: u64, paths: &TlsPaths) -> anyhow::Result<PeerIdentity> {
+    let (cert, key) = paths.node();
+    let cert_pem = read(&cert)?;
+    let bound = coffer_tls::node_id_from_pem(&cert_pem)?;
+    anyhow::ensure!(
+        bound == node_id,
+        "{} is node {bound}'s certificate but node_id is {node_id}",
+        cert.display()
+    );
+    Ok(PeerIdentity {
+        node_id,
+        ca_pem: read(&paths.ca())?,
+        cert_pem,
+        key_pem: Zeroizing::new(read(&key)?),
+    })
+}
+
+/// A node that joined from a pack and has not finished registering with the cluster.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct JoinState {
+    /// The registration sent to the leader.
+    pub request: coffer_vault::JoinRequest,
+    /// Whether the node waits to be promoted to voter.
+    pub voter: bool,
+    /// Members listed in the pack.
+    pub members: Vec<coffer_vault::pack::PackMember>,
+}
+
+impl JoinState {
+    /// The file `operator join` leaves for the first start.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("join-pending.json")
+    }
+
+    fn load(data_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// Registers a node that joined from a pack: until the leader has made it a learner (and a
+/// voter, if the pack says so), repeats the registration every second; a refusal is logged
+/// with its reason and retried more slowly, since some (a sealed leader) pass by themselves.
+async fn register(join: JoinState, forwarder: Forwarder, data_dir: PathBuf) {
+    let mut refused_before = false;
+    loop {
+        match coffer_vault::send_join(&forwarder, &join.members, &join.request).await {
+            Ok(answer) => {
+                tracing::info!(role = %answer.role, "registered with the cluster: {}", answer.message);
+                if answer.role == "voter" || !answer.wants_voter {
+                    if let Err(e) = std::fs::remove_file(JoinState::path(&data_dir)) {
+                        tracing::warn!("could not remove the join marker: {e}");
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(why) => {
+                tracing::error!("the cluster refused this node's registration: {why}");
+                let pause = if refused_before { 10 } else { 2 };
+                refused_before = true;
+                tokio::time::sleep(Duration::from_secs(pause)).await;
+            }
+        }
+    }
+}
+
 fn pending_ca(paths: &TlsPaths) -> anyhow::Result<Option<StoredCa>> {
     if !paths.ca_key().exists() {
         return Ok(None);
@@ -142,25 +217,64 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     let bound = listener.local_addr()?;
     let api_host = bound.ip().to_string();
     cfg.api_addr = format!("https://{bound}");
+    // Dev mode is one node: no peer port, so it never collides with anything on 8201.
+    let peer_listener = if dev.is_some() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&cfg.peer_addr)
+            .await
+            .with_context(|| format!("binding the peer listener on {}", cfg.peer_addr))?;
+        cfg.peer_addr = listener.local_addr()?.to_string();
+        Some(listener)
+    };
     let paths = TlsPaths {
         dir: cfg.data_dir.join("tls"),
     };
     let tls = ensure_tls(&cfg, &paths, &api_host)?;
 
-    let engine = Engine::open_single(
+    let identity = Arc::new(peer_identity(cfg.node_id, &paths)?);
+    let network = PeerNetwork::new(identity.clone());
+    let contacts = network.contacts();
+    let engine = Engine::open(
         EngineConfig {
             node_id: cfg.node_id,
             data_dir: cfg.data_dir.clone(),
             tuning: cfg.raft.clone(),
         },
-        NoPeers,
-        NodeAddr {
-            api_addr: cfg.api_addr.clone(),
-            peer_addr: cfg.peer_addr.clone(),
-        },
-        Duration::from_secs(30),
+        network,
     )
-    .await?;
+    .await?
+    .with_forwarder(Arc::new(Forwarder::new(identity.clone())))
+    .with_contacts(contacts);
+    let pending_join = JoinState::load(&cfg.data_dir)?;
+    if pending_join.is_none() {
+        // A node that did not join from a pack starts (or restarts) the cluster it founded.
+        engine
+            .initialize_single(NodeAddr {
+                api_addr: cfg.api_addr.clone(),
+                peer_addr: cfg.peer_addr.clone(),
+            })
+            .await?;
+    }
+    if engine.member_addrs().len() == 1 && engine.member_addrs().contains_key(&cfg.node_id) {
+        engine.wait_leader(Duration::from_secs(30)).await?;
+    }
+    let (peer_stop, peer_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = peer_listener {
+        let tls = coffer_tls::peer_server_config(
+            &identity.ca_pem,
+            &identity.cert_pem,
+            &identity.key_pem,
+        )?;
+        tokio::spawn(coffer_raft::serve_peers(
+            listener,
+            tls,
+            engine.clone(),
+            async move {
+                let _ = peer_stopped.await;
+            },
+        ));
+    }
     let spool = coffer_vault::audit::Spool::open(&cfg.data_dir.join("audit"), cfg.node_id)
         .map_err(anyhow::Error::msg)?;
     let vault = Arc::new(Vault::new(
@@ -173,6 +287,14 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         Arc::new(spool),
     ));
     tokio::spawn(vault.clone().run_shipper());
+    engine.set_app_handler(vault.peer_app_handler());
+    if let Some(join) = pending_join {
+        tokio::spawn(register(
+            join,
+            Forwarder::new(identity.clone()),
+            cfg.data_dir.clone(),
+        ));
+    }
 
     let dev_dir = cfg.data_dir.join("dev");
     let seal_key_file = match (&cfg.seal, &dev) {
@@ -209,6 +331,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         tracing::info!("shutting down");
     };
     crate::https::serve(listener, tls, app(state), shutdown).await;
+    let _ = peer_stop.send(());
     engine.shutdown().await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -12,6 +12,8 @@ use openraft::ServerState;
 use rocksdb::DB;
 
 use crate::log_store::LogStore;
+use crate::membership::Contacts;
+use crate::transport::{AppHandler, ForwardError};
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{read_entry, scan_prefix, StateMachine};
 use crate::tuning::RaftTuning;
@@ -48,6 +50,25 @@ pub struct Engine {
     applied: tokio::sync::watch::Receiver<u64>,
     /// Sends writes and read-index requests to the leader when this node is not it.
     forwarder: Option<Arc<crate::transport::Forwarder>>,
+    /// When each peer last answered (set when the node runs the peer transport).
+    contacts: Option<Contacts>,
+    /// The vault layer's handler for application messages (set once it exists).
+    app: Arc<OnceLock<AppHandler>>,
+    /// When the leader last reached this node (an accepted AppendEntries or snapshot chunk).
+    leader_contact: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// How long a write or read waits through a leader change (an election takes 1–2 election
+/// timeouts) before answering that there is no leader.
+const LEADER_CHANGE_WAIT: Duration = Duration::from_secs(5);
+
+/// One attempt at a request that may have to wait for a new leader.
+enum Attempt<T> {
+    /// Finished (successfully or not).
+    Done(Result<T, EngineError>),
+    /// Not delivered to a leader (no leader known, it moved, or it was unreachable): try
+    /// again once the leader changes.
+    Retry(EngineError),
 }
 
 impl std::fmt::Debug for Engine {
@@ -87,6 +108,9 @@ impl Engine {
             node_id: config.node_id,
             applied,
             forwarder: None,
+            contacts: None,
+            app: Arc::new(OnceLock::new()),
+            leader_contact: Arc::default(),
         })
     }
 
@@ -155,50 +179,182 @@ impl Engine {
         self
     }
 
+    /// Records when peers last answered (shown by `members`).
+    pub fn with_contacts(mut self, contacts: Contacts) -> Self {
+        self.contacts = Some(contacts);
+        self
+    }
+
+    /// The forwarder, if this node serves clients while following.
+    pub(crate) fn forwarder(&self) -> Option<&Arc<crate::transport::Forwarder>> {
+        self.forwarder.as_ref()
+    }
+
+    /// When peers last answered, if this node runs the peer transport.
+    pub(crate) fn contacts(&self) -> Option<&Contacts> {
+        self.contacts.as_ref()
+    }
+
+    /// Records that the leader just reached this node (called by the peer server).
+    pub(crate) fn note_leader_contact(&self) {
+        if let Ok(mut t) = self.leader_contact.lock() {
+            *t = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Milliseconds since this node last heard from a leader: 0 on the leader (while it has
+    /// a quorum's acknowledgement, else since that), `None` if never since start.
+    pub fn last_leader_contact_ms(&self) -> Option<u64> {
+        if self.is_leader() {
+            return Some(self.metrics().borrow().millis_since_quorum_ack.unwrap_or(0));
+        }
+        let t = *self.leader_contact.lock().ok()?;
+        t.map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Installs the handler for application messages (once; later calls are ignored).
+    pub fn set_app_handler(&self, handler: AppHandler) {
+        let _ = self.app.set(handler);
+    }
+
+    /// An application message `origin` sent to this node: handled here if this node leads,
+    /// else relayed to the leader.
+    pub async fn app_request(&self, origin: NodeId, body: Vec<u8>) -> Result<Vec<u8>, ForwardError> {
+        if !self.is_leader() {
+            let Some((leader, addr)) = self.leader() else {
+                return Err(ForwardError::NotLeader(None));
+            };
+            let Some(fw) = &self.forwarder else {
+                return Err(ForwardError::NotLeader(Some(leader)));
+            };
+            return fw.app_relayed(leader, &addr, origin, body).await;
+        }
+        self.app_request_local(origin, body).await
+    }
+
+    /// Handles an application message if this node leads.
+    pub async fn app_request_local(
+        &self,
+        origin: NodeId,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ForwardError> {
+        if !self.is_leader() {
+            return Err(ForwardError::NotLeader(self.leader().map(|(id, _)| id)));
+        }
+        let Some(handler) = self.app.get() else {
+            return Err(ForwardError::Failed("the leader is still starting".into()));
+        };
+        handler(origin, body).await.map_err(ForwardError::Refused)
+    }
+
+    /// Runs `attempt` until it is delivered to a leader, waiting through a leader change for
+    /// up to [`LEADER_CHANGE_WAIT`]. Only undelivered attempts are repeated, so a request is
+    /// never run twice.
+    async fn through_leader_changes<T, F, Fut>(&self, mut attempt: F) -> Result<T, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
+        loop {
+            let seen = self.metrics().borrow().current_leader;
+            match attempt().await {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(e) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(e);
+                    }
+                    // Wake when the leader changes; re-check at least every 100 ms, since
+                    // a leader that is known but unreachable may stay "current" a while.
+                    let _ = self
+                        .raft
+                        .wait(Some((deadline - now).min(Duration::from_millis(100))))
+                        .metrics(
+                            |m| m.current_leader.is_some() && m.current_leader != seen,
+                            "leader changed",
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
     /// Proposes `txn` and waits until it is committed and applied — here if this node leads,
     /// else on the leader through the forwarder (and then until applied here too, so a read
-    /// on this node right after sees the write).
+    /// on this node right after sees the write). Waits through a leader change.
     pub async fn write(&self, txn: Txn) -> Result<TxnResult, EngineError> {
         validate(&txn)?;
-        if let (false, Some(fw), Some((leader, addr))) =
-            (self.is_leader(), &self.forwarder, self.leader())
-        {
-            let (result, index) = fw.write(leader, &addr, txn).await.map_err(forward_error)?;
-            self.wait_applied(index).await?;
-            return Ok(result);
+        self.through_leader_changes(|| self.write_once(txn.clone()))
+            .await
+    }
+
+    async fn write_once(&self, txn: Txn) -> Attempt<TxnResult> {
+        if !self.is_leader() {
+            if let Some(fw) = &self.forwarder {
+                let Some((leader, addr)) = self.leader() else {
+                    return Attempt::Retry(EngineError::NoLeader("no leader is known".into()));
+                };
+                return match fw.write(leader, &addr, txn).await {
+                    Ok((result, index)) => {
+                        Attempt::Done(self.wait_applied(index).await.map(|_| result))
+                    }
+                    Err(e) => forward_attempt(e),
+                };
+            }
         }
         match self.raft.client_write(Command::Txn(txn)).await {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => Attempt::Done(Ok(resp.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(EngineError::NotLeader {
+                let e = EngineError::NotLeader {
                     leader_id: f.leader_id,
                     leader_api_addr: f.leader_node.map(|n| n.api_addr),
-                })
+                };
+                if self.forwarder.is_some() {
+                    Attempt::Retry(e)
+                } else {
+                    Attempt::Done(Err(e))
+                }
             }
-            Err(e) => Err(storage(e)),
+            Err(e) => Attempt::Done(Err(storage(e))),
         }
     }
 
     /// Blocks until a read on this node reflects every write acknowledged before the call.
     /// The leader confirms its leadership with a quorum; a follower obtains that read index
-    /// from the leader and waits until it has applied it.
+    /// from the leader and waits until it has applied it. Waits through a leader change.
     pub async fn read_barrier(&self) -> Result<(), EngineError> {
-        if let (false, Some(fw), Some((leader, addr))) =
-            (self.is_leader(), &self.forwarder, self.leader())
-        {
-            let index = fw.read_index(leader, &addr).await.map_err(forward_error)?;
-            return self.wait_applied(index).await;
+        self.through_leader_changes(|| self.read_barrier_once())
+            .await
+    }
+
+    async fn read_barrier_once(&self) -> Attempt<()> {
+        if !self.is_leader() {
+            if let Some(fw) = &self.forwarder {
+                let Some((leader, addr)) = self.leader() else {
+                    return Attempt::Retry(EngineError::NoLeader("no leader is known".into()));
+                };
+                return match fw.read_index(leader, &addr).await {
+                    Ok(index) => Attempt::Done(self.wait_applied(index).await),
+                    Err(e) => forward_attempt(e),
+                };
+            }
         }
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => Attempt::Done(Ok(())),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(EngineError::NotLeader {
+                let e = EngineError::NotLeader {
                     leader_id: f.leader_id,
                     leader_api_addr: f.leader_node.map(|n| n.api_addr),
-                })
+                };
+                if self.forwarder.is_some() {
+                    Attempt::Retry(e)
+                } else {
+                    Attempt::Done(Err(e))
+                }
             }
-            Err(RaftError::APIError(e)) => Err(EngineError::NoLeader(e.to_string())),
-            Err(e) => Err(storage(e)),
+            Err(RaftError::APIError(e)) => Attempt::Done(Err(EngineError::NoLeader(e.to_string()))),
+            Err(e) => Attempt::Done(Err(storage(e))),
         }
     }
 
@@ -274,6 +430,28 @@ impl Engine {
         Ok(target)
     }
 
+    /// Builds a snapshot now and returns the snapshot file's bytes (for a bootstrap pack).
+    pub async fn snapshot_bytes(&self) -> Result<Vec<u8>, EngineError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        self.snapshot_now().await?;
+        let mut snap = self
+            .raft
+            .get_snapshot()
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| EngineError::Storage("no snapshot after building one".into()))?;
+        let mut bytes = Vec::new();
+        snap.snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(storage)?;
+        snap.snapshot
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(storage)?;
+        Ok(bytes)
+    }
+
     /// Compacts every column family (tests prove deleted data leaves the files).
     pub fn compact(&self) {
         for name in [
@@ -293,13 +471,23 @@ impl Engine {
     }
 }
 
-fn forward_error(e: crate::transport::ForwardError) -> EngineError {
+pub(crate) fn forward_error(e: ForwardError) -> EngineError {
     match e {
-        crate::transport::ForwardError::NotLeader(leader_id) => EngineError::NotLeader {
+        ForwardError::NotLeader(leader_id) => EngineError::NotLeader {
             leader_id,
             leader_api_addr: None,
         },
-        crate::transport::ForwardError::Failed(msg) => EngineError::NoLeader(msg),
+        ForwardError::Unreachable(msg) => EngineError::NoLeader(format!("leader unreachable: {msg}")),
+        ForwardError::Failed(msg) => EngineError::NoLeader(msg),
+        ForwardError::Refused(msg) => EngineError::Membership(msg),
+    }
+}
+
+/// A forwarded request that never reached a leader is retried; anything else is final.
+fn forward_attempt<T>(e: ForwardError) -> Attempt<T> {
+    match e {
+        ForwardError::NotLeader(_) | ForwardError::Unreachable(_) => Attempt::Retry(forward_error(e)),
+        other => Attempt::Done(Err(forward_error(other))),
     }
 }
 

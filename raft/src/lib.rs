@@ -12,6 +12,7 @@
 mod db;
 mod engine;
 mod log_store;
+mod membership;
 mod network;
 mod snapshot;
 mod state_machine;
@@ -22,10 +23,13 @@ mod types;
 
 pub use engine::{Engine, EngineConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use log_store::LogStore;
+pub use membership::{ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG};
 pub use network::NoPeers;
 pub use snapshot::{SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
-pub use transport::{serve_peers, Forwarder, PeerIdentity, PeerNetwork};
+pub use transport::{
+    serve_peers, AppFuture, AppHandler, ForwardError, Forwarder, PeerIdentity, PeerNetwork,
+};
 pub use tuning::RaftTuning;
 pub use txn::{plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write};
 pub use types::{
@@ -35,6 +39,19 @@ pub use types::{
 /// Opens the RocksDB instance the stores share (for the storage test suite and tools).
 pub fn open_db(path: &std::path::Path) -> Result<std::sync::Arc<rocksdb::DB>, String> {
     db::open(path).map_err(|e| e.to_string())
+}
+
+/// Installs a snapshot file (from a bootstrap pack) into a fresh node's data directory, so
+/// the node starts with the cluster's state instead of fetching it all from the leader.
+/// Refuses a directory that already holds state. `progress(done, total)` reports records.
+pub fn install_seed_snapshot(
+    data_dir: &std::path::Path,
+    bytes: &[u8],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<SnapshotHeader, String> {
+    let db = db::open(&data_dir.join("raft")).map_err(|e| e.to_string())?;
+    let files = SnapshotFiles::new(data_dir.join("snapshots"), db.clone())?;
+    files.install_seed(&db, bytes, progress)
 }
 
 /// Why an engine operation failed.
@@ -54,6 +71,9 @@ pub enum EngineError {
     /// A transaction that can never be valid (empty prefix delete, oversize key or value).
     #[error("invalid transaction: {0}")]
     InvalidTxn(String),
+    /// A membership change (or a request relayed with it) was refused; the message says why.
+    #[error("{0}")]
+    Membership(String),
     /// The Raft configuration was rejected.
     #[error("raft configuration: {0}")]
     Config(String),

@@ -235,6 +235,38 @@ impl SnapshotFiles {
         self.load_current_into(db)
     }
 
+    /// Installs a snapshot file handed over out of band (a bootstrap pack) into a node that
+    /// holds no state yet. Blocking; `progress(done, total)` is called as records load.
+    pub fn install_seed(
+        &self,
+        db: &DB,
+        bytes: &[u8],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<SnapshotHeader, String> {
+        let applied: Option<Option<LogId>> =
+            decode(db.get_cf(cf(db, CF_SM), KEY_APPLIED).map_err(io("reading state"))?)?;
+        if applied.flatten().is_some() {
+            return Err("this data directory already holds a node's state".into());
+        }
+        let tmp = self.part_path("seed");
+        let written = (|| {
+            let mut out = File::create(&tmp).map_err(io("writing snapshot"))?;
+            out.write_all(bytes).map_err(io("writing snapshot"))?;
+            out.sync_all().map_err(io("syncing snapshot"))?;
+            verify(&mut File::open(&tmp).map_err(io("reading snapshot"))?)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.publish(&tmp)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.put_cf_opt(cf(db, CF_SM), KEY_INSTALLING, b"1", &opts)
+            .map_err(io("marking install"))?;
+        self.load_with_progress(db, progress)
+    }
+
     /// Whether a crash interrupted an install.
     pub fn install_pending(&self, db: &DB) -> Result<bool, String> {
         Ok(db
@@ -246,6 +278,14 @@ impl SnapshotFiles {
     /// Replaces the state machine's contents with `current.snap`, in bounded batches; the last
     /// batch (synced) sets the applied id, membership and revision and clears the marker.
     pub fn load_current_into(&self, db: &DB) -> Result<SnapshotHeader, String> {
+        self.load_with_progress(db, &mut |_, _| {})
+    }
+
+    fn load_with_progress(
+        &self,
+        db: &DB,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<SnapshotHeader, String> {
         let mut file = File::open(self.current_path()).map_err(io("opening snapshot"))?;
         let header = verify(&mut file)?;
         let kv = cf(db, CF_KV);
@@ -255,15 +295,17 @@ impl SnapshotFiles {
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let _ = read_header(&mut reader)?;
         let mut batch = WriteBatch::default();
-        for _ in 0..header.entries {
+        for done in 0..header.entries {
             let key = read_chunk(&mut reader, MAX_KEY)?;
             let value = read_chunk(&mut reader, MAX_VALUE)?;
             batch.put_cf(kv, key, value);
             if batch.size_in_bytes() >= BATCH_BYTES {
                 db.write(std::mem::take(&mut batch))
                     .map_err(io("installing snapshot"))?;
+                progress(done + 1, header.entries);
             }
         }
+        progress(header.entries, header.entries);
         let sm = cf(db, CF_SM);
         batch.put_cf(sm, KEY_APPLIED, encode(&header.last_applied)?);
         batch.put_cf(sm, KEY_MEMBERSHIP, encode(&header.membership)?);

@@ -45,8 +45,7 @@ async fn start(
     };
     let engine = Engine::open(config, PeerNetwork::new(ident)).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let raft = engine.raft().clone();
-    tokio::spawn(serve_peers(listener, tls, raft, async move {
+    tokio::spawn(serve_peers(listener, tls, engine.clone(), async move {
         let _ = stopped.await;
     }));
     Node {

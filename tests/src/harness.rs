@@ -193,9 +193,11 @@ impl Cluster {
         });
         let tls = coffer_tls::peer_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)
             .expect("tls");
+        let inner = PeerNetwork::new(ident.clone());
+        let contacts = inner.contacts();
         let network = FaultyNetwork {
             from: id,
-            inner: PeerNetwork::new(ident.clone()),
+            inner,
             faults: self.faults.clone(),
         };
         let config = EngineConfig {
@@ -206,12 +208,13 @@ impl Cluster {
         let engine = Engine::open(config, network)
             .await
             .expect("engine")
-            .with_forwarder(Arc::new(Forwarder::new(ident)));
+            .with_forwarder(Arc::new(Forwarder::new(ident)))
+            .with_contacts(contacts);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve_peers(
             listener,
             tls,
-            engine.raft().clone(),
+            engine.clone(),
             async move {
                 let _ = stopped.await;
             },

@@ -2,7 +2,9 @@
 //! started on port 0 (the server prints the address it bound), stopped with SIGKILL or SIGTERM,
 //! restarted on the same data directory. Everything waits on conditions, never on sleeps.
 
+pub mod bench;
 pub mod harness;
+pub mod procs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -30,3 +30,12 @@ pub fn node_id_from_cert(der: &[u8]) -> Option<u64> {
     // Two node URIs in one certificate would let one key speak for two nodes.
     ids.next().is_none().then_some(id)
 }
+
+/// The node id bound in the first certificate of a PEM document.
+pub fn node_id_from_pem(pem: &str) -> Result<u64, crate::TlsError> {
+    let certs = crate::config::certs(pem)?;
+    certs
+        .first()
+        .and_then(|c| node_id_from_cert(c))
+        .ok_or_else(|| crate::TlsError::Pem("the certificate binds no node id".into()))
+}

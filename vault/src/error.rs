@@ -56,7 +56,9 @@ impl From<EngineError> for VaultError {
                 None => "no leader: the cluster is electing one or has no quorum".into(),
             }),
             EngineError::NoLeader(msg) => VaultError::Unavailable(format!("no leader: {msg}")),
-            EngineError::InvalidTxn(msg) => VaultError::InvalidRequest(msg),
+            EngineError::InvalidTxn(msg) | EngineError::Membership(msg) => {
+                VaultError::InvalidRequest(msg)
+            }
             other => VaultError::Internal(other.to_string()),
         }
     }

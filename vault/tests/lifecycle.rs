@@ -2,6 +2,7 @@
 
 mod common;
 
+use coffer_vault::Consistency;
 use coffer_vault::{Auth, InitRequest, Vault, VaultError};
 use serde_json::{json, Map, Value};
 
@@ -87,7 +88,7 @@ async fn three_of_five_shares_unseal_two_do_not_and_wrong_shares_are_counted() {
     v.seal(&auth).unwrap();
     assert!(v.is_sealed());
     assert!(matches!(
-        v.kv_read(&auth, "secret/", "x", None).await,
+        v.kv_read(&auth, "secret/", "x", None, Consistency::Linearizable).await,
         Err(VaultError::Sealed)
     ));
 }
@@ -130,10 +131,10 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
             .await,
         Err(VaultError::CasMismatch)
     ));
-    let read = v.kv_read(&root, m, "team/db", None).await.unwrap().unwrap();
+    let read = v.kv_read(&root, m, "team/db", None, Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!(read.data.unwrap()["password"], "two");
     let old = v
-        .kv_read(&root, m, "team/db", Some(1))
+        .kv_read(&root, m, "team/db", Some(1), Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap();
@@ -142,7 +143,7 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
     v.kv_patch(&root, m, "team/db", data(json!({"user": "admin"})), None)
         .await
         .unwrap();
-    let patched = v.kv_read(&root, m, "team/db", None).await.unwrap().unwrap();
+    let patched = v.kv_read(&root, m, "team/db", None, Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!(patched.version.version, 3);
     assert_eq!(
         patched.data.unwrap(),
@@ -150,11 +151,11 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
     );
 
     v.kv_delete_latest(&root, m, "team/db").await.unwrap();
-    let deleted = v.kv_read(&root, m, "team/db", None).await.unwrap().unwrap();
+    let deleted = v.kv_read(&root, m, "team/db", None, Consistency::Linearizable).await.unwrap().unwrap();
     assert!(deleted.data.is_none() && !deleted.version.deletion_time.is_empty());
     v.kv_undelete(&root, m, "team/db", &[3]).await.unwrap();
     assert!(v
-        .kv_read(&root, m, "team/db", None)
+        .kv_read(&root, m, "team/db", None, Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap()
@@ -162,7 +163,7 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
         .is_some());
     v.kv_destroy(&root, m, "team/db", &[1]).await.unwrap();
     let destroyed = v
-        .kv_read(&root, m, "team/db", Some(1))
+        .kv_read(&root, m, "team/db", Some(1), Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap();
@@ -174,17 +175,17 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
     v.kv_write(&root, m, "top", data(json!({"k": "v"})), None)
         .await
         .unwrap();
-    assert_eq!(v.kv_list(&root, m, "").await.unwrap(), ["team/", "top"]);
-    assert_eq!(v.kv_list(&root, m, "team/").await.unwrap(), ["api", "db"]);
-    assert!(v.kv_list(&root, m, "nothing/").await.unwrap().is_empty());
+    assert_eq!(v.kv_list(&root, m, "", Consistency::Linearizable).await.unwrap(), ["team/", "top"]);
+    assert_eq!(v.kv_list(&root, m, "team/", Consistency::Linearizable).await.unwrap(), ["api", "db"]);
+    assert!(v.kv_list(&root, m, "nothing/", Consistency::Linearizable).await.unwrap().is_empty());
 
     v.kv_delete_meta(&root, m, "team/db").await.unwrap();
     assert!(v
-        .kv_read(&root, m, "team/db", None)
+        .kv_read(&root, m, "team/db", None, Consistency::Linearizable)
         .await
         .unwrap()
         .is_none());
-    assert_eq!(v.kv_list(&root, m, "team/").await.unwrap(), ["api"]);
+    assert_eq!(v.kv_list(&root, m, "team/", Consistency::Linearizable).await.unwrap(), ["api"]);
 }
 
 #[tokio::test]
@@ -204,7 +205,7 @@ async fn max_versions_prunes_data() {
             .unwrap();
     }
     let meta = v
-        .kv_read_meta(&root, "secret/", "p")
+        .kv_read_meta(&root, "secret/", "p", Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap();
@@ -213,7 +214,7 @@ async fn max_versions_prunes_data() {
         vec![3, 4]
     );
     assert!(v
-        .kv_read(&root, "secret/", "p", Some(1))
+        .kv_read(&root, "secret/", "p", Some(1), Consistency::Linearizable)
         .await
         .unwrap()
         .is_none());
@@ -256,13 +257,13 @@ async fn rotation_keeps_old_data_readable_and_survives_restart() {
     let root = v.authenticate(Some(&token)).unwrap();
     assert_eq!(v.key_status(&root).unwrap().term, 2);
     let before = v
-        .kv_read(&root, "secret/", "before", None)
+        .kv_read(&root, "secret/", "before", None, Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(before.data.unwrap()["k"], "old");
     let after = v
-        .kv_read(&root, "secret/", "after", None)
+        .kv_read(&root, "secret/", "after", None, Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap();

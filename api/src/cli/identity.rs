@@ -13,7 +13,7 @@ pub fn token_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".coffer-token"))
 }
 
-fn prompt(what: &str) -> Result<String, ClientError> {
+pub(crate) fn prompt(what: &str) -> Result<String, ClientError> {
     eprint!("{what}: ");
     let mut line = String::new();
     std::io::stdin()

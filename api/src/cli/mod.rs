@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 mod audit;
+mod cluster;
 mod identity;
 
 use crate::client::{Client, ClientError};
@@ -162,6 +163,31 @@ enum OperatorCmd {
     Status(Common),
     /// Add a new data-key term.
     Rotate(Common),
+    /// Bootstrap packs for new nodes.
+    Pack {
+        #[command(subcommand)]
+        command: cluster::PackCmd,
+    },
+    /// Join this machine to a cluster from a bootstrap pack (runs locally, no server).
+    Join(cluster::JoinArgs),
+    /// List the cluster's members: roles, replication progress, last contact.
+    Members(Common),
+    /// Remove a node from the cluster.
+    RemoveNode {
+        #[command(flatten)]
+        common: Common,
+        /// The node's id.
+        node_id: u64,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote {
+        #[command(flatten)]
+        common: Common,
+        /// The learner's id.
+        node_id: u64,
+    },
+    /// Make the leader hand leadership to another voter.
+    StepDown(Common),
 }
 
 #[derive(Subcommand, Debug)]
@@ -568,6 +594,23 @@ async fn operator(cmd: OperatorCmd) -> Result<i32, ClientError> {
             eprintln!("Success! Rotated key");
             output(&common, &resp.body, &resp.body["data"]);
             Ok(exit::OK)
+        }
+        OperatorCmd::Pack { command } => cluster::pack(command).await,
+        OperatorCmd::Join(args) => cluster::join(args).await,
+        OperatorCmd::Members(common) => cluster::members(&common).await,
+        OperatorCmd::RemoveNode { common, node_id } => {
+            let path = format!("sys/coffer/members/{node_id}");
+            let done = format!("Removed node {node_id}.");
+            cluster::change(&common, "DELETE", &path, &done).await
+        }
+        OperatorCmd::Promote { common, node_id } => {
+            let path = format!("sys/coffer/members/{node_id}/promote");
+            let done = format!("Node {node_id} is a voter.");
+            cluster::change(&common, "POST", &path, &done).await
+        }
+        OperatorCmd::StepDown(common) => {
+            let done = "The leader stepped down; another voter leads now.";
+            cluster::change(&common, "PUT", "sys/step-down", done).await
         }
     }
 }

@@ -81,7 +81,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
     match (section, req.op) {
         ("data", Op::Read) => read(
             req,
-            v.kv_read(&auth, mount, path, req.query_u64("version")?)
+            v.kv_read(&auth, mount, path, req.query_u64("version")?, req.consistency())
                 .await?,
         ),
         ("data", Op::Write) => {
@@ -131,13 +131,13 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             Ok(no_content())
         }
         ("metadata", Op::List) | ("data", Op::List) => {
-            let keys = v.kv_list(&auth, mount, path).await?;
+            let keys = v.kv_list(&auth, mount, path, req.consistency()).await?;
             if keys.is_empty() {
                 return Err(ApiError::NotFoundEmpty);
             }
             Ok(envelope(req, json!({ "keys": keys })))
         }
-        ("metadata", Op::Read) => match v.kv_read_meta(&auth, mount, path).await? {
+        ("metadata", Op::Read) => match v.kv_read_meta(&auth, mount, path, req.consistency()).await? {
             Some(meta) => Ok(envelope(req, meta_json(&meta))),
             None => Err(ApiError::NotFoundEmpty),
         },

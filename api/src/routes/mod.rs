@@ -56,9 +56,12 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         .copied();
     let response = match ApiRequest::parse(request, state.max_request_bytes).await {
         Ok(req) => {
-            let response = route(&state, &req)
+            let mut response = route(&state, &req)
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
+            if req.stale {
+                staleness_headers(&state, &mut response);
+            }
             audit::record(&state, &req, response).await
         }
         Err(e) => audit::record_unparsed(&state, &raw_path, client, e.into_response()).await,
@@ -71,6 +74,17 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         "request"
     );
     response
+}
+
+/// A stale read says how stale it may be: the applied index it was served at, and how long
+/// since this node last heard from a leader.
+fn staleness_headers(state: &AppState, response: &mut Response) {
+    let engine = state.vault.engine();
+    let headers = response.headers_mut();
+    headers.insert("x-coffer-applied-index", engine.applied_index().into());
+    if let Some(ms) = engine.last_leader_contact_ms() {
+        headers.insert("x-coffer-last-contact-ms", ms.into());
+    }
 }
 
 async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError> {

@@ -45,6 +45,9 @@ pub struct ApiRequest {
     pub request_id: String,
     /// Who the request turned out to be from, set when it authenticates (or logs in).
     pub actor: std::sync::Mutex<Option<Actor>>,
+    /// The client accepts a read from this node's local state without the leader round
+    /// trip (`?stale=true` or `X-Coffer-Consistency: stale`).
+    pub stale: bool,
 }
 
 /// The caller as the audit record names it.
@@ -93,10 +96,16 @@ impl ApiRequest {
             "LIST" => Op::List,
             _ => return Err(ApiError::Method(path)),
         };
+        let stale = query.get("stale").is_some_and(|v| v == "true" || v == "1")
+            || parts
+                .headers
+                .get("x-coffer-consistency")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"stale"));
         let body = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| ApiError::TooLarge(limit))?;
         Ok(Self {
+            stale,
             op,
             token: token(&parts.headers),
             client: parts.extensions.get::<ClientAddr>().copied(),
@@ -106,6 +115,15 @@ impl ApiRequest {
             query,
             body,
         })
+    }
+
+    /// The read consistency the client asked for.
+    pub fn consistency(&self) -> coffer_vault::Consistency {
+        if self.stale {
+            coffer_vault::Consistency::Stale
+        } else {
+            coffer_vault::Consistency::Linearizable
+        }
     }
 
     /// Parses the body as JSON into `T`; an empty body is `{}`.

@@ -4,6 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use coffer_vault::policy::Capability;
+use base64::Engine as _;
+use coffer_raft::{MemberStatus, MembershipChange};
 use coffer_vault::{Auth, InitRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -54,6 +56,31 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
             Ok(no_content())
         }
         ("health", Op::Read | Op::Head) => health(state, req),
+        ("step-down", Op::Write) => {
+            let auth = authenticate(state, req)?;
+            state
+                .vault
+                .change_members(&auth, MembershipChange::StepDown)
+                .await?;
+            Ok(no_content())
+        }
+        ("storage/raft/configuration", Op::Read) => raft_configuration(state, req).await,
+        ("storage/raft/remove-peer", Op::Write) => {
+            #[derive(Deserialize)]
+            struct Body {
+                server_id: String,
+            }
+            let body: Body = req.json()?;
+            let id = parse_node_id(&body.server_id)?;
+            let auth = authenticate(state, req)?;
+            state
+                .vault
+                .change_members(&auth, MembershipChange::Remove { id })
+                .await?;
+            Ok(no_content())
+        }
+        ("coffer/packs", Op::Write) => create_pack(state, req).await,
+        ("coffer/members", Op::Read | Op::List) => members(state, req).await,
         ("leader", Op::Read) => leader(state),
         ("mounts", Op::Read) => mounts(state, req),
         ("rotate", Op::Write) => {
@@ -82,6 +109,9 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
                     return super::auth::policies(state, req, name).await;
                 }
             }
+            if let Some(rest) = rest.strip_prefix("coffer/members/") {
+                return member_change(state, req, rest).await;
+            }
             if let Some(rest) = rest.strip_prefix("coffer/audit") {
                 return audit(state, req, rest);
             }
@@ -104,6 +134,11 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
                 "mounts",
                 "rotate",
                 "key-status",
+                "step-down",
+                "storage/raft/configuration",
+                "storage/raft/remove-peer",
+                "coffer/packs",
+                "coffer/members",
             ];
             if known.contains(&rest) {
                 Err(ApiError::Method(format!("sys/{rest}")))
@@ -213,6 +248,91 @@ fn health(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
         return Ok(status.into_response());
     }
     Ok((status, Json(info)).into_response())
+}
+
+fn parse_node_id(text: &str) -> ApiResult<u64> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("{text:?} is not a node id")))
+}
+
+async fn create_pack(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    let body: coffer_vault::PackRequest = req.json()?;
+    let (file, summary) = state.vault.create_pack(&auth, body).await?;
+    let mut data = serde_json::to_value(&summary).unwrap_or_default();
+    data["pack"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&file));
+    Ok(envelope(req, data))
+}
+
+fn member_json(m: &MemberStatus) -> Value {
+    json!({
+        "node_id": m.id,
+        "api_addr": m.addr.api_addr,
+        "peer_addr": m.addr.peer_addr,
+        "voter": m.voter,
+        "leader": m.leader,
+        "matched_index": m.matched_index,
+        "lag": m.lag,
+        "last_contact_ms": m.last_contact_ms,
+    })
+}
+
+async fn members(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    let members = state.vault.members(&auth).await?;
+    let list: Vec<Value> = members.iter().map(member_json).collect();
+    Ok(envelope(req, json!({ "members": list })))
+}
+
+/// `DELETE sys/coffer/members/:id` removes; `POST sys/coffer/members/:id/promote` promotes.
+async fn member_change(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<Response> {
+    let change = match (rest.split_once('/'), req.op) {
+        (None, Op::Delete) => MembershipChange::Remove {
+            id: parse_node_id(rest)?,
+        },
+        (Some((id, "promote")), Op::Write) => MembershipChange::Promote {
+            id: parse_node_id(id)?,
+        },
+        (None, _) | (Some((_, "promote")), _) => {
+            return Err(ApiError::Method(format!("sys/coffer/members/{rest}")))
+        }
+        _ => return Err(ApiError::NoRoute(format!("sys/coffer/members/{rest}"))),
+    };
+    let auth = authenticate(state, req)?;
+    state.vault.change_members(&auth, change).await?;
+    Ok(no_content())
+}
+
+/// Vault's `sys/storage/raft/configuration`: the servers with their roles.
+async fn raft_configuration(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    auth.require_sudo("sys/storage/raft/configuration", Capability::Read)?;
+    let engine = state.vault.engine();
+    let members = engine.members_local();
+    let servers: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.id.to_string(),
+                "address": m.addr.peer_addr,
+                "leader": m.leader,
+                "protocol_version": "3",
+                "voter": m.voter,
+            })
+        })
+        .collect();
+    let index = engine
+        .metrics()
+        .borrow()
+        .membership_config
+        .log_id()
+        .map_or(0, |l| l.index);
+    Ok(envelope(
+        req,
+        json!({"config": {"index": index, "servers": servers}}),
+    ))
 }
 
 fn leader(state: &AppState) -> ApiResult<Response> {

@@ -19,7 +19,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::codec::{read_frame, write_frame};
-use super::{PeerIdentity, PeerRequest, PeerResponse};
+use super::{ForwardError, PeerIdentity, PeerRequest, PeerResponse};
+use crate::membership::Contacts;
 use crate::types::{NodeAddr, NodeId, TypeConfig};
 
 /// How long to wait for a TCP connection to a peer.
@@ -30,12 +31,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct PeerNetwork {
     /// Our certificate, key and the CA.
     identity: Arc<PeerIdentity>,
+    /// When each peer last answered.
+    contacts: Contacts,
 }
 
 impl PeerNetwork {
     /// A network presenting `identity`.
     pub fn new(identity: Arc<PeerIdentity>) -> Self {
-        Self { identity }
+        Self {
+            identity,
+            contacts: Contacts::default(),
+        }
+    }
+
+    /// When each peer last answered an RPC (shared with every client this network makes).
+    pub fn contacts(&self) -> Contacts {
+        self.contacts.clone()
     }
 }
 
@@ -48,6 +59,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.peer_addr.clone(),
             identity: self.identity.clone(),
             conn: None,
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -62,6 +74,8 @@ pub struct PeerClient {
     identity: Arc<PeerIdentity>,
     /// The open connection, if any.
     conn: Option<TlsStream<TcpStream>>,
+    /// Where answers are recorded.
+    contacts: Contacts,
 }
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeAddr, E>;
@@ -117,7 +131,10 @@ impl PeerClient {
             Ok(Ok(PeerResponse::Refused(why))) => {
                 Err(unreachable(format!("node {} refused: {why}", self.target)))
             }
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                self.contacts.heard_from(self.target);
+                Ok(response)
+            }
             Ok(Err(e)) => {
                 self.conn = None;
                 Err(unreachable(e))
@@ -136,22 +153,61 @@ impl PeerClient {
 }
 
 impl PeerClient {
-    /// Sends one request and returns the answer (or why there is none) within `ttl`.
+    /// Sends one request and returns the answer within `ttl`. Failing to connect or to send
+    /// is [`ForwardError::Unreachable`]: the peer never saw the request, so it may be retried
+    /// elsewhere. Losing the connection while waiting for the answer is `Failed`: the outcome
+    /// is unknown.
     pub(crate) async fn exchange(
         &mut self,
         request: PeerRequest,
         ttl: Duration,
-    ) -> Result<PeerResponse, String> {
-        self.call::<ForwardErrorDisplay>(request, RPCTypes::AppendEntries, ttl)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<PeerResponse, ForwardError> {
+        let target = self.target;
+        if self.conn.is_none() {
+            let conn = self.connect().await.map_err(ForwardError::Unreachable)?;
+            self.conn = Some(conn);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ForwardError::Unreachable(format!("no connection to node {target}")));
+        };
+        match tokio::time::timeout(ttl, write_frame(conn, &request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.conn = None;
+                return Err(ForwardError::Unreachable(format!(
+                    "sending to node {target}: {e}"
+                )));
+            }
+            Err(_) => {
+                self.conn = None;
+                return Err(ForwardError::Unreachable(format!(
+                    "sending to node {target} timed out"
+                )));
+            }
+        }
+        match tokio::time::timeout(ttl, read_frame::<_, PeerResponse>(conn)).await {
+            Ok(Ok(PeerResponse::Refused(why))) => {
+                Err(ForwardError::Refused(format!("node {target} refused: {why}")))
+            }
+            Ok(Ok(response)) => {
+                self.contacts.heard_from(target);
+                Ok(response)
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(ForwardError::Failed(format!(
+                    "node {target} closed the connection before answering: {e}"
+                )))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(ForwardError::Failed(format!(
+                    "node {target} did not answer within {ttl:?}"
+                )))
+            }
+        }
     }
 }
-
-/// An error type for `call` when the caller only wants the message.
-#[derive(Debug, thiserror::Error)]
-#[error("forwarding failed")]
-struct ForwardErrorDisplay;
 
 fn protocol_error<E: std::error::Error>() -> RpcErr<E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(

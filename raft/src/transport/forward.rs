@@ -52,10 +52,7 @@ impl Forwarder {
             Some(c) => c,
             None => self.network.clone().new_client(leader, addr).await,
         };
-        let response = client
-            .exchange(request, FORWARD_TIMEOUT)
-            .await
-            .map_err(|e| ForwardError::Failed(format!("leader node {leader} unreachable: {e}")))?;
+        let response = client.exchange(request, FORWARD_TIMEOUT).await?;
         if let Ok(mut m) = self.idle.lock() {
             let pool = m.entry(key).or_default();
             if pool.len() < MAX_IDLE {
@@ -74,9 +71,66 @@ impl Forwarder {
     ) -> Result<(TxnResult, u64), ForwardError> {
         match self.call(leader, addr, PeerRequest::Forward(txn)).await? {
             PeerResponse::Forwarded(r) => r,
-            other => Err(ForwardError::Failed(format!(
-                "unexpected answer to a forwarded write: {other:?}"
-            ))),
+            other => Err(unexpected("a forwarded write", other)),
+        }
+    }
+
+    /// Sends an application message to `target` (any member: a follower relays it to its
+    /// leader). Used by a node that is not a member yet.
+    pub async fn app(
+        &self,
+        target: NodeId,
+        addr: &NodeAddr,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ForwardError> {
+        match self.call(target, addr, PeerRequest::App(body)).await? {
+            PeerResponse::App(r) => r,
+            other => Err(unexpected("an application message", other)),
+        }
+    }
+
+    /// Relays `origin`'s application message to the leader.
+    pub async fn app_relayed(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+        origin: NodeId,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ForwardError> {
+        match self
+            .call(leader, addr, PeerRequest::AppRelayed { origin, body })
+            .await?
+        {
+            PeerResponse::App(r) => r,
+            other => Err(unexpected("a relayed message", other)),
+        }
+    }
+
+    /// Asks the leader to change the membership.
+    pub async fn membership(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+        change: crate::membership::MembershipChange,
+    ) -> Result<u64, ForwardError> {
+        match self
+            .call(leader, addr, PeerRequest::Membership(change))
+            .await?
+        {
+            PeerResponse::Membership(r) => r,
+            other => Err(unexpected("a membership change", other)),
+        }
+    }
+
+    /// The leader's view of the members.
+    pub async fn members(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+    ) -> Result<Vec<crate::membership::MemberStatus>, ForwardError> {
+        match self.call(leader, addr, PeerRequest::Members).await? {
+            PeerResponse::Members(r) => r,
+            other => Err(unexpected("a members request", other)),
         }
     }
 
@@ -84,9 +138,14 @@ impl Forwarder {
     pub async fn read_index(&self, leader: NodeId, addr: &NodeAddr) -> Result<u64, ForwardError> {
         match self.call(leader, addr, PeerRequest::ReadIndex).await? {
             PeerResponse::ReadIndex(r) => r,
-            other => Err(ForwardError::Failed(format!(
-                "unexpected answer to a read index request: {other:?}"
-            ))),
+            other => Err(unexpected("a read index request", other)),
         }
+    }
+}
+
+fn unexpected(what: &str, answer: PeerResponse) -> ForwardError {
+    match answer {
+        PeerResponse::Refused(why) => ForwardError::Refused(why),
+        other => ForwardError::Failed(format!("unexpected answer to {what}: {other:?}")),
     }
 }

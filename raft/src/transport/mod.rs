@@ -58,6 +58,21 @@ pub enum PeerRequest {
     Forward(crate::txn::Txn),
     /// A follower asks the leader for a linearizable read index.
     ReadIndex,
+    /// An application message (the vault layer's, e.g. a joining node registering its pack),
+    /// sent by the node that holds the certificate. Handled by the leader.
+    App(Vec<u8>),
+    /// An application message a member relays to the leader for `origin`, the node whose
+    /// certificate presented it to the member. Accepted only from current members.
+    AppRelayed {
+        /// The node that sent the message to the relaying member.
+        origin: NodeId,
+        /// The message.
+        body: Vec<u8>,
+    },
+    /// A membership change for the leader to run.
+    Membership(crate::membership::MembershipChange),
+    /// The leader's view of the members and their progress.
+    Members,
 }
 
 impl PeerRequest {
@@ -68,7 +83,12 @@ impl PeerRequest {
             PeerRequest::Vote(r) => &r.vote,
             PeerRequest::InstallSnapshot(r) => &r.vote,
             // Forwarded requests speak for whoever holds the certificate.
-            PeerRequest::Forward(_) | PeerRequest::ReadIndex => return None,
+            PeerRequest::Forward(_)
+            | PeerRequest::ReadIndex
+            | PeerRequest::App(_)
+            | PeerRequest::AppRelayed { .. }
+            | PeerRequest::Membership(_)
+            | PeerRequest::Members => return None,
         };
         vote.leader_id().voted_for()
     }
@@ -90,6 +110,12 @@ pub enum PeerResponse {
     Forwarded(Result<(crate::txn::TxnResult, u64), ForwardError>),
     /// Answer to `ReadIndex`: the log index a linearizable read must wait for.
     ReadIndex(Result<u64, ForwardError>),
+    /// Answer to `App` / `AppRelayed`.
+    App(Result<Vec<u8>, ForwardError>),
+    /// Answer to `Membership`: the log index of the change (0 when nothing changed).
+    Membership(Result<u64, ForwardError>),
+    /// Answer to `Members`.
+    Members(Result<Vec<crate::membership::MemberStatus>, ForwardError>),
     /// The server refused the request; the reason is also in its log.
     Refused(String),
 }
@@ -100,7 +126,22 @@ pub enum ForwardError {
     /// That node is not (or no longer) the leader.
     #[error("node is not the leader (leader: {0:?})")]
     NotLeader(Option<NodeId>),
-    /// No quorum or another Raft failure.
+    /// The request never reached the node (connect or send failed): safe to retry.
+    #[error("{0}")]
+    Unreachable(String),
+    /// No quorum, another Raft failure, or the answer was lost: the outcome is unknown.
     #[error("{0}")]
     Failed(String),
+    /// The request was refused for what it asks (a bad membership change, a rejected
+    /// application message); retrying elsewhere would not help.
+    #[error("{0}")]
+    Refused(String),
 }
+
+/// The future an [`AppHandler`] returns.
+pub type AppFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// Handles application messages on the leader: `(sender node id, body) -> answer`. The
+/// sender id is the one bound in the certificate that presented the message.
+pub type AppHandler = std::sync::Arc<dyn Fn(NodeId, Vec<u8>) -> AppFuture + Send + Sync>;

@@ -10,7 +10,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::codec::{read_frame, write_frame, CodecError};
 use super::{ForwardError, PeerRequest, PeerResponse};
-use crate::types::Raft;
+use crate::types::{NodeId, Raft};
+use crate::{Engine, EngineError};
 
 /// How long a peer may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,7 +21,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_peers(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    raft: Raft,
+    engine: Engine,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -43,7 +44,7 @@ pub async fn serve_peers(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let raft = raft.clone();
+        let engine = engine.clone();
         let mut closed = closed.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -68,7 +69,7 @@ pub async fn serve_peers(
                 return;
             };
             tokio::select! {
-                result = serve_connection(tls, peer, &raft) => {
+                result = serve_connection(tls, peer, &engine) => {
                     if let Err(e) = result {
                         let eof = matches!(&e, CodecError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
                         if !eof {
@@ -83,7 +84,11 @@ pub async fn serve_peers(
     }
 }
 
-async fn serve_connection<S>(mut stream: S, peer: u64, raft: &Raft) -> Result<(), CodecError>
+async fn serve_connection<S>(
+    mut stream: S,
+    peer: NodeId,
+    engine: &Engine,
+) -> Result<(), CodecError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -97,21 +102,70 @@ where
                 tracing::warn!("peer refused: {why}");
                 PeerResponse::Refused(why)
             }
-            _ => dispatch(raft, request).await,
+            _ => dispatch(engine, peer, request).await,
         };
         write_frame(&mut stream, &response).await?;
     }
 }
 
-async fn dispatch(raft: &Raft, request: PeerRequest) -> PeerResponse {
+async fn dispatch(engine: &Engine, peer: NodeId, request: PeerRequest) -> PeerResponse {
+    let raft = engine.raft();
     match request {
-        PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+        PeerRequest::AppendEntries(r) => {
+            let answer = raft.append_entries(r).await;
+            // Any answer but "your term is stale" means a current leader reached us.
+            if matches!(&answer, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+            {
+                engine.note_leader_contact();
+            }
+            PeerResponse::AppendEntries(answer)
+        }
         PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => {
-            PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
+            let answer = raft.install_snapshot(r).await;
+            if answer.is_ok() {
+                engine.note_leader_contact();
+            }
+            PeerResponse::InstallSnapshot(answer)
         }
         PeerRequest::Forward(txn) => PeerResponse::Forwarded(forwarded_write(raft, txn).await),
         PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft).await),
+        PeerRequest::App(body) => PeerResponse::App(engine.app_request(peer, body).await),
+        PeerRequest::AppRelayed { origin, body } => {
+            if !engine.member_addrs().contains_key(&peer) {
+                let why = format!("node {peer} relayed a message but is not a member");
+                tracing::warn!("peer refused: {why}");
+                return PeerResponse::Refused(why);
+            }
+            PeerResponse::App(engine.app_request_local(origin, body).await)
+        }
+        PeerRequest::Membership(change) => {
+            if !engine.member_addrs().contains_key(&peer) {
+                let why = format!("node {peer} asked for a membership change but is not a member");
+                tracing::warn!("peer refused: {why}");
+                return PeerResponse::Refused(why);
+            }
+            PeerResponse::Membership(
+                engine
+                    .change_membership_local(change)
+                    .await
+                    .map_err(engine_to_forward),
+            )
+        }
+        PeerRequest::Members => PeerResponse::Members(if engine.is_leader() {
+            Ok(engine.members_local())
+        } else {
+            Err(ForwardError::NotLeader(engine.leader().map(|(id, _)| id)))
+        }),
+    }
+}
+
+/// How an engine failure travels back to the node that forwarded the request.
+pub(crate) fn engine_to_forward(e: EngineError) -> ForwardError {
+    match e {
+        EngineError::NotLeader { leader_id, .. } => ForwardError::NotLeader(leader_id),
+        EngineError::Membership(m) | EngineError::InvalidTxn(m) => ForwardError::Refused(m),
+        other => ForwardError::Failed(other.to_string()),
     }
 }
 

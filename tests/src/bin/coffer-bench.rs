@@ -13,13 +13,10 @@
 //! target/release/coffer-bench --clients 1,64 --seconds 10
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use coffer_api::client::Client;
+use coffer_tests::bench::{phase, prewrite};
 use coffer_tests::{random_string, Server};
-use serde_json::json;
 
 struct Options {
     clients: Vec<usize>,
@@ -61,83 +58,6 @@ fn parse_args() -> Options {
         opts.remote = Some((a, c, t));
     }
     opts
-}
-
-struct PhaseResult {
-    ops: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u64>,
-}
-
-impl PhaseResult {
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[idx] as f64 / 1000.0
-    }
-}
-
-async fn phase(
-    client: &Client,
-    clients: usize,
-    seconds: u64,
-    write: bool,
-    keys: usize,
-    value: &str,
-) -> PhaseResult {
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..clients {
-        let client = client.clone();
-        let stop = stop.clone();
-        let errors = errors.clone();
-        let value = value.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let key = (task * 7919 + n * 31) % keys;
-                n += 1;
-                let t = Instant::now();
-                let result = if write {
-                    let body = json!({"data": {"value": value}});
-                    client
-                        .request("POST", &format!("secret/data/bench/{key}"), Some(&body))
-                        .await
-                } else {
-                    client
-                        .request("GET", &format!("secret/data/bench/{key}"), None)
-                        .await
-                };
-                match result {
-                    Ok(_) => latencies.push(t.elapsed().as_micros() as u64),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            latencies
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies_us = Vec::new();
-    for t in tasks {
-        latencies_us.extend(t.await.unwrap_or_default());
-    }
-    let elapsed = started.elapsed();
-    latencies_us.sort_unstable();
-    PhaseResult {
-        ops: latencies_us.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies_us,
-    }
 }
 
 /// The spool's counters from `sys/metrics`.
@@ -201,13 +121,7 @@ async fn main() {
         "pre-writing {} secrets of {} bytes",
         opts.keys, opts.value_bytes
     );
-    for key in 0..opts.keys {
-        let body = json!({"data": {"value": value}});
-        client
-            .request("POST", &format!("secret/data/bench/{key}"), Some(&body))
-            .await
-            .expect("pre-write");
-    }
+    prewrite(&client, opts.keys, &value).await;
     println!("| operation | clients | ops/s | p50 ms | p99 ms | errors | records/fsync | spool fsync busy | audit wait / latency |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &clients in &opts.clients {

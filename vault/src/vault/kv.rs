@@ -105,7 +105,24 @@ pub struct KvMetaUpdate {
     pub custom_metadata: Option<BTreeMap<String, String>>,
 }
 
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (the default): a follower
+    /// first obtains the leader's read index and waits until it has applied it.
+    Linearizable,
+    /// This node's local state as it is, without asking the leader (`?stale=true`).
+    Stale,
+}
+
 impl Vault {
+    async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
+        match consistency {
+            Consistency::Linearizable => Ok(self.engine.read_barrier().await?),
+            Consistency::Stale => Ok(()),
+        }
+    }
+
     /// The mount table.
     pub fn mount_table(&self) -> Result<MountTable> {
         Ok(self
@@ -221,9 +238,10 @@ impl Vault {
         mount: &str,
         path: &str,
         version: Option<u64>,
+        consistency: Consistency,
     ) -> Result<Option<KvRead>> {
         auth.require(&format!("{mount}data/{path}"), Capability::Read)?;
-        self.engine.read_barrier().await?;
+        self.read_barrier(consistency).await?;
         let Some(meta) = self.meta_record(mount, path)?.map(|r| r.value) else {
             return Ok(None);
         };
@@ -435,9 +453,10 @@ impl Vault {
         auth: &Auth,
         mount: &str,
         path: &str,
+        consistency: Consistency,
     ) -> Result<Option<SecretMeta>> {
         auth.require(&format!("{mount}metadata/{path}"), Capability::Read)?;
-        self.engine.read_barrier().await?;
+        self.read_barrier(consistency).await?;
         Ok(self.meta_record(mount, path)?.map(|r| r.value))
     }
 
@@ -518,7 +537,13 @@ impl Vault {
     }
 
     /// `LIST metadata/:prefix`: immediate children, folders with a trailing `/`.
-    pub async fn kv_list(&self, auth: &Auth, mount: &str, prefix: &str) -> Result<Vec<String>> {
+    pub async fn kv_list(
+        &self,
+        auth: &Auth,
+        mount: &str,
+        prefix: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<String>> {
         auth.require(&format!("{mount}metadata/{prefix}"), Capability::List)?;
         if !prefix.is_empty() && !prefix.ends_with('/') {
             kv2::validate_path(prefix)?;
@@ -529,7 +554,7 @@ impl Vault {
             format!("{prefix}/")
         };
         self.keyring()?;
-        self.engine.read_barrier().await?;
+        self.read_barrier(consistency).await?;
         let base = meta_key(mount, &folder);
         let entries = self.engine.scan(&base, None, LIST_LIMIT)?;
         let mut keys: Vec<String> = Vec::new();

@@ -5,6 +5,7 @@
 mod acl;
 mod audit_log;
 mod barrier;
+mod cluster;
 mod kv;
 mod records;
 mod sys;
@@ -21,7 +22,11 @@ use crate::seal::UnsealProgress;
 pub use acl::{Auth, StoredPolicy};
 pub use audit_log::{AuditFilter, NodeChainReport, VerifyReport, SHIP_BATCH};
 pub use barrier::{StoredCa, CA_KEY};
-pub use kv::{KvMetaUpdate, KvRead, KvVersion};
+pub use cluster::{
+    check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary, PACK_TTL_DEFAULT_SECS,
+    PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
+};
+pub use kv::{Consistency, KvMetaUpdate, KvRead, KvVersion};
 pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use token_ops::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};

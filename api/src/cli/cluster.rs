@@ -1,0 +1,326 @@
+//! `coffer operator pack create | join | members | remove-node | promote | step-down`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use clap::Subcommand;
+use coffer_raft::{Forwarder, PeerIdentity};
+use coffer_vault::pack::{generate_passphrase, open_pack, PackContents};
+use coffer_vault::JoinRequest;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::{client, exit, print_json, Common};
+use crate::client::ClientError;
+use crate::server::JoinState;
+
+/// `operator pack …`.
+#[derive(Subcommand, Debug)]
+pub enum PackCmd {
+    /// Make a one-time bootstrap pack for a new node (on any unsealed node).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// The new node's id (unique in the cluster).
+        #[arg(long)]
+        node_id: u64,
+        /// Its HTTPS API address, e.g. `https://10.0.0.4:8200`.
+        #[arg(long)]
+        api_addr: String,
+        /// Its peer address, e.g. `10.0.0.4:8201`.
+        #[arg(long)]
+        peer_addr: String,
+        /// Promote it to voter once it has caught up (default: stays a learner).
+        #[arg(long)]
+        voter: bool,
+        /// Put the root key in the pack so the node unseals itself at start.
+        #[arg(long)]
+        include_unseal_key: bool,
+        /// Validity, e.g. `24h`, `30m`.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Read the passphrase from this file instead of generating one.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Where to write the pack.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+}
+
+fn local(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Local(e.to_string())
+}
+
+fn read_passphrase(file: Option<&Path>) -> Result<Zeroizing<String>, ClientError> {
+    match file {
+        Some(path) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| local(format!("reading {}: {e}", path.display())))?,
+            );
+            Ok(Zeroizing::new(text.trim().to_string()))
+        }
+        None => Ok(Zeroizing::new(super::identity::prompt("Pack passphrase")?)),
+    }
+}
+
+/// `operator pack create`.
+pub async fn pack(cmd: PackCmd) -> Result<i32, ClientError> {
+    let PackCmd::Create {
+        common,
+        node_id,
+        api_addr,
+        peer_addr,
+        voter,
+        include_unseal_key,
+        ttl,
+        passphrase_file,
+        output,
+    } = cmd;
+    let ttl_secs = coffer_vault::clock::parse_duration_secs(&ttl)
+        .ok_or_else(|| local(format!("--ttl: {ttl:?} is not a duration like 24h or 30m")))?;
+    let (passphrase, generated) = match &passphrase_file {
+        Some(path) => (read_passphrase(Some(path))?, false),
+        None => (Zeroizing::new(generate_passphrase()), true),
+    };
+    let body = json!({
+        "node_id": node_id,
+        "api_addr": api_addr,
+        "peer_addr": peer_addr,
+        "voter": voter,
+        "include_unseal_key": include_unseal_key,
+        "ttl_secs": ttl_secs,
+        "passphrase": passphrase.as_str(),
+    });
+    let resp = client(&common)?
+        .request("POST", "sys/coffer/packs", Some(&body))
+        .await?;
+    let data = &resp.body["data"];
+    let file = base64::engine::general_purpose::STANDARD
+        .decode(data["pack"].as_str().unwrap_or_default())
+        .map_err(|e| local(format!("the server's pack is not base64: {e}")))?;
+    coffer_tls::write_private(&output, &file).map_err(local)?;
+    eprintln!(
+        "Wrote the bootstrap pack for node {node_id} ({}) to {}.",
+        if voter { "voter" } else { "learner" },
+        output.display()
+    );
+    eprintln!(
+        "It is single-use and expires at {}.",
+        data["expires_at"].as_str().unwrap_or("?")
+    );
+    if include_unseal_key {
+        eprintln!("It holds the root key: whoever has the pack and its passphrase can decrypt the vault.");
+    }
+    if generated {
+        eprintln!("One-time passphrase (give it to the new node's operator separately):");
+        println!("{}", passphrase.as_str());
+    }
+    eprintln!(
+        "On the new machine: coffer operator join --pack {} --data-dir DIR",
+        output.display()
+    );
+    Ok(exit::OK)
+}
+
+/// Arguments of `operator join`.
+#[derive(clap::Args, Debug)]
+pub struct JoinArgs {
+    /// The pack file.
+    #[arg(long)]
+    pack: PathBuf,
+    /// The new node's data directory (empty or absent).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Read the passphrase from this file instead of asking.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Start the node when done.
+    #[arg(long)]
+    start: bool,
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(coffer_vault::clock::now().unix_timestamp()).unwrap_or(0)
+}
+
+/// `operator join`: opens the pack, asks the cluster whether it accepts it, installs the
+/// snapshot and the node's files, and prints (or runs) the command that starts the node.
+pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
+    let bytes = std::fs::read(&args.pack)
+        .map_err(|e| local(format!("reading {}: {e}", args.pack.display())))?;
+    let passphrase = read_passphrase(args.passphrase_file.as_deref())?;
+    let contents = {
+        let passphrase = passphrase.clone();
+        tokio::task::spawn_blocking(move || open_pack(&bytes, &passphrase, unix_now()))
+            .await
+            .map_err(local)?
+            .map_err(|e| local(format!("pack refused: {e}")))?
+    };
+    let dir = &args.data_dir;
+    if dir.join("raft").exists() {
+        return Err(local(format!(
+            "{} already holds a node's data; join needs an empty data directory",
+            dir.display()
+        )));
+    }
+    let request = JoinRequest {
+        pack_id: contents.pack_id.clone(),
+        cluster_id: contents.cluster_id.clone(),
+        instance: uuid::Uuid::new_v4().to_string(),
+        api_addr: contents.api_addr.clone(),
+        peer_addr: contents.peer_addr.clone(),
+    };
+    let members: Vec<_> = contents.members.clone();
+    let forwarder = Forwarder::new(Arc::new(PeerIdentity {
+        node_id: contents.node_id,
+        ca_pem: contents.ca_cert_pem.clone(),
+        cert_pem: contents.node_cert_pem.clone(),
+        key_pem: Zeroizing::new(contents.node_key_pem.clone()),
+    }));
+    match coffer_vault::check_join(&forwarder, &members, &request).await {
+        Ok(true) => eprintln!("The cluster accepts the pack."),
+        Ok(false) => eprintln!(
+            "Warning: no member answered; the node will register when it starts and can reach one."
+        ),
+        Err(why) => {
+            eprintln!("Error: the cluster refused the pack: {why}");
+            return Ok(exit::SERVER);
+        }
+    }
+    install(dir, &contents, &request)?;
+    let config = dir.join("coffer.toml");
+    let command = format!("coffer server --config {}", config.display());
+    if args.start {
+        eprintln!("Starting: {command}");
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().map_err(local)?;
+        let err = std::process::Command::new(exe)
+            .args(["server", "--config"])
+            .arg(&config)
+            .exec();
+        return Err(local(format!("starting the server: {err}")));
+    }
+    eprintln!("Node {} is ready. Start it with:", contents.node_id);
+    println!("{command}");
+    Ok(exit::OK)
+}
+
+/// Writes the node's state, certificates, config and registration marker under `dir`.
+fn install(dir: &Path, contents: &PackContents, request: &JoinRequest) -> Result<(), ClientError> {
+    std::fs::create_dir_all(dir.join("tls")).map_err(local)?;
+    let mut last_percent = u64::MAX;
+    let header = coffer_raft::install_seed_snapshot(dir, &contents.snapshot, &mut |done, total| {
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        if percent != last_percent {
+            last_percent = percent;
+            let bar = "#".repeat(usize::try_from(percent / 4).unwrap_or(25));
+            eprint!("\rInstalling snapshot [{bar:<25}] {percent:>3}% ({done}/{total} records)");
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .map_err(|e| local(format!("installing the snapshot: {e}")))?;
+    eprintln!();
+    eprintln!(
+        "Installed the cluster's state as of log index {}.",
+        header.last_applied.map_or(0, |l| l.index)
+    );
+    let tls = dir.join("tls");
+    let write_public = |name: &str, text: &str| {
+        std::fs::write(tls.join(name), text)
+            .map_err(|e| local(format!("writing {name}: {e}")))
+    };
+    write_public("ca.pem", &contents.ca_cert_pem)?;
+    write_public("node.pem", &contents.node_cert_pem)?;
+    write_public("api.pem", &contents.api_cert_pem)?;
+    coffer_tls::write_private(&tls.join("node-key.pem"), contents.node_key_pem.as_bytes())
+        .map_err(local)?;
+    coffer_tls::write_private(&tls.join("api-key.pem"), contents.api_key_pem.as_bytes())
+        .map_err(local)?;
+    let abs = std::fs::canonicalize(dir).map_err(local)?;
+    let mut config = format!(
+        "# Written by `coffer operator join` for node {id} of cluster {cluster}.\n\
+         node_id = {id}\n\
+         data_dir = {data:?}\n\
+         api_addr = {api:?}\n\
+         peer_addr = {peer:?}\n\
+         cluster_name = {name:?}\n",
+        id = contents.node_id,
+        cluster = contents.cluster_id,
+        data = abs.display().to_string(),
+        api = contents.api_addr,
+        peer = contents.peer_addr,
+        name = contents.cluster_name,
+    );
+    if let Some(key) = &contents.unseal_key_hex {
+        let path = abs.join("unseal.key");
+        coffer_tls::write_private(&path, key.as_bytes()).map_err(local)?;
+        config.push_str(&format!(
+            "seal = {{ type = \"file\", path = {:?} }}\n",
+            path.display().to_string()
+        ));
+    }
+    std::fs::write(dir.join("coffer.toml"), config).map_err(local)?;
+    let state = JoinState {
+        request: request.clone(),
+        voter: contents.voter,
+        members: contents.members.clone(),
+    };
+    let marker = serde_json::to_vec_pretty(&state).map_err(local)?;
+    std::fs::write(JoinState::path(dir), marker).map_err(local)?;
+    Ok(())
+}
+
+/// `operator members`.
+pub async fn members(common: &Common) -> Result<i32, ClientError> {
+    let resp = client(common)?
+        .request("GET", "sys/coffer/members", None)
+        .await?;
+    if common.format == "json" {
+        print_json(&resp.body);
+        return Ok(exit::OK);
+    }
+    let empty = Vec::new();
+    let list = resp.body["data"]["members"].as_array().unwrap_or(&empty);
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "{:<6} {:<28} {:<22} {:<8} {:<8} {:<8} {:<6} LAST CONTACT",
+        "ID", "API", "PEER", "ROLE", "LEADER", "MATCHED", "LAG"
+    );
+    for m in list {
+        let role = if m["voter"].as_bool() == Some(true) {
+            "voter"
+        } else {
+            "learner"
+        };
+        let contact = match m["last_contact_ms"].as_u64() {
+            Some(ms) => format!("{ms} ms"),
+            None => "-".into(),
+        };
+        println!(
+            "{:<6} {:<28} {:<22} {:<8} {:<8} {:<8} {:<6} {contact}",
+            text(&m["node_id"]),
+            text(&m["api_addr"]),
+            text(&m["peer_addr"]),
+            role,
+            if m["leader"].as_bool() == Some(true) { "yes" } else { "" },
+            text(&m["matched_index"]),
+            text(&m["lag"]),
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `operator remove-node N`, `promote N`, `step-down`.
+pub async fn change(common: &Common, method: &str, path: &str, done: &str) -> Result<i32, ClientError> {
+    client(common)?.request(method, path, None).await?;
+    eprintln!("{done}");
+    Ok(exit::OK)
+}
