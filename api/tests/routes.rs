@@ -51,6 +51,11 @@ async fn node(init: bool) -> Node {
     ));
     let mut token = String::new();
     if init {
+        let ca = coffer_tls::CertificateAuthority::generate("t").unwrap();
+        let stored = coffer_vault::StoredCa {
+            cert_pem: ca.cert_pem().to_string(),
+            key_pem: ca.key_pem().to_string(),
+        };
         let (resp, root) = vault
             .init(
                 InitRequest {
@@ -58,7 +63,7 @@ async fn node(init: bool) -> Node {
                     secret_threshold: 1,
                     root_token_id: None,
                 },
-                None,
+                Some(stored),
             )
             .await
             .unwrap();
@@ -524,4 +529,80 @@ async fn a_failed_audit_spool_refuses_requests_and_health_says_why() {
             .contains("No space left on device"),
         "{b}"
     );
+}
+
+#[tokio::test]
+async fn packs_and_membership_routes() {
+    use base64::Engine as _;
+    let n = node(true).await;
+    let good = json!({
+        "node_id": 4,
+        "api_addr": "https://127.0.0.14:8200",
+        "peer_addr": "127.0.0.14:8201",
+        "voter": true,
+        "ttl_secs": 3600,
+        "passphrase": "correct horse battery staple",
+    });
+    for (change, message) in [
+        (json!({"node_id": 0}), "node_id: must be at least 1"),
+        (json!({"node_id": 1}), "node 1 is already a member"),
+        (json!({"api_addr": "http://x:1"}), "must start with https://"),
+        (json!({"peer_addr": "nohost"}), "needs a host and a non-zero port"),
+        (json!({"passphrase": "short"}), "passphrase: at least 12 characters"),
+        (json!({"ttl_secs": 999999999}), "ttl: must be between"),
+    ] {
+        let mut body = good.clone();
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, b) = n.root("POST", "/v1/sys/coffer/packs", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{message}: {b}");
+        assert!(b["errors"][0].as_str().unwrap().contains(message), "{b}");
+    }
+    let (s, _) = n
+        .call("POST", "/v1/sys/coffer/packs", Body::from(good.to_string()), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a pack needs a token with sudo");
+
+    let (s, b) = n.root("POST", "/v1/sys/coffer/packs", good.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let file = base64::engine::general_purpose::STANDARD
+        .decode(b["data"]["pack"].as_str().unwrap())
+        .unwrap();
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let pack = coffer_vault::pack::open_pack(&file, "correct horse battery staple", now).unwrap();
+    assert_eq!((pack.node_id, pack.voter), (4, true));
+    assert_eq!(pack.pack_id, b["data"]["pack_id"].as_str().unwrap());
+    assert_eq!(coffer_tls::node_id_from_pem(&pack.node_cert_pem).unwrap(), 4);
+    assert_eq!(pack.members.len(), 1);
+    assert!(pack.unseal_key_hex.is_none(), "no root key unless asked");
+    assert!(!pack.snapshot.is_empty());
+    let shown = format!("{pack:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    let text = String::from_utf8_lossy(&file);
+    assert!(!text.contains("PRIVATE KEY") && !text.contains("BEGIN CERTIFICATE"));
+
+    let (s, b) = n.root("GET", "/v1/sys/coffer/members", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["data"]["members"][0]["node_id"], 1);
+    assert_eq!(b["data"]["members"][0]["leader"], true);
+    assert_eq!(b["data"]["members"][0]["voter"], true);
+    let (s, b) = n
+        .root("GET", "/v1/sys/storage/raft/configuration", Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["data"]["config"]["servers"][0]["node_id"], "1");
+    assert_eq!(b["data"]["config"]["servers"][0]["address"], "127.0.0.1:2");
+    let (s, b) = n.root("PUT", "/v1/sys/step-down", Value::Null).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(b["errors"][0].as_str().unwrap().contains("no other voter"), "{b}");
+    let (s, b) = n.root("DELETE", "/v1/sys/coffer/members/1", Value::Null).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(b["errors"][0].as_str().unwrap().contains("only voter"), "{b}");
+    let (s, b) = n.root("DELETE", "/v1/sys/coffer/members/x", Value::Null).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, _) = n
+        .root("GET", "/v1/secret/data/nothing?stale=true", Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }

@@ -103,7 +103,7 @@ impl ProcCluster {
         assert_eq!(code, 0, "init: {err}");
         let init: Value = serde_json::from_str(&out).expect("init json");
         let token = init["root_token"].as_str().expect("root token").to_string();
-        let mut cluster = Self {
+        let cluster = Self {
             dir,
             nodes: BTreeMap::from([(1, Some(server))]),
             addrs: BTreeMap::from([(1, addrs)]),

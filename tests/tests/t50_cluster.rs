@@ -212,3 +212,71 @@ async fn followers_forward_writes_and_serve_linearizable_reads() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_voter_stops_receiving_and_is_re_added_as_learner_then_voter() {
+    use coffer_raft::MembershipChange;
+    let c = Cluster::start(3, RaftTuning::default()).await;
+    let all = c.running();
+    let leader = c.wait_leader(&all, None).await;
+    let gone = *all.iter().find(|id| **id != leader).unwrap();
+    let addr = c.engine(leader).member_addrs()[&gone].clone();
+
+    // Asked on a follower: the change is forwarded to the leader.
+    let asker = *all.iter().find(|id| **id != leader && **id != gone).unwrap();
+    c.engine(asker)
+        .change_membership(MembershipChange::Remove { id: gone })
+        .await
+        .unwrap();
+    let members = c.engine(leader).members().await.unwrap();
+    assert!(members.iter().all(|m| m.id != gone), "{members:?}");
+    let err = c
+        .engine(leader)
+        .change_membership(MembershipChange::Promote { id: gone })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not a member"), "{err}");
+
+    c.engine(leader)
+        .write(Txn::new().put("while-away", "v"))
+        .await
+        .unwrap();
+    let index = c.engine(leader).applied_index();
+    assert!(c.engine(gone).applied_index() < index, "a removed node receives nothing");
+
+    c.engine(leader)
+        .change_membership(MembershipChange::AddLearner { id: gone, addr })
+        .await
+        .unwrap();
+    c.wait_applied(&[gone], index).await;
+    assert_eq!(value(&c, gone, "while-away").as_deref(), Some(b"v".as_slice()));
+    let leader = c.wait_leader(&all, None).await;
+    c.engine(leader)
+        .change_membership(MembershipChange::Promote { id: gone })
+        .await
+        .unwrap();
+    let members = c.engine(leader).members().await.unwrap();
+    let back = members.iter().find(|m| m.id == gone).expect("a member again");
+    assert!(back.voter, "{members:?}");
+    assert!(members.iter().all(|m| m.lag.is_some()), "the leader knows every lag");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_down_hands_leadership_to_another_voter() {
+    use coffer_raft::MembershipChange;
+    let c = Cluster::start(3, RaftTuning::default()).await;
+    let all = c.running();
+    let leader = c.wait_leader(&all, None).await;
+    c.engine(leader)
+        .change_membership(MembershipChange::StepDown)
+        .await
+        .unwrap();
+    let next = c.wait_leader(&all, Some(leader)).await;
+    assert_ne!(next, leader);
+    let r = c
+        .engine(leader)
+        .write(Txn::new().put("after-step-down", "v"))
+        .await
+        .unwrap();
+    assert!(r.succeeded, "the old leader forwards to the new one");
+}

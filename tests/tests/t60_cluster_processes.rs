@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use coffer_api::client::{Client, ClientError};
 use coffer_tests::procs::{block_on, ProcCluster};
-use porcupine_rs::{check_operations, CheckResult, Model, Operation};
+use porcupine_rs::{check_operations_timeout, CheckResult, Model, Operation};
 use serde_json::{json, Value};
 
 /// A read/write register: the KV v2 secret `secret/lin`, whose latest version is the value.
@@ -221,8 +221,21 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
     assert!(gap < Duration::from_secs(5), "write gap {gap:?}");
 
     // One key's history is linearizable.
-    let verdict = check_operations::<Register>(&history, Some(Duration::from_secs(60)));
+    let verdict = check_operations_timeout::<Register>(&history, Duration::from_secs(60));
     assert_eq!(verdict, CheckResult::Ok, "{} operations on secret/lin", history.len());
+    // The checker does reject a stale read, so the verdict above means something.
+    let op = |call, ret, op| Operation::<Register> {
+        client_id: Some(0),
+        call_time: call,
+        return_time: ret,
+        op,
+        metadata: None,
+    };
+    let stale = [op(0, 10, RegOp::Write(1)), op(20, 30, RegOp::Write(2)), op(40, 50, RegOp::Read(1))];
+    assert_eq!(
+        check_operations_timeout::<Register>(&stale, Duration::from_secs(5)),
+        CheckResult::Illegal
+    );
 
     // No acknowledged write is missing from either survivor.
     let acked = acked.lock().unwrap().clone();

@@ -1,9 +1,11 @@
 //! The replication bootstrap pack (DESIGN.md §9): one file that lets a new node join.
 //!
 //! File: `COFFERPACK1\n` | Argon2id m_cost (4, BE) | t_cost (4) | p_cost (4) | salt (16) |
-//! nonce (12) | AES-256-GCM ciphertext+tag of the postcard-encoded [`PackContents`]. The
-//! header is the associated data, so changing a parameter or the salt fails authentication
-//! like any other tampering. The key is Argon2id(passphrase, salt).
+//! nonce (12) | key check (16) | AES-256-GCM ciphertext+tag of the postcard-encoded
+//! [`PackContents`]. The key is Argon2id(passphrase, salt). The header is the associated
+//! data, so changing a parameter or the salt fails authentication like any other tampering.
+//! The key check (SHA-256 of the key and a label, truncated) tells a wrong passphrase from a
+//! changed file; it helps a guesser no more than trying to decrypt would.
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -16,7 +18,8 @@ use zeroize::{Zeroize, Zeroizing};
 pub const MAGIC: &[u8] = b"COFFERPACK1\n";
 const SALT: usize = 16;
 const NONCE: usize = 12;
-const HEADER: usize = MAGIC.len() + 12 + SALT + NONCE;
+const CHECK: usize = 16;
+const HEADER: usize = MAGIC.len() + 12 + SALT + NONCE + CHECK;
 /// Argon2id cost: 64 MiB, 3 passes, 1 lane (about a third of a second on one core). The
 /// passphrase is random, so this guards against a weak custom `--passphrase-file` more than
 /// against brute force of the generated one.
@@ -106,9 +109,12 @@ pub enum PackError {
     /// Not a pack file, or cut short.
     #[error("not a Coffer bootstrap pack (bad header or truncated file)")]
     Malformed,
-    /// Authentication failed: the passphrase is wrong or the file was changed.
-    #[error("wrong passphrase, or the pack file was tampered with (authentication failed)")]
-    Unauthentic,
+    /// The passphrase does not derive the pack's key.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The passphrase is right but the contents fail authentication: the file was changed.
+    #[error("the pack file was tampered with or corrupted (authentication failed)")]
+    Tampered,
     /// Decrypted but its contents do not decode: made by an incompatible version.
     #[error("pack contents are unreadable: {0}")]
     Contents(String),
@@ -126,6 +132,17 @@ pub enum PackError {
         /// Passes.
         t: u32,
     },
+}
+
+fn key_check(key: &[u8; 32]) -> [u8; CHECK] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(b"coffer bootstrap pack key check");
+    let digest = h.finalize();
+    let mut out = [0u8; CHECK];
+    out.copy_from_slice(&digest[..CHECK]);
+    out
 }
 
 fn derive(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>, PackError> {
@@ -154,6 +171,7 @@ pub fn seal_pack(contents: &PackContents, passphrase: &str) -> Result<Vec<u8>, P
     out.extend_from_slice(&salt);
     out.extend_from_slice(&nonce);
     let key = derive(passphrase, &salt, M_COST, T_COST, P_COST)?;
+    out.extend_from_slice(&key_check(&key));
     let cipher = Aes256Gcm::new((&*key).into());
     let sealed = cipher
         .encrypt(
@@ -163,7 +181,7 @@ pub fn seal_pack(contents: &PackContents, passphrase: &str) -> Result<Vec<u8>, P
                 aad: &out,
             },
         )
-        .map_err(|_| PackError::Unauthentic)?;
+        .map_err(|_| PackError::Tampered)?;
     out.extend_from_slice(&sealed);
     Ok(out)
 }
@@ -182,8 +200,11 @@ pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents
         return Err(PackError::Cost { m, t });
     }
     let salt = &file[MAGIC.len() + 12..MAGIC.len() + 12 + SALT];
-    let nonce = &file[HEADER - NONCE..HEADER];
+    let nonce = &file[HEADER - CHECK - NONCE..HEADER - CHECK];
     let key = derive(passphrase, salt, m, t, p)?;
+    if key_check(&key)[..] != file[HEADER - CHECK..HEADER] {
+        return Err(PackError::WrongPassphrase);
+    }
     let cipher = Aes256Gcm::new((&*key).into());
     let plain = Zeroizing::new(
         cipher
@@ -194,7 +215,7 @@ pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents
                     aad: &file[..HEADER],
                 },
             )
-            .map_err(|_| PackError::Unauthentic)?,
+            .map_err(|_| PackError::Tampered)?,
     );
     let contents: PackContents =
         postcard::from_bytes(&plain).map_err(|e| PackError::Contents(e.to_string()))?;
@@ -260,14 +281,21 @@ mod tests {
         assert_eq!(opened.node_id, 4);
         assert_eq!(opened.snapshot, vec![1, 2, 3]);
 
-        assert_eq!(open_pack(&file, "wrong", 500).unwrap_err(), PackError::Unauthentic);
+        assert_eq!(open_pack(&file, "wrong", 500).unwrap_err(), PackError::WrongPassphrase);
         let mut tampered = file.clone();
         let last = tampered.len() - 20;
         tampered[last] ^= 1;
-        assert_eq!(open_pack(&tampered, "right", 500).unwrap_err(), PackError::Unauthentic);
+        assert_eq!(open_pack(&tampered, "right", 500).unwrap_err(), PackError::Tampered);
+        let mut nonce_changed = file.clone();
+        nonce_changed[MAGIC.len() + 12 + SALT] ^= 1;
+        assert_eq!(open_pack(&nonce_changed, "right", 500).unwrap_err(), PackError::Tampered);
         let mut salt_changed = file.clone();
         salt_changed[MAGIC.len() + 12] ^= 1;
-        assert_eq!(open_pack(&salt_changed, "right", 500).unwrap_err(), PackError::Unauthentic);
+        assert_eq!(
+            open_pack(&salt_changed, "right", 500).unwrap_err(),
+            PackError::WrongPassphrase,
+            "another salt derives another key"
+        );
         assert_eq!(open_pack(&file[..30], "right", 500).unwrap_err(), PackError::Malformed);
         assert_eq!(
             open_pack(&file, "right", 1000).unwrap_err(),

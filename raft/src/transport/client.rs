@@ -153,6 +153,21 @@ impl PeerClient {
 }
 
 impl PeerClient {
+    /// Whether the pooled connection is known dead: the peer closed it (a node that crashed
+    /// or restarted) or sent something unasked. Checked without waiting, so a request never
+    /// goes out on a connection already closed, where its fate could not be known.
+    pub(crate) fn connection_is_stale(&self) -> bool {
+        use futures::FutureExt;
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        match conn.get_ref().0.peek(&mut byte).now_or_never() {
+            None => false,
+            Some(_) => true,
+        }
+    }
+
     /// Sends one request and returns the answer within `ttl`. Failing to connect or to send
     /// is [`ForwardError::Unreachable`]: the peer never saw the request, so it may be retried
     /// elsewhere. Losing the connection while waiting for the answer is `Failed`: the outcome

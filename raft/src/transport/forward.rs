@@ -43,11 +43,17 @@ impl Forwarder {
         request: PeerRequest,
     ) -> Result<PeerResponse, ForwardError> {
         let key = (leader, addr.peer_addr.clone());
-        let pooled = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut m| m.get_mut(&key).and_then(Vec::pop));
+        // A pooled connection the leader closed (it crashed or restarted) is dropped before
+        // use: a request sent on it would have an unknown outcome.
+        let pooled = self.idle.lock().ok().and_then(|mut m| {
+            let pool = m.get_mut(&key)?;
+            while let Some(c) = pool.pop() {
+                if !c.connection_is_stale() {
+                    return Some(c);
+                }
+            }
+            None
+        });
         let mut client = match pooled {
             Some(c) => c,
             None => self.network.clone().new_client(leader, addr).await,
