@@ -546,9 +546,18 @@ async fn packs_and_membership_routes() {
     for (change, message) in [
         (json!({"node_id": 0}), "node_id: must be at least 1"),
         (json!({"node_id": 1}), "node 1 is already a member"),
-        (json!({"api_addr": "http://x:1"}), "must start with https://"),
-        (json!({"peer_addr": "nohost"}), "needs a host and a non-zero port"),
-        (json!({"passphrase": "short"}), "passphrase: at least 12 characters"),
+        (
+            json!({"api_addr": "http://x:1"}),
+            "must start with https://",
+        ),
+        (
+            json!({"peer_addr": "nohost"}),
+            "needs a host and a non-zero port",
+        ),
+        (
+            json!({"passphrase": "short"}),
+            "passphrase: at least 12 characters",
+        ),
         (json!({"ttl_secs": 999999999}), "ttl: must be between"),
     ] {
         let mut body = good.clone();
@@ -560,7 +569,12 @@ async fn packs_and_membership_routes() {
         assert!(b["errors"][0].as_str().unwrap().contains(message), "{b}");
     }
     let (s, _) = n
-        .call("POST", "/v1/sys/coffer/packs", Body::from(good.to_string()), None)
+        .call(
+            "POST",
+            "/v1/sys/coffer/packs",
+            Body::from(good.to_string()),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "a pack needs a token with sudo");
 
@@ -573,7 +587,10 @@ async fn packs_and_membership_routes() {
     let pack = coffer_vault::pack::open_pack(&file, "correct horse battery staple", now).unwrap();
     assert_eq!((pack.node_id, pack.voter), (4, true));
     assert_eq!(pack.pack_id, b["data"]["pack_id"].as_str().unwrap());
-    assert_eq!(coffer_tls::node_id_from_pem(&pack.node_cert_pem).unwrap(), 4);
+    assert_eq!(
+        coffer_tls::node_id_from_pem(&pack.node_cert_pem).unwrap(),
+        4
+    );
     assert_eq!(pack.members.len(), 1);
     assert!(pack.unseal_key_hex.is_none(), "no root key unless asked");
     assert!(!pack.snapshot.is_empty());
@@ -595,11 +612,21 @@ async fn packs_and_membership_routes() {
     assert_eq!(b["data"]["config"]["servers"][0]["address"], "127.0.0.1:2");
     let (s, b) = n.root("PUT", "/v1/sys/step-down", Value::Null).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(b["errors"][0].as_str().unwrap().contains("no other voter"), "{b}");
-    let (s, b) = n.root("DELETE", "/v1/sys/coffer/members/1", Value::Null).await;
+    assert!(
+        b["errors"][0].as_str().unwrap().contains("no other voter"),
+        "{b}"
+    );
+    let (s, b) = n
+        .root("DELETE", "/v1/sys/coffer/members/1", Value::Null)
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(b["errors"][0].as_str().unwrap().contains("only voter"), "{b}");
-    let (s, b) = n.root("DELETE", "/v1/sys/coffer/members/x", Value::Null).await;
+    assert!(
+        b["errors"][0].as_str().unwrap().contains("only voter"),
+        "{b}"
+    );
+    let (s, b) = n
+        .root("DELETE", "/v1/sys/coffer/members/x", Value::Null)
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     let (s, _) = n
         .root("GET", "/v1/secret/data/nothing?stale=true", Value::Null)

@@ -13,9 +13,9 @@ use rocksdb::DB;
 
 use crate::log_store::LogStore;
 use crate::membership::Contacts;
-use crate::transport::{AppHandler, ForwardError};
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{read_entry, scan_prefix, StateMachine};
+use crate::transport::{AppHandler, ForwardError};
 use crate::tuning::RaftTuning;
 use crate::txn::{KvEntry, Op, Txn, TxnResult};
 use crate::types::{Command, NodeAddr, NodeId, Raft, RaftMetrics, TypeConfig};
@@ -219,7 +219,11 @@ impl Engine {
 
     /// An application message `origin` sent to this node: handled here if this node leads,
     /// else relayed to the leader.
-    pub async fn app_request(&self, origin: NodeId, body: Vec<u8>) -> Result<Vec<u8>, ForwardError> {
+    pub async fn app_request(
+        &self,
+        origin: NodeId,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ForwardError> {
         if !self.is_leader() {
             let Some((leader, addr)) = self.leader() else {
                 return Err(ForwardError::NotLeader(None));
@@ -477,7 +481,9 @@ pub(crate) fn forward_error(e: ForwardError) -> EngineError {
             leader_id,
             leader_api_addr: None,
         },
-        ForwardError::Unreachable(msg) => EngineError::NoLeader(format!("leader unreachable: {msg}")),
+        ForwardError::Unreachable(msg) => {
+            EngineError::NoLeader(format!("leader unreachable: {msg}"))
+        }
         ForwardError::Failed(msg) => EngineError::NoLeader(msg),
         ForwardError::Refused(msg) => EngineError::Membership(msg),
     }
@@ -486,7 +492,9 @@ pub(crate) fn forward_error(e: ForwardError) -> EngineError {
 /// A forwarded request that never reached a leader is retried; anything else is final.
 fn forward_attempt<T>(e: ForwardError) -> Attempt<T> {
     match e {
-        ForwardError::NotLeader(_) | ForwardError::Unreachable(_) => Attempt::Retry(forward_error(e)),
+        ForwardError::NotLeader(_) | ForwardError::Unreachable(_) => {
+            Attempt::Retry(forward_error(e))
+        }
         other => Attempt::Done(Err(forward_error(other))),
     }
 }

@@ -243,8 +243,10 @@ impl SnapshotFiles {
         bytes: &[u8],
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<SnapshotHeader, String> {
-        let applied: Option<Option<LogId>> =
-            decode(db.get_cf(cf(db, CF_SM), KEY_APPLIED).map_err(io("reading state"))?)?;
+        let applied: Option<Option<LogId>> = decode(
+            db.get_cf(cf(db, CF_SM), KEY_APPLIED)
+                .map_err(io("reading state"))?,
+        )?;
         if applied.flatten().is_some() {
             return Err("this data directory already holds a node's state".into());
         }

@@ -92,7 +92,6 @@ pub async fn phase(
     }
 }
 
-
 impl PhaseResult {
     /// Operations per second.
     pub fn rate(&self) -> f64 {

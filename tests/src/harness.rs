@@ -211,14 +211,9 @@ impl Cluster {
             .with_forwarder(Arc::new(Forwarder::new(ident)))
             .with_contacts(contacts);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve_peers(
-            listener,
-            tls,
-            engine.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        tokio::spawn(serve_peers(listener, tls, engine.clone(), async move {
+            let _ = stopped.await;
+        }));
         Member {
             engine,
             stop: Some(stop),

@@ -62,7 +62,9 @@ pub struct ProcCluster {
 /// Runs the `coffer` CLI with the given environment; returns (code, stdout, stderr).
 pub fn run_cli(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(coffer_bin());
-    cmd.args(args).env_remove("VAULT_ADDR").env_remove("VAULT_TOKEN");
+    cmd.args(args)
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -97,9 +99,21 @@ impl ProcCluster {
             ),
         )
         .expect("config");
-        let server = Server::spawn(&["server", "--config", config.to_str().expect("utf-8")], &data);
+        let server = Server::spawn(
+            &["server", "--config", config.to_str().expect("utf-8")],
+            &data,
+        );
         let ca_path = server.ca_path();
-        let (code, out, err) = server.cli("", &["operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json"]);
+        let (code, out, err) = server.cli(
+            "",
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
         assert_eq!(code, 0, "init: {err}");
         let init: Value = serde_json::from_str(&out).expect("init json");
         let token = init["root_token"].as_str().expect("root token").to_string();
@@ -110,9 +124,11 @@ impl ProcCluster {
             token,
             ca_path,
         };
-        cluster.wait(Duration::from_secs(30), "node 1 unsealed and leading", |c| {
-            c.health(1).is_some_and(|(code, _)| code == 200)
-        });
+        cluster.wait(
+            Duration::from_secs(30),
+            "node 1 unsealed and leading",
+            |c| c.health(1).is_some_and(|(code, _)| code == 200),
+        );
         cluster
     }
 
@@ -133,7 +149,10 @@ impl ProcCluster {
     /// holding its passphrase.
     pub fn pack(&mut self, via: u64, id: u64, voter: bool, extra: &[&str]) -> (PathBuf, PathBuf) {
         let addrs = NodeAddrs::pick(id);
-        let pack = self.dir.path().join(format!("node{id}-{}.pack", crate::random_string(6)));
+        let pack = self
+            .dir
+            .path()
+            .join(format!("node{id}-{}.pack", crate::random_string(6)));
         let pass = pack.with_extension("pass");
         let mut args = vec![
             "operator".to_string(),
@@ -244,8 +263,8 @@ impl ProcCluster {
     /// The leader's id as node `via` reports it (`sys/leader`).
     pub fn leader_seen_by(&self, via: u64) -> Option<u64> {
         let client = self.client(via);
-        let body = block_on(async move { client.request("GET", "sys/leader", None).await.ok() })?
-            .body;
+        let body =
+            block_on(async move { client.request("GET", "sys/leader", None).await.ok() })?.body;
         let addr = body["leader_address"].as_str()?.to_string();
         self.addrs
             .iter()

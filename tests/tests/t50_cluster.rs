@@ -223,7 +223,10 @@ async fn a_removed_voter_stops_receiving_and_is_re_added_as_learner_then_voter()
     let addr = c.engine(leader).member_addrs()[&gone].clone();
 
     // Asked on a follower: the change is forwarded to the leader.
-    let asker = *all.iter().find(|id| **id != leader && **id != gone).unwrap();
+    let asker = *all
+        .iter()
+        .find(|id| **id != leader && **id != gone)
+        .unwrap();
     c.engine(asker)
         .change_membership(MembershipChange::Remove { id: gone })
         .await
@@ -242,23 +245,35 @@ async fn a_removed_voter_stops_receiving_and_is_re_added_as_learner_then_voter()
         .await
         .unwrap();
     let index = c.engine(leader).applied_index();
-    assert!(c.engine(gone).applied_index() < index, "a removed node receives nothing");
+    assert!(
+        c.engine(gone).applied_index() < index,
+        "a removed node receives nothing"
+    );
 
     c.engine(leader)
         .change_membership(MembershipChange::AddLearner { id: gone, addr })
         .await
         .unwrap();
     c.wait_applied(&[gone], index).await;
-    assert_eq!(value(&c, gone, "while-away").as_deref(), Some(b"v".as_slice()));
+    assert_eq!(
+        value(&c, gone, "while-away").as_deref(),
+        Some(b"v".as_slice())
+    );
     let leader = c.wait_leader(&all, None).await;
     c.engine(leader)
         .change_membership(MembershipChange::Promote { id: gone })
         .await
         .unwrap();
     let members = c.engine(leader).members().await.unwrap();
-    let back = members.iter().find(|m| m.id == gone).expect("a member again");
+    let back = members
+        .iter()
+        .find(|m| m.id == gone)
+        .expect("a member again");
     assert!(back.voter, "{members:?}");
-    assert!(members.iter().all(|m| m.lag.is_some()), "the leader knows every lag");
+    assert!(
+        members.iter().all(|m| m.lag.is_some()),
+        "the leader knows every lag"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

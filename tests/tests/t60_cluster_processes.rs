@@ -99,7 +99,10 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
     let (code, table, err) = c.cli(4, &["operator", "members"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(table.lines().count(), 5, "{table}");
-    assert!(table.contains("learner") && table.contains("voter"), "{table}");
+    assert!(
+        table.contains("learner") && table.contains("voter"),
+        "{table}"
+    );
     assert!(
         !c.data_dir(2).join("join-pending.json").exists(),
         "registration finished"
@@ -119,7 +122,10 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
             )
             .await
             .unwrap();
-        let r = f.request("GET", "secret/data/anywhere", None).await.unwrap();
+        let r = f
+            .request("GET", "secret/data/anywhere", None)
+            .await
+            .unwrap();
         let stale = learner
             .request("GET", "secret/data/anywhere?stale=true", None)
             .await
@@ -127,8 +133,16 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
         (r.body, stale.headers)
     });
     assert_eq!(read.0["data"]["data"]["v"], "from-the-learner");
-    assert!(read.1.contains_key("x-coffer-applied-index"), "{:?}", read.1);
-    assert!(read.1.contains_key("x-coffer-last-contact-ms"), "{:?}", read.1);
+    assert!(
+        read.1.contains_key("x-coffer-applied-index"),
+        "{:?}",
+        read.1
+    );
+    assert!(
+        read.1.contains_key("x-coffer-last-contact-ms"),
+        "{:?}",
+        read.1
+    );
     let (status, _) = c.health(follower).unwrap();
     assert_eq!(status, 429, "a follower answers 429 like a Vault standby");
 
@@ -158,7 +172,10 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
                             let body = json!({"data": {"v": value}});
                             let r = client.request("POST", "secret/data/lin", Some(&body)).await;
                             // An error is an unknown outcome: the write may apply later.
-                            (RegOp::Write(value), r.is_ok().then(|| micros(start.elapsed())))
+                            (
+                                RegOp::Write(value),
+                                r.is_ok().then(|| micros(start.elapsed())),
+                            )
                         } else {
                             match client.request("GET", "secret/data/lin", None).await {
                                 Ok(r) => (
@@ -188,18 +205,29 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
         let acked = acked.clone();
         move |_: &ProcCluster| acked.lock().unwrap().len() >= n
     };
-    c.wait(Duration::from_secs(60), "100 writes under load", acked_before(100));
+    c.wait(
+        Duration::from_secs(60),
+        "100 writes under load",
+        acked_before(100),
+    );
     let old_leader = c.leader_seen_by(1).expect("a leader");
     let killed_at = start.elapsed();
     c.kill(old_leader);
-    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old_leader).collect();
+    let survivors: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
     c.wait(Duration::from_secs(20), "a new leader", |c| {
         survivors
             .iter()
             .any(|id| c.leader_seen_by(*id).is_some_and(|l| l != old_leader))
     });
     let n = acked.lock().unwrap().len();
-    c.wait(Duration::from_secs(30), "200 more writes after the kill", acked_before(n + 200));
+    c.wait(
+        Duration::from_secs(30),
+        "200 more writes after the kill",
+        acked_before(n + 200),
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in workers {
         w.join().unwrap();
@@ -214,15 +242,29 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
         .collect();
     acks.sort_unstable();
     let kill = micros(killed_at);
-    let before = acks.iter().rev().find(|t| **t <= kill).copied().unwrap_or(kill);
-    let after = acks.iter().find(|t| **t > kill).copied().expect("writes after the kill");
+    let before = acks
+        .iter()
+        .rev()
+        .find(|t| **t <= kill)
+        .copied()
+        .unwrap_or(kill);
+    let after = acks
+        .iter()
+        .find(|t| **t > kill)
+        .copied()
+        .expect("writes after the kill");
     let gap = Duration::from_micros(u64::try_from(after - before).unwrap_or(0));
     eprintln!("write gap across the leader's SIGKILL: {gap:?} (debug build)");
     assert!(gap < Duration::from_secs(5), "write gap {gap:?}");
 
     // One key's history is linearizable.
     let verdict = check_operations_timeout::<Register>(&history, Duration::from_secs(60));
-    assert_eq!(verdict, CheckResult::Ok, "{} operations on secret/lin", history.len());
+    assert_eq!(
+        verdict,
+        CheckResult::Ok,
+        "{} operations on secret/lin",
+        history.len()
+    );
     // The checker does reject a stale read, so the verdict above means something.
     let op = |call, ret, op| Operation::<Register> {
         client_id: Some(0),
@@ -231,7 +273,11 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
         op,
         metadata: None,
     };
-    let stale = [op(0, 10, RegOp::Write(1)), op(20, 30, RegOp::Write(2)), op(40, 50, RegOp::Read(1))];
+    let stale = [
+        op(0, 10, RegOp::Write(1)),
+        op(20, 30, RegOp::Write(2)),
+        op(40, 50, RegOp::Read(1)),
+    ];
     assert_eq!(
         check_operations_timeout::<Register>(&stale, Duration::from_secs(5)),
         CheckResult::Illegal
@@ -259,13 +305,20 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
     });
     let client = c.client(old_leader);
     let missing = block_on(async move { missing(&client, &acked, "?stale=true").await });
-    assert!(missing.is_empty(), "restarted node {old_leader} lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "restarted node {old_leader} lacks {missing:?}"
+    );
 }
 
 async fn missing(client: &Client, keys: &[String], query: &str) -> Vec<String> {
     let mut out = Vec::new();
     for key in keys {
-        if client.request("GET", &format!("{key}{query}"), None).await.is_err() {
+        if client
+            .request("GET", &format!("{key}{query}"), None)
+            .await
+            .is_err()
+        {
             out.push(key.clone());
         }
     }
@@ -364,6 +417,7 @@ fn hvac_and_bao_work_against_a_follower() {
         .env("VAULT_ADDR", &follower)
         .env("VAULT_TOKEN", &c.token)
         .env("VAULT_CACERT", &c.ca_path)
+        .env("EXPECT_HEALTH", "429")
         .output()
         .expect("python3 with hvac (the test command installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -17,11 +17,12 @@ mod vault;
 
 pub use error::{Result, VaultError};
 pub use vault::{
-    AuditFilter, Auth, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus, KvMetaUpdate,
-    KvRead, KvVersion, NodeChainReport, NodeInfo, SealStatus, StoredPolicy, TokenRequest,
-    UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS, MAX_TTL_SECS, SHIP_BATCH,
-};
-pub use vault::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary, StoredCa, CA_KEY,
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
+};
+pub use vault::{
+    AuditFilter, Auth, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
+    KvMetaUpdate, KvRead, KvVersion, NodeChainReport, NodeInfo, SealStatus, StoredPolicy,
+    TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS, MAX_TTL_SECS,
+    SHIP_BATCH,
 };

@@ -145,7 +145,13 @@ fn key_check(key: &[u8; 32]) -> [u8; CHECK] {
     out
 }
 
-fn derive(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>, PackError> {
+fn derive(
+    passphrase: &str,
+    salt: &[u8],
+    m: u32,
+    t: u32,
+    p: u32,
+) -> Result<Zeroizing<[u8; 32]>, PackError> {
     let params = Params::new(m, t, p, Some(32)).map_err(|_| PackError::Cost { m, t })?;
     let mut key = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
@@ -281,14 +287,23 @@ mod tests {
         assert_eq!(opened.node_id, 4);
         assert_eq!(opened.snapshot, vec![1, 2, 3]);
 
-        assert_eq!(open_pack(&file, "wrong", 500).unwrap_err(), PackError::WrongPassphrase);
+        assert_eq!(
+            open_pack(&file, "wrong", 500).unwrap_err(),
+            PackError::WrongPassphrase
+        );
         let mut tampered = file.clone();
         let last = tampered.len() - 20;
         tampered[last] ^= 1;
-        assert_eq!(open_pack(&tampered, "right", 500).unwrap_err(), PackError::Tampered);
+        assert_eq!(
+            open_pack(&tampered, "right", 500).unwrap_err(),
+            PackError::Tampered
+        );
         let mut nonce_changed = file.clone();
         nonce_changed[MAGIC.len() + 12 + SALT] ^= 1;
-        assert_eq!(open_pack(&nonce_changed, "right", 500).unwrap_err(), PackError::Tampered);
+        assert_eq!(
+            open_pack(&nonce_changed, "right", 500).unwrap_err(),
+            PackError::Tampered
+        );
         let mut salt_changed = file.clone();
         salt_changed[MAGIC.len() + 12] ^= 1;
         assert_eq!(
@@ -296,20 +311,29 @@ mod tests {
             PackError::WrongPassphrase,
             "another salt derives another key"
         );
-        assert_eq!(open_pack(&file[..30], "right", 500).unwrap_err(), PackError::Malformed);
+        assert_eq!(
+            open_pack(&file[..30], "right", 500).unwrap_err(),
+            PackError::Malformed
+        );
         assert_eq!(
             open_pack(&file, "right", 1000).unwrap_err(),
             PackError::Expired { expired_at: 1000 }
         );
         let mut costly = file.clone();
         costly[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(open_pack(&costly, "right", 500), Err(PackError::Cost { .. })));
+        assert!(matches!(
+            open_pack(&costly, "right", 500),
+            Err(PackError::Cost { .. })
+        ));
     }
 
     #[test]
     fn debug_hides_keys_and_passphrases_differ() {
         let shown = format!("{:?}", sample(1));
-        assert!(!shown.contains("akey") && !shown.contains("\"key\""), "{shown}");
+        assert!(
+            !shown.contains("akey") && !shown.contains("\"key\""),
+            "{shown}"
+        );
         let (a, b) = (generate_passphrase(), generate_passphrase());
         assert_ne!(a, b);
         assert_eq!(a.len(), 29);

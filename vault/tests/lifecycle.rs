@@ -88,7 +88,8 @@ async fn three_of_five_shares_unseal_two_do_not_and_wrong_shares_are_counted() {
     v.seal(&auth).unwrap();
     assert!(v.is_sealed());
     assert!(matches!(
-        v.kv_read(&auth, "secret/", "x", None, Consistency::Linearizable).await,
+        v.kv_read(&auth, "secret/", "x", None, Consistency::Linearizable)
+            .await,
         Err(VaultError::Sealed)
     ));
 }
@@ -131,7 +132,11 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
             .await,
         Err(VaultError::CasMismatch)
     ));
-    let read = v.kv_read(&root, m, "team/db", None, Consistency::Linearizable).await.unwrap().unwrap();
+    let read = v
+        .kv_read(&root, m, "team/db", None, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(read.data.unwrap()["password"], "two");
     let old = v
         .kv_read(&root, m, "team/db", Some(1), Consistency::Linearizable)
@@ -143,7 +148,11 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
     v.kv_patch(&root, m, "team/db", data(json!({"user": "admin"})), None)
         .await
         .unwrap();
-    let patched = v.kv_read(&root, m, "team/db", None, Consistency::Linearizable).await.unwrap().unwrap();
+    let patched = v
+        .kv_read(&root, m, "team/db", None, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(patched.version.version, 3);
     assert_eq!(
         patched.data.unwrap(),
@@ -151,7 +160,11 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
     );
 
     v.kv_delete_latest(&root, m, "team/db").await.unwrap();
-    let deleted = v.kv_read(&root, m, "team/db", None, Consistency::Linearizable).await.unwrap().unwrap();
+    let deleted = v
+        .kv_read(&root, m, "team/db", None, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(deleted.data.is_none() && !deleted.version.deletion_time.is_empty());
     v.kv_undelete(&root, m, "team/db", &[3]).await.unwrap();
     assert!(v
@@ -175,9 +188,23 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
     v.kv_write(&root, m, "top", data(json!({"k": "v"})), None)
         .await
         .unwrap();
-    assert_eq!(v.kv_list(&root, m, "", Consistency::Linearizable).await.unwrap(), ["team/", "top"]);
-    assert_eq!(v.kv_list(&root, m, "team/", Consistency::Linearizable).await.unwrap(), ["api", "db"]);
-    assert!(v.kv_list(&root, m, "nothing/", Consistency::Linearizable).await.unwrap().is_empty());
+    assert_eq!(
+        v.kv_list(&root, m, "", Consistency::Linearizable)
+            .await
+            .unwrap(),
+        ["team/", "top"]
+    );
+    assert_eq!(
+        v.kv_list(&root, m, "team/", Consistency::Linearizable)
+            .await
+            .unwrap(),
+        ["api", "db"]
+    );
+    assert!(v
+        .kv_list(&root, m, "nothing/", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .is_empty());
 
     v.kv_delete_meta(&root, m, "team/db").await.unwrap();
     assert!(v
@@ -185,7 +212,12 @@ async fn kv_versions_cas_delete_undelete_destroy_and_list() {
         .await
         .unwrap()
         .is_none());
-    assert_eq!(v.kv_list(&root, m, "team/", Consistency::Linearizable).await.unwrap(), ["api"]);
+    assert_eq!(
+        v.kv_list(&root, m, "team/", Consistency::Linearizable)
+            .await
+            .unwrap(),
+        ["api"]
+    );
 }
 
 #[tokio::test]

@@ -113,7 +113,9 @@ pub async fn pack(cmd: PackCmd) -> Result<i32, ClientError> {
         data["expires_at"].as_str().unwrap_or("?")
     );
     if include_unseal_key {
-        eprintln!("It holds the root key: whoever has the pack and its passphrase can decrypt the vault.");
+        eprintln!(
+            "It holds the root key: whoever has the pack and its passphrase can decrypt the vault."
+        );
     }
     if generated {
         eprintln!("One-time passphrase (give it to the new node's operator separately):");
@@ -182,9 +184,9 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
         key_pem: Zeroizing::new(contents.node_key_pem.clone()),
     }));
     match coffer_vault::check_join(&forwarder, &members, &request).await {
-        Ok(true) => eprintln!("The cluster accepts the pack."),
-        Ok(false) => eprintln!(
-            "Warning: no member answered; the node will register when it starts and can reach one."
+        Ok(None) => eprintln!("The cluster accepts the pack."),
+        Ok(Some(why)) => eprintln!(
+            "Warning: no member answered ({why}); the node will register when it starts and can reach one."
         ),
         Err(why) => {
             eprintln!("Error: the cluster refused the pack: {why}");
@@ -230,8 +232,7 @@ fn install(dir: &Path, contents: &PackContents, request: &JoinRequest) -> Result
     );
     let tls = dir.join("tls");
     let write_public = |name: &str, text: &str| {
-        std::fs::write(tls.join(name), text)
-            .map_err(|e| local(format!("writing {name}: {e}")))
+        std::fs::write(tls.join(name), text).map_err(|e| local(format!("writing {name}: {e}")))
     };
     write_public("ca.pem", &contents.ca_cert_pem)?;
     write_public("node.pem", &contents.node_cert_pem)?;
@@ -310,7 +311,11 @@ pub async fn members(common: &Common) -> Result<i32, ClientError> {
             text(&m["api_addr"]),
             text(&m["peer_addr"]),
             role,
-            if m["leader"].as_bool() == Some(true) { "yes" } else { "" },
+            if m["leader"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                ""
+            },
             text(&m["matched_index"]),
             text(&m["lag"]),
         );
@@ -319,7 +324,12 @@ pub async fn members(common: &Common) -> Result<i32, ClientError> {
 }
 
 /// `operator remove-node N`, `promote N`, `step-down`.
-pub async fn change(common: &Common, method: &str, path: &str, done: &str) -> Result<i32, ClientError> {
+pub async fn change(
+    common: &Common,
+    method: &str,
+    path: &str,
+    done: &str,
+) -> Result<i32, ClientError> {
     client(common)?.request(method, path, None).await?;
     eprintln!("{done}");
     Ok(exit::OK)

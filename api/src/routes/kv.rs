@@ -81,8 +81,14 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
     match (section, req.op) {
         ("data", Op::Read) => read(
             req,
-            v.kv_read(&auth, mount, path, req.query_u64("version")?, req.consistency())
-                .await?,
+            v.kv_read(
+                &auth,
+                mount,
+                path,
+                req.query_u64("version")?,
+                req.consistency(),
+            )
+            .await?,
         ),
         ("data", Op::Write) => {
             let body: WriteBody = req.json()?;
@@ -137,7 +143,10 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             }
             Ok(envelope(req, json!({ "keys": keys })))
         }
-        ("metadata", Op::Read) => match v.kv_read_meta(&auth, mount, path, req.consistency()).await? {
+        ("metadata", Op::Read) => match v
+            .kv_read_meta(&auth, mount, path, req.consistency())
+            .await?
+        {
             Some(meta) => Ok(envelope(req, meta_json(&meta))),
             None => Err(ApiError::NotFoundEmpty),
         },

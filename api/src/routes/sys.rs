@@ -3,9 +3,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use coffer_vault::policy::Capability;
 use base64::Engine as _;
 use coffer_raft::{MemberStatus, MembershipChange};
+use coffer_vault::policy::Capability;
 use coffer_vault::{Auth, InitRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};

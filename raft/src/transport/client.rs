@@ -183,7 +183,9 @@ impl PeerClient {
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Err(ForwardError::Unreachable(format!("no connection to node {target}")));
+            return Err(ForwardError::Unreachable(format!(
+                "no connection to node {target}"
+            )));
         };
         match tokio::time::timeout(ttl, write_frame(conn, &request)).await {
             Ok(Ok(())) => {}
@@ -201,9 +203,9 @@ impl PeerClient {
             }
         }
         match tokio::time::timeout(ttl, read_frame::<_, PeerResponse>(conn)).await {
-            Ok(Ok(PeerResponse::Refused(why))) => {
-                Err(ForwardError::Refused(format!("node {target} refused: {why}")))
-            }
+            Ok(Ok(PeerResponse::Refused(why))) => Err(ForwardError::Refused(format!(
+                "node {target} refused: {why}"
+            ))),
             Ok(Ok(response)) => {
                 self.contacts.heard_from(target);
                 Ok(response)

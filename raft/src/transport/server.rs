@@ -84,11 +84,7 @@ pub async fn serve_peers(
     }
 }
 
-async fn serve_connection<S>(
-    mut stream: S,
-    peer: NodeId,
-    engine: &Engine,
-) -> Result<(), CodecError>
+async fn serve_connection<S>(mut stream: S, peer: NodeId, engine: &Engine) -> Result<(), CodecError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

@@ -13,7 +13,6 @@
 //! target/release/coffer-bench --clients 1,64 --seconds 10
 //! ```
 
-
 use coffer_api::client::Client;
 use coffer_tests::bench::{phase, prewrite};
 use coffer_tests::{random_string, Server};

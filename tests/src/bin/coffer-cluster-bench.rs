@@ -42,7 +42,9 @@ fn form() -> ProcCluster {
         let (code, _, err) = c.join(id, &pack, &pass);
         assert_eq!(code, 0, "join {id}: {err}");
         c.start(id);
-        c.wait(Duration::from_secs(60), "a voter", |c| is_voter(c, 1, id, true));
+        c.wait(Duration::from_secs(60), "a voter", |c| {
+            is_voter(c, 1, id, true)
+        });
     }
     c
 }
@@ -87,7 +89,10 @@ fn main() {
     let mut c = c;
     let mut failovers = Vec::new();
     for round in 0..rounds {
-        let old = c.leader_seen_by(1).or_else(|| c.leader_seen_by(2)).expect("leader");
+        let old = c
+            .leader_seen_by(1)
+            .or_else(|| c.leader_seen_by(2))
+            .expect("leader");
         let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
         let client = c.client_all(&survivors);
         let killed = Instant::now();
@@ -95,7 +100,11 @@ fn main() {
         let elapsed = block_on(async move {
             loop {
                 let body = json!({"data": {"round": round}});
-                if client.request("POST", "secret/data/failover", Some(&body)).await.is_ok() {
+                if client
+                    .request("POST", "secret/data/failover", Some(&body))
+                    .await
+                    .is_ok()
+                {
                     return killed.elapsed();
                 }
             }

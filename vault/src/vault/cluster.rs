@@ -179,7 +179,9 @@ impl Vault {
     ) -> Result<(Vec<u8>, PackSummary)> {
         auth.require_sudo("sys/coffer/packs", Capability::Update)?;
         if req.node_id == 0 {
-            return Err(VaultError::InvalidRequest("node_id: must be at least 1".into()));
+            return Err(VaultError::InvalidRequest(
+                "node_id: must be at least 1".into(),
+            ));
         }
         check_addr("api_addr", &req.api_addr, true)?;
         check_addr("peer_addr", &req.peer_addr, false)?;
@@ -280,7 +282,11 @@ impl Vault {
             .await
             .map_err(VaultError::internal)?
             .map_err(VaultError::internal)?;
-        tracing::info!(node = req.node_id, voter = req.voter, "bootstrap pack created");
+        tracing::info!(
+            node = req.node_id,
+            voter = req.voter,
+            "bootstrap pack created"
+        );
         Ok((
             file,
             PackSummary {
@@ -335,7 +341,11 @@ impl Vault {
     /// node a learner, then a voter if the pack says so and it has caught up. Repeating it
     /// with the same pack from the same node is harmless: that is how a joining node waits
     /// for its promotion, and survives a leader change.
-    async fn register_join(&self, origin: u64, req: JoinRequest) -> std::result::Result<JoinAnswer, String> {
+    async fn register_join(
+        &self,
+        origin: u64,
+        req: JoinRequest,
+    ) -> std::result::Result<JoinAnswer, String> {
         let outcome = self.register_join_inner(origin, &req).await;
         let (ok, status) = match &outcome {
             Ok(_) => (true, 200),
@@ -383,7 +393,9 @@ impl Vault {
             ));
         }
         if self.is_sealed() {
-            return Err("the leader is sealed; unseal it, then the node registers by itself".into());
+            return Err(
+                "the leader is sealed; unseal it, then the node registers by itself".into(),
+            );
         }
         let key = pack_key(&req.pack_id);
         let record = self
@@ -485,19 +497,16 @@ pub async fn send_join(
 }
 
 /// Asks the cluster whether it would accept this registration, without consuming the pack.
-/// `Ok(false)` when no member could be reached (the caller may go on offline).
+/// `Ok(Some(why))` when no member could be reached (the caller may go on offline).
 pub async fn check_join(
     forwarder: &Forwarder,
     members: &[PackMember],
     req: &JoinRequest,
-) -> std::result::Result<bool, String> {
+) -> std::result::Result<Option<String>, String> {
     match send_app(forwarder, members, &AppMessage::Check(req.clone())).await {
-        Ok(_) => Ok(true),
+        Ok(_) => Ok(None),
         Err(SendError::Refused(why)) => Err(why),
-        Err(SendError::Unreachable(why)) => {
-            tracing::warn!("no member could be asked about the pack: {why}");
-            Ok(false)
-        }
+        Err(SendError::Unreachable(why)) => Ok(Some(why)),
     }
 }
 
@@ -537,7 +546,8 @@ async fn send_app(
                 let e = e.to_string();
                 // Our certificate comes from the pack's CA: a node that does not trust it,
                 // or presents a certificate that CA did not issue, is another cluster.
-                if e.contains("UnknownIssuer") || e.contains("UnknownCA") || e.contains("BadCertificate") {
+                let foreign = ["invalid peer certificate", "UnknownCA", "BadCertificate"];
+                if foreign.iter().any(|f| e.contains(f)) {
                     return Err(SendError::Refused(format!(
                         "node {} at {} is not part of this pack's cluster (its certificate and ours do not share a CA): {e}",
                         m.id, m.peer_addr

@@ -23,8 +23,8 @@ pub use acl::{Auth, StoredPolicy};
 pub use audit_log::{AuditFilter, NodeChainReport, VerifyReport, SHIP_BATCH};
 pub use barrier::{StoredCa, CA_KEY};
 pub use cluster::{
-    check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary, PACK_TTL_DEFAULT_SECS,
-    PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
+    check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary,
+    PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use kv::{Consistency, KvMetaUpdate, KvRead, KvVersion};
 pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
