@@ -168,7 +168,7 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
                         }
                         let value = u64::from(w) * 1_000_000 + i;
                         let call = micros(start.elapsed());
-                        let (op, ret) = if i % 2 == 0 {
+                        let (op, ret) = if i.is_multiple_of(2) {
                             let body = json!({"data": {"v": value}});
                             let r = client.request("POST", "secret/data/lin", Some(&body)).await;
                             // An error is an unknown outcome: the write may apply later.

@@ -162,10 +162,8 @@ impl PeerClient {
             return false;
         };
         let mut byte = [0u8; 1];
-        match conn.get_ref().0.peek(&mut byte).now_or_never() {
-            None => false,
-            Some(_) => true,
-        }
+        // Ready at once (EOF, an error or unasked bytes) means the connection is unusable.
+        conn.get_ref().0.peek(&mut byte).now_or_never().is_some()
     }
 
     /// Sends one request and returns the answer within `ttl`. Failing to connect or to send
