@@ -397,6 +397,14 @@ impl Engine {
         self.raft.metrics()
     }
 
+    /// The highest log index this node knows to be committed (asked of the Raft core).
+    pub async fn committed_index(&self) -> Result<u64, EngineError> {
+        self.raft
+            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+            .await
+            .map_err(storage)
+    }
+
     /// Last log index applied to the local state machine.
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()

@@ -29,6 +29,8 @@ pub struct Faults {
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
     /// Share of RPCs dropped, per mille.
     drop_permille: AtomicU32,
+    /// Added to every RPC before it is sent, in milliseconds.
+    delay_ms: AtomicU32,
 }
 
 impl Faults {
@@ -88,6 +90,14 @@ impl FaultyClient {
         }
         Ok(())
     }
+
+    /// The configured network delay.
+    async fn delay(&self) {
+        let ms = self.faults.delay_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(ms))).await;
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for FaultyClient {
@@ -97,6 +107,7 @@ impl RaftNetwork<TypeConfig> for FaultyClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         self.check()?;
+        self.delay().await;
         self.inner.append_entries(rpc, option).await
     }
 
@@ -107,6 +118,7 @@ impl RaftNetwork<TypeConfig> for FaultyClient {
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>>
     {
         self.check()?;
+        self.delay().await;
         self.inner.install_snapshot(rpc, option).await
     }
 
@@ -116,6 +128,7 @@ impl RaftNetwork<TypeConfig> for FaultyClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         self.check()?;
+        self.delay().await;
         self.inner.vote(rpc, option).await
     }
 }
@@ -296,10 +309,16 @@ impl Cluster {
         self.faults.drop_permille.store(p, Ordering::Relaxed);
     }
 
+    /// Delays every Raft RPC by `ms` milliseconds (a slow WAN link).
+    pub fn delay_ms(&self, ms: u32) {
+        self.faults.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         self.faults.cut.lock().expect("faults").clear();
         self.faults.drop_permille.store(0, Ordering::Relaxed);
+        self.faults.delay_ms.store(0, Ordering::Relaxed);
     }
 
     /// Stops a member: its peer listener and its Raft. Its data stays.

@@ -1,6 +1,6 @@
 //! In-process clusters over the real mTLS transport with a controllable network: elect,
-//! replicate, isolate the leader and heal, cut one link, drop messages, restart a follower
-//! from its log and from a snapshot. Every wait is on Raft metrics.
+//! replicate, isolate the leader and heal, cut one link, drop or delay messages, restart a
+//! follower from its log and from a snapshot, remove and re-add a node, step down. Every wait is on Raft metrics.
 
 use coffer_raft::{RaftTuning, Txn};
 use coffer_tests::harness::Cluster;
@@ -294,4 +294,35 @@ async fn step_down_hands_leadership_to_another_voter() {
         .await
         .unwrap();
     assert!(r.succeeded, "the old leader forwards to the new one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delayed_messages_slow_commits_but_keep_the_leader() {
+    let c = Cluster::start(3, RaftTuning::default()).await;
+    let all = c.running();
+    let leader = c.wait_leader(&all, None).await;
+    let term = c.engine(leader).metrics().borrow().current_term;
+    c.delay_ms(60);
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        let r = c
+            .engine(leader)
+            .write(Txn::new().put(format!("slow{i}"), "v"))
+            .await
+            .unwrap();
+        assert!(r.succeeded);
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(600),
+        "each commit waits one delayed round trip"
+    );
+    let index = c.engine(leader).applied_index();
+    c.wait_applied(&all, index).await;
+    let m = c.engine(leader).metrics().borrow().clone();
+    assert_eq!(
+        (m.current_leader, m.current_term),
+        (Some(leader), term),
+        "a 60 ms link delay is below the election timeout: no election"
+    );
+    c.heal();
 }

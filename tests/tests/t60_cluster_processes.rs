@@ -376,6 +376,16 @@ fn bad_packs_are_refused_and_say_which() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("pack already used"), "{err}");
     assert!(!again.join("raft").exists(), "nothing installed");
+    let (code, _, err) = c.cli(1, &["operator", "remove-node", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let members = c.members(1).unwrap();
+    assert_eq!(
+        voters_and_learners(&members),
+        (BTreeSet::from([1]), BTreeSet::new())
+    );
+    let (code, _, err) = c.cli(1, &["operator", "remove-node", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("only voter"), "{err}");
 
     // Expired: a one-second pack, opened once its second has passed.
     let (short, short_pass) = c.pack(1, 3, false, &["--ttl", "1s"]);
@@ -457,4 +467,11 @@ fn hvac_and_bao_work_against_a_follower() {
             .body
     });
     assert_eq!(body["data"]["data"]["password"], "p1");
+
+    // `operator step-down`, asked of the follower, moves leadership to it.
+    let (code, _, err) = c.cli(2, &["operator", "step-down"]);
+    assert_eq!(code, 0, "{err}");
+    c.wait(Duration::from_secs(20), "node 2 leading", |c| {
+        c.leader_seen_by(1) == Some(2)
+    });
 }

@@ -81,7 +81,7 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
         }
         ("coffer/packs", Op::Write) => create_pack(state, req).await,
         ("coffer/members", Op::Read | Op::List) => members(state, req).await,
-        ("leader", Op::Read) => leader(state),
+        ("leader", Op::Read) => leader(state).await,
         ("mounts", Op::Read) => mounts(state, req),
         ("rotate", Op::Write) => {
             state.vault.rotate(&authenticate(state, req)?).await?;
@@ -335,7 +335,7 @@ async fn raft_configuration(state: &AppState, req: &ApiRequest) -> ApiResult<Res
     ))
 }
 
-fn leader(state: &AppState) -> ApiResult<Response> {
+async fn leader(state: &AppState) -> ApiResult<Response> {
     let engine = state.vault.engine();
     let is_self = engine.is_leader();
     let leader = engine.leader().map(|(_, addr)| addr).unwrap_or_default();
@@ -344,7 +344,10 @@ fn leader(state: &AppState) -> ApiResult<Response> {
     } else {
         leader.api_addr
     };
-    let last_log_index = engine.metrics().borrow().last_log_index.unwrap_or(0);
+    let committed = engine
+        .committed_index()
+        .await
+        .map_err(coffer_vault::VaultError::from)?;
     Ok(Json(json!({
         "ha_enabled": true,
         "is_self": is_self,
@@ -353,7 +356,7 @@ fn leader(state: &AppState) -> ApiResult<Response> {
         "leader_cluster_address": leader.peer_addr,
         "performance_standby": false,
         "performance_standby_last_remote_wal": 0,
-        "raft_committed_index": last_log_index,
+        "raft_committed_index": committed,
         "raft_applied_index": engine.applied_index(),
     }))
     .into_response())
