@@ -101,15 +101,18 @@ fn change_error<E: std::fmt::Display>(
 
 impl Engine {
     /// The cluster's members with replication progress. On a follower, asks the leader (which
-    /// alone knows each member's progress); with no leader, lists the local view without it.
+    /// alone knows each member's progress); with no leader, or none reachable, lists the local
+    /// view without progress.
     pub async fn members(&self) -> Result<Vec<MemberStatus>, EngineError> {
         if !self.is_leader() {
             if let Some((leader, addr)) = self.leader() {
                 if let Some(fw) = self.forwarder() {
-                    return fw
-                        .members(leader, &addr)
-                        .await
-                        .map_err(crate::engine::forward_error);
+                    match fw.members(leader, &addr).await {
+                        Ok(members) => return Ok(members),
+                        Err(e) => tracing::warn!(
+                            "the leader's view of the members is unavailable, showing ours: {e}"
+                        ),
+                    }
                 }
             }
         }

@@ -162,6 +162,21 @@ impl Server {
         )
     }
 
+    /// `operator init` with one share (for key-file seals); returns the root token.
+    pub fn init_one_share(&self) -> String {
+        let args = [
+            "operator",
+            "init",
+            "-key-shares=1",
+            "-key-threshold=1",
+            "-format=json",
+        ];
+        let (code, out, err) = self.cli("", &args);
+        assert_eq!(code, 0, "operator init: {err}");
+        let init: serde_json::Value = serde_json::from_str(&out).expect("init json");
+        init["root_token"].as_str().expect("root token").to_string()
+    }
+
     /// Path of the CA file clients use.
     pub fn ca_path(&self) -> PathBuf {
         self.data_dir.join("tls/ca.pem")

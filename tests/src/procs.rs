@@ -104,19 +104,7 @@ impl ProcCluster {
             &data,
         );
         let ca_path = server.ca_path();
-        let (code, out, err) = server.cli(
-            "",
-            &[
-                "operator",
-                "init",
-                "-key-shares=1",
-                "-key-threshold=1",
-                "-format=json",
-            ],
-        );
-        assert_eq!(code, 0, "init: {err}");
-        let init: Value = serde_json::from_str(&out).expect("init json");
-        let token = init["root_token"].as_str().expect("root token").to_string();
+        let token = server.init_one_share();
         let cluster = Self {
             dir,
             nodes: BTreeMap::from([(1, Some(server))]),

@@ -108,22 +108,7 @@ fn key_file_seal_unseals_itself_on_restart() {
         ),
     );
     let server = start(&config, dir.path());
-    let (code, out, _) = cli(
-        &server,
-        "",
-        &[
-            "operator",
-            "init",
-            "-key-shares=1",
-            "-key-threshold=1",
-            "-format=json",
-        ],
-    );
-    assert_eq!(code, 0);
-    let token = serde_json::from_str::<Value>(&out).unwrap()["root_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = server.init_one_share();
     assert_eq!(
         status(&server)["sealed"],
         false,
