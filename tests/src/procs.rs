@@ -186,6 +186,26 @@ impl ProcCluster {
         )
     }
 
+    /// `operator join … --start`: joins and becomes the server in the same process.
+    pub fn join_and_run(&mut self, id: u64, pack: &Path, pass: &Path) {
+        let data = self.data_dir(id);
+        let server = Server::spawn(
+            &[
+                "operator",
+                "join",
+                "--pack",
+                pack.to_str().expect("utf-8"),
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+                "--passphrase-file",
+                pass.to_str().expect("utf-8"),
+                "--start",
+            ],
+            &data,
+        );
+        self.nodes.insert(id, Some(server));
+    }
+
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}"))

@@ -89,7 +89,9 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
         c.members(1)
             .is_some_and(|m| voters_and_learners(&m).0 == BTreeSet::from([1, 2, 3]))
     });
-    join_and_start(&mut c, 3, 4, false);
+    // The learner joins with `--start`: one command from pack to running node.
+    let (pack, pass) = c.pack(3, 4, false, &[]);
+    c.join_and_run(4, &pack, &pass);
     c.wait(Duration::from_secs(60), "node 4 a caught-up learner", |c| {
         c.members(2).is_some_and(|m| {
             voters_and_learners(&m).1 == BTreeSet::from([4])
