@@ -32,6 +32,17 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
+/// Where mode changes are announced.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// URL that receives a JSON POST on every mode change (node, old and new mode, reason,
+    /// time). `http://` or `https://` (verified against `ca_file` if set).
+    pub webhook_url: Option<String>,
+    /// CA certificate (PEM) for an `https://` webhook.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,6 +72,11 @@ pub struct ServerConfig {
     pub tls: TlsFiles,
     /// Raft timing and snapshot settings.
     pub raft: RaftTuning,
+    /// A node that hears nothing from a leader (a leader: no quorum acknowledgement) for this
+    /// long turns read-only standby. Default 1000.
+    pub standby_after_ms: u64,
+    /// Mode-change notifications.
+    pub notify: NotifyConfig,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +94,8 @@ impl Default for ServerConfig {
             seal: SealConfig::Shamir,
             tls: TlsFiles::default(),
             raft: RaftTuning::default(),
+            standby_after_ms: 1000,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -164,6 +182,19 @@ impl ServerConfig {
         self.raft
             .to_openraft(&self.cluster_name)
             .map_err(|e| format!("raft: {e}"))?;
+        if self.standby_after_ms < self.raft.election_timeout_max_ms {
+            return Err(format!(
+                "standby_after_ms: {} is shorter than raft.election_timeout_max_ms ({}); a node would turn read-only during every normal election",
+                self.standby_after_ms, self.raft.election_timeout_max_ms
+            ));
+        }
+        if let Some(url) = &self.notify.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "notify.webhook_url: {url:?} must start with http:// or https://"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -234,6 +265,11 @@ mod tests {
             (Box::new(|c| c.max_request_bytes = 1), "max_request_bytes"),
             (Box::new(|c| c.log_format = "xml".into()), "log_format"),
             (Box::new(|c| c.raft.election_timeout_min_ms = 10), "raft"),
+            (Box::new(|c| c.standby_after_ms = 100), "standby_after_ms"),
+            (
+                Box::new(|c| c.notify.webhook_url = Some("ftp://x".into())),
+                "notify.webhook_url",
+            ),
         ];
         for (mutate, field) in cases {
             let mut cfg = base();

@@ -116,6 +116,61 @@ fn peer_identity(node_id: u64, paths: &TlsPaths) -> anyhow::Result<PeerIdentity>
     })
 }
 
+/// The webhook client and URL, if mode changes are to be posted.
+fn webhook(
+    notify: &crate::config::NotifyConfig,
+) -> anyhow::Result<Option<(reqwest::Client, String)>> {
+    let Some(url) = &notify.webhook_url else {
+        return Ok(None);
+    };
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    if let Some(ca) = &notify.ca_file {
+        let tls = coffer_tls::api_client_config(&read(ca)?)?;
+        builder = builder.use_preconfigured_tls((*tls).clone());
+    }
+    Ok(Some((builder.build()?, url.clone())))
+}
+
+/// Audits every mode change of this node and posts it to the webhook, if one is set. A
+/// webhook that fails is logged; the audit record is what counts.
+async fn watch_modes(vault: Arc<Vault>, webhook: Option<(reqwest::Client, String)>) {
+    let mut changes = vault.engine().mode_changes();
+    loop {
+        let change = match changes.recv().await {
+            Ok(change) => change,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} mode changes were missed by the auditor");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if let Err(e) = vault.audit_mode_change(&change).await {
+            tracing::error!("auditing a mode change failed: {e}");
+        }
+        if let Some((client, url)) = &webhook {
+            let body = serde_json::json!({
+                "node_id": vault.node().node_id,
+                "api_addr": vault.node().api_addr,
+                "old_mode": change.old.as_str(),
+                "new_mode": change.new.as_str(),
+                "reason": change.reason,
+                "time": coffer_vault::clock::rfc3339(coffer_vault::clock::now()),
+            });
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => tracing::warn!(
+                        status = r.status().as_u16(),
+                        "mode webhook refused the notification"
+                    ),
+                    Err(e) => tracing::warn!("mode webhook unreachable: {e}"),
+                }
+            });
+        }
+    }
+}
+
 /// A node that joined from a pack and has not finished registering with the cluster.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct JoinState {
@@ -246,6 +301,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     .await?
     .with_forwarder(Arc::new(Forwarder::new(identity.clone())))
     .with_contacts(contacts);
+    engine.set_standby_after(Duration::from_millis(cfg.standby_after_ms));
     let pending_join = JoinState::load(&cfg.data_dir)?;
     if pending_join.is_none() {
         // A node that did not join from a pack starts (or restarts) the cluster it founded.
@@ -288,6 +344,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     ));
     tokio::spawn(vault.clone().run_shipper());
     engine.set_app_handler(vault.peer_app_handler());
+    tokio::spawn(watch_modes(vault.clone(), webhook(&cfg.notify)?));
     if let Some(join) = pending_join {
         tokio::spawn(register(
             join,

@@ -13,6 +13,7 @@ use rocksdb::DB;
 
 use crate::log_store::LogStore;
 use crate::membership::Contacts;
+use crate::mode::{run_mode_task, ModeChange, ModeTracker, NodeMode};
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{read_entry, scan_prefix, StateMachine};
 use crate::transport::{AppHandler, ForwardError};
@@ -54,8 +55,14 @@ pub struct Engine {
     contacts: Option<Contacts>,
     /// The vault layer's handler for application messages (set once it exists).
     app: Arc<OnceLock<AppHandler>>,
-    /// When the leader last reached this node (an accepted AppendEntries or snapshot chunk).
-    leader_contact: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// What the node mode is computed from (and when a leader last reached this node).
+    tracker: ModeTracker,
+    /// The current mode, published by the mode task.
+    mode: tokio::sync::watch::Receiver<NodeMode>,
+    /// Mode changes with their reasons.
+    mode_changes: tokio::sync::broadcast::Sender<ModeChange>,
+    /// Stops the mode task.
+    mode_stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// How long a write or read waits through a leader change (an election takes 1–2 election
@@ -102,7 +109,21 @@ impl Engine {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(storage)?;
+        let tracker = ModeTracker::new(raft.clone(), config.node_id, applied.clone());
+        let (mode_tx, mode) = tokio::sync::watch::channel(NodeMode::Follower);
+        let (mode_changes, _) = tokio::sync::broadcast::channel(64);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(run_mode_task(
+            tracker.clone(),
+            mode_tx,
+            mode_changes.clone(),
+            stop_rx,
+        ));
         Ok(Self {
+            tracker,
+            mode,
+            mode_changes,
+            mode_stop: Arc::new(stop_tx),
             raft,
             db,
             node_id: config.node_id,
@@ -110,7 +131,6 @@ impl Engine {
             forwarder: None,
             contacts: None,
             app: Arc::new(OnceLock::new()),
-            leader_contact: Arc::default(),
         })
     }
 
@@ -197,19 +217,61 @@ impl Engine {
 
     /// Records that the leader just reached this node (called by the peer server).
     pub(crate) fn note_leader_contact(&self) {
-        if let Ok(mut t) = self.leader_contact.lock() {
+        if let Ok(mut t) = self.tracker.leader_contact.lock() {
             *t = Some(std::time::Instant::now());
         }
     }
 
-    /// Milliseconds since this node last heard from a leader: 0 on the leader (while it has
-    /// a quorum's acknowledgement, else since that), `None` if never since start.
-    pub fn last_leader_contact_ms(&self) -> Option<u64> {
-        if self.is_leader() {
-            return Some(self.metrics().borrow().millis_since_quorum_ack.unwrap_or(0));
+    /// Milliseconds since this node last had evidence of a working cluster: on a leader,
+    /// since a quorum acknowledged it (0 for a one-voter cluster); elsewhere, since a leader
+    /// last reached it (since start if never).
+    pub fn contact_age_ms(&self) -> u64 {
+        self.tracker.contact_age_ms()
+    }
+
+    /// Sets how long without contact (or quorum) turns the node read-only.
+    pub fn set_standby_after(&self, after: Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.tracker
+            .standby_after_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The node's mode now.
+    pub fn mode(&self) -> NodeMode {
+        self.mode.borrow().clone()
+    }
+
+    /// Every mode change from now on, with its reason.
+    pub fn mode_changes(&self) -> tokio::sync::broadcast::Receiver<ModeChange> {
+        self.mode_changes.subscribe()
+    }
+
+    /// Waits until the mode satisfies `cond`, up to `timeout` (tests and tools).
+    pub async fn wait_mode(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&NodeMode) -> bool,
+    ) -> Result<NodeMode, EngineError> {
+        let mut rx = self.mode.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|m| cond(m))).await;
+        match waited {
+            Ok(Ok(m)) => Ok(m.clone()),
+            _ => Err(EngineError::NoLeader(format!(
+                "mode is still {} after {timeout:?}",
+                self.mode().as_str()
+            ))),
         }
-        let t = *self.leader_contact.lock().ok()?;
-        t.map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// `Err(ReadOnly)` while the node is a read-only standby.
+    pub(crate) fn ensure_writable(&self) -> Result<(), EngineError> {
+        if *self.mode.borrow() == NodeMode::ReadOnly {
+            return Err(EngineError::ReadOnly {
+                last_contact_ms: self.contact_age_ms(),
+            });
+        }
+        Ok(())
     }
 
     /// Installs the handler for application messages (once; later calls are ignored).
@@ -261,6 +323,8 @@ impl Engine {
     {
         let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
         loop {
+            // A standby refuses at once; one waiting for a leader stops when it turns standby.
+            self.ensure_writable()?;
             let seen = self.metrics().borrow().current_leader;
             match attempt().await {
                 Attempt::Done(result) => return result,
@@ -479,6 +543,7 @@ impl Engine {
 
     /// Stops Raft. Storage closes when the last handle drops.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let _ = self.mode_stop.send(true);
         self.raft.shutdown().await.map_err(storage)
     }
 }
@@ -494,6 +559,7 @@ pub(crate) fn forward_error(e: ForwardError) -> EngineError {
         }
         ForwardError::Failed(msg) => EngineError::NoLeader(msg),
         ForwardError::Refused(msg) => EngineError::Membership(msg),
+        ForwardError::ReadOnly(last_contact_ms) => EngineError::ReadOnly { last_contact_ms },
     }
 }
 

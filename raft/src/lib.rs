@@ -13,6 +13,7 @@ mod db;
 mod engine;
 mod log_store;
 mod membership;
+mod mode;
 mod network;
 mod snapshot;
 mod state_machine;
@@ -24,6 +25,7 @@ mod types;
 pub use engine::{Engine, EngineConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use log_store::LogStore;
 pub use membership::{ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG};
+pub use mode::{ModeChange, NodeMode, DEFAULT_STANDBY_AFTER};
 pub use network::NoPeers;
 pub use snapshot::{SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
@@ -64,6 +66,13 @@ pub enum EngineError {
         leader_id: Option<NodeId>,
         /// Its API address, if known.
         leader_api_addr: Option<String>,
+    },
+    /// This node is a read-only standby: no leader heard from (or, on a leader, no quorum)
+    /// for longer than `standby_after`. Writes are refused at once.
+    #[error("read-only: no quorum — last contact with leader {last_contact_ms} ms ago")]
+    ReadOnly {
+        /// Milliseconds since the last contact with a leader (or quorum acknowledgement).
+        last_contact_ms: u64,
     },
     /// No leader could be confirmed (no quorum, election in progress).
     #[error("no leader: {0}")]

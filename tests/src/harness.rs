@@ -156,6 +156,33 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` voters (ids 1..=n) and initializes them as one cluster.
     pub async fn start(n: u64, tuning: RaftTuning) -> Cluster {
+        Self::start_with_learners(n, 0, tuning).await
+    }
+
+    /// Starts `voters` voters (ids 1..=voters) and `learners` learners (the ids after), and
+    /// waits until every learner has joined.
+    pub async fn start_with_learners(voters: u64, learners: u64, tuning: RaftTuning) -> Cluster {
+        let cluster = Self::start_voters(voters, learners, tuning).await;
+        let all: Vec<NodeId> = (1..=voters).collect();
+        let leader = cluster.wait_leader(&all, None).await;
+        for id in voters + 1..=voters + learners {
+            let addr = NodeAddr {
+                api_addr: String::new(),
+                peer_addr: cluster.addrs[&id].clone(),
+            };
+            cluster
+                .engine(leader)
+                .change_membership(coffer_raft::MembershipChange::AddLearner { id, addr })
+                .await
+                .expect("add learner");
+        }
+        let index = cluster.engine(leader).applied_index();
+        let everyone = cluster.running();
+        cluster.wait_applied(&everyone, index).await;
+        cluster
+    }
+
+    async fn start_voters(n: u64, learners: u64, tuning: RaftTuning) -> Cluster {
         let mut cluster = Cluster {
             members: BTreeMap::new(),
             addrs: BTreeMap::new(),
@@ -164,7 +191,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             tuning,
         };
-        for id in 1..=n {
+        for id in 1..=n + learners {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             cluster
                 .addrs
@@ -175,6 +202,7 @@ impl Cluster {
         let voters = cluster
             .addrs
             .iter()
+            .filter(|(id, _)| **id <= n)
             .map(|(id, a)| {
                 (
                     *id,

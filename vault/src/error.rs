@@ -56,6 +56,7 @@ impl From<EngineError> for VaultError {
                 None => "no leader: the cluster is electing one or has no quorum".into(),
             }),
             EngineError::NoLeader(msg) => VaultError::Unavailable(format!("no leader: {msg}")),
+            e @ EngineError::ReadOnly { .. } => VaultError::Unavailable(e.to_string()),
             EngineError::InvalidTxn(msg) | EngineError::Membership(msg) => {
                 VaultError::InvalidRequest(msg)
             }

@@ -661,6 +661,24 @@ fn parse_pairs(pairs: &[String]) -> Result<Map<String, Value>, ClientError> {
     Ok(data)
 }
 
+/// One line on stderr when the answer came from a read-only standby, with its staleness.
+fn warn_if_read_only(resp: &crate::client::Response) {
+    let header = |name: &str| {
+        resp.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string()
+    };
+    if resp.headers.contains_key("x-coffer-read-only") {
+        eprintln!(
+            "Warning: read-only standby answered (no quorum): data as of index {}, last contact with the leader {} ms ago",
+            header("x-coffer-applied-index"),
+            header("x-coffer-last-contact-ms")
+        );
+    }
+}
+
 async fn kv(cmd: KvCmd) -> Result<i32, ClientError> {
     match cmd {
         KvCmd::Get {
@@ -674,6 +692,7 @@ async fn kv(cmd: KvCmd) -> Result<i32, ClientError> {
             let resp = c
                 .request("GET", &format!("{mount}data/{path}{query}"), None)
                 .await?;
+            warn_if_read_only(&resp);
             if resp.status == reqwest::StatusCode::NOT_FOUND {
                 eprintln!(
                     "No value found at {mount}data/{path}: the version is deleted or destroyed"

@@ -59,7 +59,14 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
             let mut response = route(&state, &req)
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
-            if req.stale {
+            let read_only = state.vault.engine().mode() == coffer_raft::NodeMode::ReadOnly;
+            if read_only {
+                response.headers_mut().insert(
+                    "x-coffer-read-only",
+                    axum::http::HeaderValue::from_static("true"),
+                );
+            }
+            if req.stale || read_only {
                 staleness_headers(&state, &mut response);
             }
             audit::record(&state, &req, response).await
@@ -76,15 +83,14 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
-/// A stale read says how stale it may be: the applied index it was served at, and how long
-/// since this node last heard from a leader.
+/// A stale read (asked for, or because the node is a read-only standby) says how stale it
+/// may be: the applied index it was served at, and how long since this node last heard from
+/// a leader (on a leader: since a quorum acknowledged it).
 fn staleness_headers(state: &AppState, response: &mut Response) {
     let engine = state.vault.engine();
     let headers = response.headers_mut();
     headers.insert("x-coffer-applied-index", engine.applied_index().into());
-    if let Some(ms) = engine.last_leader_contact_ms() {
-        headers.insert("x-coffer-last-contact-ms", ms.into());
-    }
+    headers.insert("x-coffer-last-contact-ms", engine.contact_age_ms().into());
 }
 
 async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError> {

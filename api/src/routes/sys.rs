@@ -233,6 +233,9 @@ fn health(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
         code("uninitcode", 501)?
     } else if info.sealed {
         code("sealedcode", 503)?
+    } else if info.read_only {
+        // Coffer's read-only standby (DESIGN §6): not Vault's, so its own override name.
+        code("readonlycode", 473)?
     } else if info.standby {
         if req.query_bool("standbyok") {
             code("activecode", 200)?
@@ -575,6 +578,24 @@ pub(super) fn metrics(state: &AppState, req: &ApiRequest) -> ApiResult<Response>
         "gauge",
         "1 if this node is the leader.",
         u8::from(v.engine().is_leader()).to_string(),
+    );
+    metric(
+        "coffer_read_only",
+        "gauge",
+        "1 if this node is a read-only standby (no leader or no quorum).",
+        u8::from(v.engine().mode() == coffer_raft::NodeMode::ReadOnly).to_string(),
+    );
+    metric(
+        "coffer_last_contact_ms",
+        "gauge",
+        "Milliseconds since the last contact with a leader (on a leader: a quorum ack).",
+        v.engine().contact_age_ms().to_string(),
+    );
+    metric(
+        "coffer_mode_changes_total",
+        "counter",
+        "Node mode changes (leader, follower, read-only) since start.",
+        v.mode_changes_seen().to_string(),
     );
     metric(
         "coffer_sealed",

@@ -126,6 +126,9 @@ pub enum ForwardError {
     /// That node is not (or no longer) the leader.
     #[error("node is not the leader (leader: {0:?})")]
     NotLeader(Option<NodeId>),
+    /// The node is a read-only standby (the leader has no quorum): refused at once.
+    #[error("read-only: no quorum — last contact with leader {0} ms ago")]
+    ReadOnly(u64),
     /// The request never reached the node (connect or send failed): safe to retry.
     #[error("{0}")]
     Unreachable(String),

@@ -124,7 +124,10 @@ async fn dispatch(engine: &Engine, peer: NodeId, request: PeerRequest) -> PeerRe
             }
             PeerResponse::InstallSnapshot(answer)
         }
-        PeerRequest::Forward(txn) => PeerResponse::Forwarded(forwarded_write(raft, txn).await),
+        PeerRequest::Forward(txn) => PeerResponse::Forwarded(match engine.ensure_writable() {
+            Ok(()) => forwarded_write(raft, txn).await,
+            Err(e) => Err(engine_to_forward(e)),
+        }),
         PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft).await),
         PeerRequest::App(body) => PeerResponse::App(engine.app_request(peer, body).await),
         PeerRequest::AppRelayed { origin, body } => {
@@ -160,6 +163,7 @@ async fn dispatch(engine: &Engine, peer: NodeId, request: PeerRequest) -> PeerRe
 pub(crate) fn engine_to_forward(e: EngineError) -> ForwardError {
     match e {
         EngineError::NotLeader { leader_id, .. } => ForwardError::NotLeader(leader_id),
+        EngineError::ReadOnly { last_contact_ms } => ForwardError::ReadOnly(last_contact_ms),
         EngineError::Membership(m) | EngineError::InvalidTxn(m) => ForwardError::Refused(m),
         other => ForwardError::Failed(other.to_string()),
     }

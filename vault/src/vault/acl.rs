@@ -101,10 +101,14 @@ impl Vault {
             .filter(|t| !t.is_empty())
             .ok_or(VaultError::PermissionDenied)?;
         let key = token_key(token);
-        let entry = self
-            .read_record::<TokenEntry>(&key)?
-            .ok_or(VaultError::PermissionDenied)?
-            .value;
+        let entry = match self.local_session(&key) {
+            Some(session) => session,
+            None => {
+                self.read_record::<TokenEntry>(&key)?
+                    .ok_or(VaultError::PermissionDenied)?
+                    .value
+            }
+        };
         if entry.expired(crate::clock::now().unix_timestamp()) {
             tracing::debug!(accessor = %entry.accessor, "expired token refused");
             return Err(VaultError::PermissionDenied);

@@ -124,10 +124,8 @@ impl Vault {
     pub fn mode(&self) -> &'static str {
         if self.is_sealed() {
             "sealed"
-        } else if self.engine.is_leader() {
-            "leader"
         } else {
-            "follower"
+            self.engine.mode().as_str()
         }
     }
 
@@ -249,7 +247,16 @@ impl Vault {
 
     /// Ships forever: after new records, or every 250 ms while anything is pending.
     pub async fn run_shipper(self: Arc<Self>) {
+        let mut modes = self.engine.mode_changes();
         loop {
+            if self.engine.mode() == coffer_raft::NodeMode::ReadOnly {
+                // Nothing can be written; resume when the mode changes.
+                tokio::select! {
+                    _ = modes.recv() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                continue;
+            }
             match self.ship_once().await {
                 Ok(n) if n == SHIP_BATCH => continue,
                 Ok(_) => {}

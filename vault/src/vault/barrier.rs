@@ -270,6 +270,8 @@ impl Vault {
             cluster_name: known.map(|c| c.cluster_name.clone()),
             cluster_id: known.map(|c| c.cluster_id.clone()),
             applied_index: self.engine.applied_index(),
+            read_only: self.engine.mode() == coffer_raft::NodeMode::ReadOnly,
+            last_contact_ms: self.engine.contact_age_ms(),
             audit_spool_error: self.spool().failure(),
         })
     }

@@ -116,10 +116,12 @@ pub enum Consistency {
 }
 
 impl Vault {
+    /// A read-only standby serves reads from local state (the API says so in headers).
     async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
+        let standby = self.engine.mode() == coffer_raft::NodeMode::ReadOnly;
         match consistency {
-            Consistency::Linearizable => Ok(self.engine.read_barrier().await?),
-            Consistency::Stale => Ok(()),
+            Consistency::Linearizable if !standby => Ok(self.engine.read_barrier().await?),
+            _ => Ok(()),
         }
     }
 

@@ -8,6 +8,7 @@ mod barrier;
 mod cluster;
 mod kv;
 mod records;
+mod sessions;
 mod sys;
 mod token_ops;
 mod userpass;
@@ -27,6 +28,7 @@ pub use cluster::{
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use kv::{Consistency, KvMetaUpdate, KvRead, KvVersion};
+pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
 pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use token_ops::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};
@@ -69,6 +71,10 @@ pub struct Vault {
     spool: Arc<crate::audit::Spool>,
     /// Failed-login counters (node-local by design: each node limits what it sees).
     limiter: std::sync::Mutex<crate::ratelimit::LoginLimiter>,
+    /// Tokens issued by logins while this node was a read-only standby.
+    sessions: sessions::LocalSessions,
+    /// Mode changes audited since start.
+    mode_changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Vault {
@@ -89,6 +95,8 @@ impl Vault {
             unseal_failures: AtomicU64::new(0),
             policy_cache: Default::default(),
             limiter: Default::default(),
+            sessions: Default::default(),
+            mode_changes: AtomicU64::new(0),
             spool,
         };
         if let Err(e) = vault.load_spool_recipient() {
@@ -105,5 +113,36 @@ impl Vault {
     /// Facts about this node.
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// Audits a change of this node's mode (entering or leaving read-only standby, becoming
+    /// leader or follower). The record is in the local spool even while nothing can be
+    /// written to the cluster, and merges back with the rest.
+    pub async fn audit_mode_change(&self, change: &coffer_raft::ModeChange) -> crate::Result<()> {
+        self.mode_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let event = crate::audit::AuditEvent {
+            actor: "system".into(),
+            auth_method: "none".into(),
+            client_addr: "local".into(),
+            operation: "mode-change".into(),
+            path: format!("sys/coffer/mode/{}", change.new.as_str()),
+            outcome: format!(
+                "{} -> {}: {}",
+                change.old.as_str(),
+                change.new.as_str(),
+                change.reason
+            ),
+            status: 200,
+            mode: change.new.as_str().into(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        };
+        self.audit(event).await.map(|_| ())
+    }
+
+    /// Mode changes audited since start.
+    pub fn mode_changes_seen(&self) -> u64 {
+        self.mode_changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

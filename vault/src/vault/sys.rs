@@ -96,6 +96,12 @@ pub struct HealthInfo {
     pub cluster_id: Option<String>,
     /// Coffer: last applied Raft index on this node.
     pub applied_index: u64,
+    /// Coffer: this node is a read-only standby (no leader or no quorum): reads from local
+    /// state, writes refused.
+    pub read_only: bool,
+    /// Coffer: milliseconds since the last contact with a leader (on a leader, since a
+    /// quorum acknowledged it).
+    pub last_contact_ms: u64,
     /// Coffer: why the audit spool refuses records, if it does (the node then refuses
     /// every audited request).
     #[serde(skip_serializing_if = "Option::is_none")]

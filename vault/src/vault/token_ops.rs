@@ -228,6 +228,9 @@ impl Vault {
     /// `auth/token/revoke-self`.
     pub async fn revoke_self(&self, auth: &Auth) -> Result<usize> {
         auth.require("auth/token/revoke-self", Capability::Update)?;
+        if self.revoke_local_session(&auth.token_key) {
+            return Ok(1);
+        }
         self.revoke_tree(&auth.token_key).await
     }
 

@@ -269,6 +269,9 @@ impl Vault {
             explicit_max_ttl: max,
             period: 0,
         };
+        if self.engine.mode() == coffer_raft::NodeMode::ReadOnly {
+            return self.store_local_session(entry);
+        }
         self.store_token(entry, None).await
     }
 

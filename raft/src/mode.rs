@@ -1,0 +1,207 @@
+//! Node modes: leader, follower (or learner) in contact, or read-only standby.
+//!
+//! A follower or learner that has heard nothing from a leader for `standby_after`, or a leader
+//! that has had no quorum acknowledgement for that long, is a **standby**: writes are refused
+//! at once (never left hanging on a quorum that is not there) and reads are served from local
+//! state. It leaves standby by itself once a leader is back (for a leader: a quorum answers
+//! again) and it has applied everything it knows to be committed. A one-voter cluster's
+//! leader is its own quorum and never turns standby.
+//!
+//! Detection reads openraft's metrics and the time of the last message from a leader (kept by
+//! the peer server), on a timer, never client traffic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use serde::Serialize;
+
+use crate::types::{NodeId, Raft};
+
+/// Default `standby_after`.
+pub const DEFAULT_STANDBY_AFTER: Duration = Duration::from_millis(1000);
+/// How often the mode is evaluated: the bound on how late standby is entered after the
+/// threshold, and on how stale the mode a request sees can be.
+const MODE_TICK: Duration = Duration::from_millis(20);
+
+/// What a node is doing now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeMode {
+    /// Leading with a quorum: reads and writes.
+    Leader,
+    /// Following a leader it hears from (voter or learner): reads locally after the read
+    /// index, writes forwarded.
+    Follower,
+    /// No leader heard from, or no quorum: reads only, from local state.
+    ReadOnly,
+}
+
+impl NodeMode {
+    /// The name used in audit records, logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeMode::Leader => "leader",
+            NodeMode::Follower => "follower",
+            NodeMode::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// A change of mode, with why.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeChange {
+    /// Mode before.
+    pub old: NodeMode,
+    /// Mode now.
+    pub new: NodeMode,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What the mode is computed from. Holds no storage handle, so the mode task never keeps the
+/// database open after the engine is dropped.
+#[derive(Clone)]
+pub(crate) struct ModeTracker {
+    /// The openraft handle (metrics, commit index).
+    pub raft: Raft,
+    /// This node.
+    pub node_id: NodeId,
+    /// When a leader last reached this node (set by the peer server).
+    pub leader_contact: Arc<Mutex<Option<Instant>>>,
+    /// Last applied index.
+    pub applied: tokio::sync::watch::Receiver<u64>,
+    /// When the engine started (a node that never heard from a leader counts from here).
+    pub started: Instant,
+    /// The threshold, in milliseconds.
+    pub standby_after_ms: Arc<AtomicU64>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ModeTracker {
+    pub fn new(raft: Raft, node_id: NodeId, applied: tokio::sync::watch::Receiver<u64>) -> Self {
+        Self {
+            raft,
+            node_id,
+            leader_contact: Arc::default(),
+            applied,
+            started: Instant::now(),
+            standby_after_ms: Arc::new(AtomicU64::new(millis(DEFAULT_STANDBY_AFTER))),
+        }
+    }
+
+    /// Milliseconds since a leader last reached this node, if ever.
+    pub fn leader_contact_age_ms(&self) -> Option<u64> {
+        let t = (*self.leader_contact.lock().ok()?)?;
+        Some(millis(t.elapsed()))
+    }
+
+    /// Milliseconds since this node last had evidence of a working cluster: on a leader,
+    /// since a quorum last acknowledged it (0 when it is the only voter); elsewhere, since a
+    /// leader last reached it (since start if never).
+    pub fn contact_age_ms(&self) -> u64 {
+        let since_start = || millis(self.started.elapsed());
+        let (leading, sole_voter, quorum_ack) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let mut voters = m.membership_config.membership().voter_ids();
+            let sole = voters.next() == Some(self.node_id) && voters.next().is_none();
+            (
+                m.state == ServerState::Leader && m.current_leader == Some(self.node_id),
+                sole,
+                m.millis_since_quorum_ack,
+            )
+        };
+        match (leading, sole_voter) {
+            (true, true) => 0,
+            (true, false) => quorum_ack.unwrap_or_else(since_start),
+            (false, _) => self.leader_contact_age_ms().unwrap_or_else(since_start),
+        }
+    }
+
+    /// The mode now, given the mode before (standby is left only once caught up).
+    async fn evaluate(&self, current: &NodeMode) -> (NodeMode, String) {
+        let after = self.standby_after_ms.load(Ordering::Relaxed);
+        let age = self.contact_age_ms();
+        let leading = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+        };
+        if age > after {
+            let reason = if leading {
+                format!("no quorum acknowledgement for {age} ms")
+            } else {
+                format!("no contact with a leader for {age} ms")
+            };
+            return (NodeMode::ReadOnly, reason);
+        }
+        let base = if leading {
+            NodeMode::Leader
+        } else {
+            NodeMode::Follower
+        };
+        if *current != NodeMode::ReadOnly {
+            return (base, "role change".into());
+        }
+        // Back in contact: leave standby once everything known committed is applied.
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+            .await
+            .unwrap_or(u64::MAX);
+        let applied = *self.applied.borrow();
+        if applied < committed {
+            return (
+                NodeMode::ReadOnly,
+                format!("catching up: applied {applied} of {committed}"),
+            );
+        }
+        let reason = if leading {
+            "a quorum acknowledges this leader again".to_string()
+        } else {
+            format!("a leader reached this node {age} ms ago and it has caught up")
+        };
+        (base, reason)
+    }
+}
+
+/// Evaluates the mode every tick and publishes changes, until `stop` is set or Raft stops.
+pub(crate) async fn run_mode_task(
+    tracker: ModeTracker,
+    tx: tokio::sync::watch::Sender<NodeMode>,
+    changes: tokio::sync::broadcast::Sender<ModeChange>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(MODE_TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() || tracker.raft.metrics().borrow().running_state.is_err() {
+            return;
+        }
+        let current = tx.borrow().clone();
+        let (new, reason) = tracker.evaluate(&current).await;
+        if new != current {
+            tracing::warn!(
+                old = current.as_str(),
+                new = new.as_str(),
+                %reason,
+                "node mode changed"
+            );
+            tx.send_replace(new.clone());
+            let _ = changes.send(ModeChange {
+                old: current,
+                new,
+                reason,
+            });
+        }
+    }
+}

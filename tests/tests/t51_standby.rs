@@ -1,0 +1,135 @@
+//! Read-only standby in process, over the real mTLS transport: a learner cut off from its
+//! primary, a leader isolated from its quorum, and a voter whose peers are gone each turn
+//! read-only within `standby_after` plus one heartbeat, refuse writes at once, and leave the
+//! mode by themselves once a leader is back and they have caught up.
+
+use std::time::{Duration, Instant};
+
+use coffer_raft::{EngineError, NodeMode, RaftTuning, Txn};
+use coffer_tests::harness::Cluster;
+
+/// Default `standby_after`.
+const STANDBY_AFTER: Duration = Duration::from_millis(1000);
+/// One heartbeat (the default), plus the mode tick and scheduling on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(100 + 150);
+
+async fn read_only_within_bound(c: &Cluster, id: u64, since: Instant) {
+    c.engine(id)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
+        .await
+        .unwrap();
+    let took = since.elapsed();
+    assert!(
+        took <= STANDBY_AFTER + SLACK,
+        "node {id} turned read-only after {took:?}"
+    );
+}
+
+async fn write_is_refused_at_once(c: &Cluster, id: u64) {
+    let started = Instant::now();
+    let err = c
+        .engine(id)
+        .write(Txn::new().put("refused", "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::ReadOnly { last_contact_ms } if last_contact_ms >= 1000),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .starts_with("read-only: no quorum — last contact with leader"));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "never hangs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_cut_from_its_primary_turns_read_only_and_comes_back() {
+    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
+    let (primary, secondary) = (1, 2);
+    assert_eq!(c.engine(secondary).mode(), NodeMode::Follower);
+    c.cut(primary, secondary);
+    let cut = Instant::now();
+    read_only_within_bound(&c, secondary, cut).await;
+    write_is_refused_at_once(&c, secondary).await;
+    assert_eq!(
+        c.engine(primary).mode(),
+        NodeMode::Leader,
+        "losing the secondary costs the primary nothing"
+    );
+    c.engine(primary)
+        .write(Txn::new().put("during-cut", "v"))
+        .await
+        .unwrap();
+    let index = c.engine(primary).applied_index();
+
+    c.heal();
+    c.engine(secondary)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::Follower)
+        .await
+        .unwrap();
+    assert!(
+        c.engine(secondary).applied_index() >= index,
+        "caught up before leaving"
+    );
+    assert!(c.engine(secondary).get(b"during-cut").unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_stops_writing_and_rejoins_as_follower() {
+    let c = Cluster::start(3, RaftTuning::default()).await;
+    let all = c.running();
+    let old = c.wait_leader(&all, None).await;
+    let mut changes = c.engine(old).mode_changes();
+    c.isolate(old);
+    let isolated = Instant::now();
+    read_only_within_bound(&c, old, isolated).await;
+    write_is_refused_at_once(&c, old).await;
+    let change = changes.recv().await.unwrap();
+    assert_eq!(
+        (change.old, change.new),
+        (NodeMode::Leader, NodeMode::ReadOnly)
+    );
+    assert!(
+        change.reason.contains("no quorum acknowledgement"),
+        "{}",
+        change.reason
+    );
+
+    let majority: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
+    let new = c.wait_leader(&majority, Some(old)).await;
+    c.engine(new)
+        .write(Txn::new().put("majority", "v"))
+        .await
+        .unwrap();
+    for id in &majority {
+        assert_ne!(
+            c.engine(*id).mode(),
+            NodeMode::ReadOnly,
+            "node {id} keeps serving"
+        );
+    }
+
+    c.heal();
+    c.engine(old)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::Follower)
+        .await
+        .unwrap();
+    assert!(c.engine(old).get(b"majority").unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_whose_peers_are_gone_turns_read_only() {
+    let mut c = Cluster::start(3, RaftTuning::default()).await;
+    let all = c.running();
+    let leader = c.wait_leader(&all, None).await;
+    let survivor = *all.iter().find(|id| **id != leader).unwrap();
+    for id in all.iter().filter(|id| **id != survivor) {
+        c.stop(*id).await;
+    }
+    let stopped = Instant::now();
+    read_only_within_bound(&c, survivor, stopped).await;
+    write_is_refused_at_once(&c, survivor).await;
+}
