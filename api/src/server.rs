@@ -99,7 +99,7 @@ fn ensure_tls(
 }
 
 /// This node's peer certificate and key, and the CA, from `<data_dir>/tls`.
-fn peer_identity(node_id: u64, paths: &TlsPaths) -> anyhow::Result<PeerIdentity> {
+fn peer_identity(node_id: u64, paths: &TlsPaths, peer_addr: &str) -> anyhow::Result<PeerIdentity> {
     let (cert, key) = paths.node();
     let cert_pem = read(&cert)?;
     let bound = coffer_tls::node_id_from_pem(&cert_pem)?;
@@ -113,6 +113,13 @@ fn peer_identity(node_id: u64, paths: &TlsPaths) -> anyhow::Result<PeerIdentity>
         ca_pem: read(&paths.ca())?,
         cert_pem,
         key_pem: Zeroizing::new(read(&key)?),
+        // Outgoing peer connections leave from our own peer address (unless it is a
+        // wildcard), so a firewall between node addresses governs both directions.
+        source_ip: peer_addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified()),
     })
 }
 
@@ -287,7 +294,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     };
     let tls = ensure_tls(&cfg, &paths, &api_host)?;
 
-    let identity = Arc::new(peer_identity(cfg.node_id, &paths)?);
+    let identity = Arc::new(peer_identity(cfg.node_id, &paths, &cfg.peer_addr)?);
     let network = PeerNetwork::new(identity.clone());
     let contacts = network.contacts();
     let engine = Engine::open(

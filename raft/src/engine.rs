@@ -314,9 +314,13 @@ impl Engine {
     }
 
     /// Runs `attempt` until it is delivered to a leader, waiting through a leader change for
-    /// up to [`LEADER_CHANGE_WAIT`]. Only undelivered attempts are repeated, so a request is
-    /// never run twice.
-    async fn through_leader_changes<T, F, Fut>(&self, mut attempt: F) -> Result<T, EngineError>
+    /// up to [`LEADER_CHANGE_WAIT`]. Only undelivered attempts are repeated (and `idempotent`
+    /// ones abandoned because the leader changed), so a write is never run twice.
+    async fn through_leader_changes<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        mut attempt: F,
+    ) -> Result<T, EngineError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Attempt<T>>,
@@ -326,7 +330,28 @@ impl Engine {
             // A standby refuses at once; one waiting for a leader stops when it turns standby.
             self.ensure_writable()?;
             let seen = self.metrics().borrow().current_leader;
-            match attempt().await {
+            // Stop waiting on a request in flight when the node turns standby (a partition
+            // just began) or the leader it went to is replaced: either way the old leader
+            // cannot answer in time.
+            let mut mode = self.mode.clone();
+            let mut metrics = self.metrics();
+            let outcome = tokio::select! {
+                a = attempt() => a,
+                _ = mode.wait_for(|m| *m == NodeMode::ReadOnly) => {
+                    return Err(EngineError::ReadOnly {
+                        last_contact_ms: self.contact_age_ms(),
+                    });
+                }
+                _ = metrics.wait_for(|m| m.current_leader != seen) => {
+                    if !idempotent {
+                        return Err(EngineError::NoLeader(
+                            "the leader changed while the write was in flight; its outcome is unknown".into(),
+                        ));
+                    }
+                    Attempt::Retry(EngineError::NoLeader("the leader changed".into()))
+                }
+            };
+            match outcome {
                 Attempt::Done(result) => return result,
                 Attempt::Retry(e) => {
                     let now = tokio::time::Instant::now();
@@ -353,7 +378,7 @@ impl Engine {
     /// on this node right after sees the write). Waits through a leader change.
     pub async fn write(&self, txn: Txn) -> Result<TxnResult, EngineError> {
         validate(&txn)?;
-        self.through_leader_changes(|| self.write_once(txn.clone()))
+        self.through_leader_changes(false, || self.write_once(txn.clone()))
             .await
     }
 
@@ -392,7 +417,7 @@ impl Engine {
     /// The leader confirms its leadership with a quorum; a follower obtains that read index
     /// from the leader and waits until it has applied it. Waits through a leader change.
     pub async fn read_barrier(&self) -> Result<(), EngineError> {
-        self.through_leader_changes(|| self.read_barrier_once())
+        self.through_leader_changes(true, || self.read_barrier_once())
             .await
     }
 

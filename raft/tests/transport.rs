@@ -25,6 +25,7 @@ fn identity(ca: &CertificateAuthority, id: u64) -> PeerIdentity {
         ca_pem: ca.cert_pem().to_string(),
         cert_pem: cert.cert_pem.clone(),
         key_pem: cert.key_pem.clone(),
+        source_ip: None,
     }
 }
 

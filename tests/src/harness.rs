@@ -231,6 +231,7 @@ impl Cluster {
             ca_pem: self.ca.cert_pem().to_string(),
             cert_pem: cert.cert_pem.clone(),
             key_pem: cert.key_pem.clone(),
+            source_ip: None,
         });
         let tls = coffer_tls::peer_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)
             .expect("tls");

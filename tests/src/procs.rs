@@ -334,3 +334,135 @@ where
     .join()
     .expect("helper thread")
 }
+
+/// A network partition between node addresses on loopback: iptables DROP rules in a chain of
+/// their own, removed when the value drops (also when the test fails). Needs root; installs
+/// iptables when it is missing.
+pub struct Partition {
+    chain: String,
+}
+
+fn iptables(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("iptables")
+        .args(args)
+        .output()
+        .expect("running iptables")
+}
+
+fn ensure_iptables() {
+    let present = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let ok = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "iptables is missing and could not be installed");
+    }
+}
+
+impl Partition {
+    /// Drops every packet between the addresses of each pair, both ways.
+    pub fn cut(pairs: &[(String, String)]) -> Partition {
+        ensure_iptables();
+        let chain = format!("COFFER-{}-{}", std::process::id(), crate::random_string(6));
+        let out = iptables(&["-N", &chain]);
+        assert!(out.status.success(), "iptables -N: {out:?}");
+        let partition = Partition { chain };
+        for (a, b) in pairs {
+            for (src, dst) in [(a, b), (b, a)] {
+                let out = iptables(&["-A", &partition.chain, "-s", src, "-d", dst, "-j", "DROP"]);
+                assert!(out.status.success(), "iptables -A: {out:?}");
+            }
+        }
+        let out = iptables(&["-I", "INPUT", "-j", &partition.chain]);
+        assert!(out.status.success(), "iptables -I: {out:?}");
+        partition
+    }
+
+    /// Removes the rules.
+    pub fn heal(self) {}
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = iptables(&["-D", "INPUT", "-j", &self.chain]);
+        let _ = iptables(&["-F", &self.chain]);
+        let _ = iptables(&["-X", &self.chain]);
+    }
+}
+
+/// Every merged audit record matching `query` (e.g. `node=2&mode=read-only`), all pages.
+pub async fn audit_records(client: &Client, query: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = format!("sys/coffer/audit?limit=5000&{query}");
+        if let Some(a) = &after {
+            q.push_str(&format!("&after={a}"));
+        }
+        let resp = client.request("GET", &q, None).await.expect("audit query");
+        out.extend(
+            resp.body["data"]["records"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        match resp.body["data"]["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return out,
+        }
+    }
+}
+
+impl ProcCluster {
+    /// A pack for `id`, joined and started.
+    pub fn add_node(&mut self, via: u64, id: u64, voter: bool) {
+        let (pack, pass) = self.pack(via, id, voter, &[]);
+        let (code, _, err) = self.join(id, &pack, &pass);
+        assert_eq!(code, 0, "join node {id}: {err}");
+        self.start(id);
+        self.wait(Duration::from_secs(60), "the new node caught up", |c| {
+            c.members(via).is_some_and(|m| {
+                m.iter().any(|x| {
+                    x["node_id"].as_u64() == Some(id)
+                        && x["voter"].as_bool() == Some(voter)
+                        && x["lag"].as_u64().is_some_and(|l| l < 5)
+                })
+            })
+        });
+    }
+
+    /// `sys/health` status code of node `id` (0 when unreachable).
+    pub fn health_code(&self, id: u64) -> u16 {
+        self.health(id).map_or(0, |(code, _)| code)
+    }
+
+    /// A counter or gauge from node `id`'s `sys/metrics`.
+    pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let client = self.client(id);
+        let text = block_on(async move { client.get_text("sys/metrics").await.ok() })?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Waits until node `id` has merged its whole spool into the cluster log.
+    pub fn wait_merged(&self, id: u64, timeout: Duration) {
+        self.wait(timeout, "the spool merged back", |c| {
+            match (
+                c.metric(id, "coffer_audit_spool_last_seq"),
+                c.metric(id, "coffer_audit_merged_seq"),
+            ) {
+                (Some(last), Some(merged)) => last > 0.0 && merged >= last,
+                _ => false,
+            }
+        });
+    }
+}

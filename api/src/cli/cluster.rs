@@ -182,6 +182,7 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
         ca_pem: contents.ca_cert_pem.clone(),
         cert_pem: contents.node_cert_pem.clone(),
         key_pem: Zeroizing::new(contents.node_key_pem.clone()),
+        source_ip: None,
     }));
     match coffer_vault::check_join(&forwarder, &members, &request).await {
         Ok(None) => eprintln!("The cluster accepts the pack."),

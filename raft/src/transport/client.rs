@@ -85,6 +85,24 @@ fn unreachable<E: std::error::Error>(msg: impl std::fmt::Display) -> RpcErr<E> {
 }
 
 impl PeerClient {
+    /// A TCP connection to the peer, from this node's own address when it has one.
+    async fn dial(&self) -> std::io::Result<TcpStream> {
+        let target = tokio::net::lookup_host(&self.addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+        let socket = match target {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = self.identity.source_ip {
+            if ip.is_ipv4() == target.is_ipv4() {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+        }
+        socket.connect(target).await
+    }
+
     async fn connect(&self) -> Result<TlsStream<TcpStream>, String> {
         let id = &self.identity;
         let config =
@@ -97,7 +115,7 @@ impl PeerClient {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("peer address {}: {e}", self.addr))?;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
             .await
             .map_err(|_| format!("connecting to {} timed out", self.addr))?
             .map_err(|e| format!("connecting to {}: {e}", self.addr))?;

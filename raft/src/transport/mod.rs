@@ -35,6 +35,10 @@ pub struct PeerIdentity {
     pub cert_pem: String,
     /// This node's private key, PEM.
     pub key_pem: Zeroizing<String>,
+    /// The local address outgoing peer connections come from (this node's peer address),
+    /// so that firewalls and partitions between node addresses apply to them; `None` lets
+    /// the kernel choose.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for PeerIdentity {

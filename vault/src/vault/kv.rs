@@ -120,7 +120,11 @@ impl Vault {
     async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
         let standby = self.engine.mode() == coffer_raft::NodeMode::ReadOnly;
         match consistency {
-            Consistency::Linearizable if !standby => Ok(self.engine.read_barrier().await?),
+            Consistency::Linearizable if !standby => match self.engine.read_barrier().await {
+                // Turned standby while waiting for a leader: serve the local state.
+                Err(coffer_raft::EngineError::ReadOnly { .. }) => Ok(()),
+                other => Ok(other?),
+            },
             _ => Ok(()),
         }
     }

@@ -1,0 +1,299 @@
+//! The read-only standby with real processes on 127.0.0.x over real mutual TLS: a primary
+//! killed, a link cut with iptables (removed again even when a test fails), a leader isolated
+//! from its quorum. The standby answers reads, logs users in, refuses writes with exit code
+//! 3, audits every access locally, and merges those records back exactly once.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use coffer_api::client::{Client, ClientError};
+use coffer_tests::procs::{audit_records, block_on, node_ip, Partition, ProcCluster};
+use serde_json::{json, Value};
+
+/// A user who may read `secret/`, and one secret.
+fn seed(c: &ProcCluster) {
+    let root = c.client(1);
+    block_on(async move {
+        let policy = json!({"policy": "path \"secret/*\" { capabilities = [\"read\", \"list\"] }"});
+        root.request("PUT", "sys/policies/acl/reader", Some(&policy))
+            .await
+            .unwrap();
+        let user = json!({"password": "alice-password", "token_policies": ["reader"]});
+        root.request("POST", "auth/userpass/users/alice", Some(&user))
+            .await
+            .unwrap();
+        root.request(
+            "POST",
+            "secret/data/app",
+            Some(&json!({"data": {"v": "before"}})),
+        )
+        .await
+        .unwrap();
+    });
+}
+
+/// Polls node `id` with reads until one is answered read-only; returns when that was.
+fn first_read_only_answer(c: &ProcCluster, id: u64, since: Instant) -> Duration {
+    let client = c.client(id);
+    block_on(async move {
+        loop {
+            if let Ok(r) = client.request("GET", "secret/data/app", None).await {
+                if r.headers.contains_key("x-coffer-read-only") {
+                    return since.elapsed();
+                }
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "never turned read-only"
+            );
+        }
+    })
+}
+
+/// Logs alice in on node `id` and reads `n` times with her token; returns the request ids.
+fn login_and_read(c: &ProcCluster, id: u64, n: usize) -> (String, usize) {
+    let anon = {
+        let ca = std::fs::read_to_string(&c.ca_path).unwrap();
+        Client::new(&c.addrs[&id].api, Some(&ca), None).unwrap()
+    };
+    let ca = std::fs::read_to_string(&c.ca_path).unwrap();
+    let addr = c.addrs[&id].api.clone();
+    block_on(async move {
+        let login = anon
+            .request(
+                "POST",
+                "auth/userpass/login/alice",
+                Some(&json!({"password": "alice-password"})),
+            )
+            .await
+            .expect("login on a standby");
+        let token = login.body["auth"]["client_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let alice = Client::new(&addr, Some(&ca), Some(token.clone())).unwrap();
+        let mut ok = 0;
+        for _ in 0..n {
+            let r = alice.request("GET", "secret/data/app", None).await.unwrap();
+            assert_eq!(r.headers["x-coffer-read-only"], "true");
+            ok += 1;
+        }
+        (token, ok)
+    })
+}
+
+fn assert_write_refused(c: &ProcCluster, id: u64) {
+    let started = Instant::now();
+    let (code, _, err) = c.cli(id, &["kv", "put", "secret/app", "v=refused"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("read-only: no quorum — last contact with leader"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+    let (code, out, err) = c.cli(id, &["kv", "get", "-field=v", "secret/app"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    assert!(err.contains("Warning: read-only standby answered"), "{err}");
+}
+
+/// The reads alice made on `node` while it was read-only, merged into the cluster's log,
+/// checked for exactly `n` records with distinct request ids.
+fn assert_merged_exactly_once(c: &ProcCluster, via: u64, node: u64, n: usize) {
+    let client = c.client(via);
+    let records = block_on(async move {
+        audit_records(
+            &client,
+            &format!("node={node}&mode=read-only&actor=userpass-alice&operation=read"),
+        )
+        .await
+    });
+    let reads: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["path"] == "secret/data/app")
+        .collect();
+    let ids: BTreeSet<&str> = reads
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    if reads.len() != n {
+        let client = c.client(via);
+        let all = block_on(async move { audit_records(&client, &format!("node={node}")).await });
+        let tail: Vec<String> = all.iter().rev().take(5).map(|r| r.to_string()).collect();
+        panic!(
+            "{} of {n} reads merged; node {node} has {} merged records, the last: {tail:#?}",
+            reads.len(),
+            all.len()
+        );
+    }
+    assert_eq!(ids.len(), n, "no read merged twice");
+    let (code, out, err) = c.cli(via, &["audit", "verify"]);
+    assert_eq!(code, 0, "audit verify: {out}\n{err}");
+}
+
+#[test]
+fn primary_killed_secondary_serves_reads_and_merges_its_audit_exactly_once() {
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, false);
+    seed(&c);
+    let secondary = c.client(2);
+    block_on(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while secondary
+            .request("GET", "secret/data/app?stale=true", None)
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the secondary never got the seed"
+            );
+        }
+    });
+
+    c.kill(1);
+    let killed = Instant::now();
+    let took = first_read_only_answer(&c, 2, killed);
+    eprintln!("primary SIGKILL -> first read-only answer on the secondary: {took:?}");
+    assert!(took <= Duration::from_secs(2), "{took:?}");
+    assert_eq!(c.health_code(2), 473);
+    assert_write_refused(&c, 2);
+    let (token, reads) = login_and_read(&c, 2, 1000);
+    assert_eq!(reads, 1000);
+
+    c.start(1);
+    c.wait(
+        Duration::from_secs(30),
+        "the secondary back in contact",
+        |c| c.health_code(2) == 429,
+    );
+    c.wait_merged(2, Duration::from_secs(60));
+    assert_merged_exactly_once(&c, 1, 2, 1000);
+    // The standby's session token was node-local: the primary never heard of it.
+    let ca = std::fs::read_to_string(&c.ca_path).unwrap();
+    let on_primary = Client::new(&c.addrs[&1].api, Some(&ca), Some(token)).unwrap();
+    let refused = block_on(async move { on_primary.request("GET", "secret/data/app", None).await });
+    assert!(
+        matches!(refused, Err(ClientError::Server { status: 403, .. })),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn link_cut_secondary_serves_reads_primary_keeps_writing_and_both_reconcile() {
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, false);
+    seed(&c);
+    let partition = Partition::cut(&[(node_ip(1), node_ip(2))]);
+    let cut = Instant::now();
+    let took = first_read_only_answer(&c, 2, cut);
+    assert!(took <= Duration::from_secs(2), "{took:?}");
+    assert_eq!(c.health_code(1), 200, "the primary keeps leading");
+    let primary = c.client(1);
+    block_on(async move {
+        for i in 0..20 {
+            primary
+                .request(
+                    "POST",
+                    "secret/data/app",
+                    Some(&json!({"data": {"v": format!("after-{i}")}})),
+                )
+                .await
+                .expect("the primary's side keeps writing");
+        }
+    });
+    assert_write_refused(&c, 2);
+    let (_, reads) = login_and_read(&c, 2, 300);
+    assert_eq!(reads, 300);
+
+    partition.heal();
+    c.wait(
+        Duration::from_secs(30),
+        "the secondary back in contact",
+        |c| c.health_code(2) == 429,
+    );
+    let secondary = c.client(2);
+    let v = block_on(async move {
+        secondary
+            .request("GET", "secret/data/app", None)
+            .await
+            .unwrap()
+            .body["data"]["data"]["v"]
+            .clone()
+    });
+    assert_eq!(
+        v, "after-19",
+        "the secondary caught up on the writes it missed"
+    );
+    c.wait_merged(2, Duration::from_secs(60));
+    assert_merged_exactly_once(&c, 1, 2, 300);
+}
+
+#[test]
+fn isolated_leader_turns_read_only_majority_writes_on_and_audit_merges_once() {
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, true);
+    c.add_node(1, 3, true);
+    seed(&c);
+    let old = c.leader_seen_by(1).expect("leader");
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
+    let partition = Partition::cut(
+        &others
+            .iter()
+            .map(|id| (node_ip(old), node_ip(*id)))
+            .collect::<Vec<_>>(),
+    );
+    let isolated = Instant::now();
+    c.wait(
+        Duration::from_secs(10),
+        "the isolated leader read-only",
+        |c| c.health_code(old) == 473,
+    );
+    let took = isolated.elapsed();
+    eprintln!("leader isolated -> 473 after {took:?}");
+    assert!(took <= Duration::from_millis(2000), "{took:?}");
+    assert_write_refused(&c, old);
+
+    let majority = c.client_all(&others);
+    // Writes through the majority's addresses, each retried like a client would until
+    // acknowledged (the first ones may meet the election).
+    let acked = block_on(async move {
+        let mut acked = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..50 {
+            let key = format!("secret/data/majority/{i}");
+            while Instant::now() < deadline {
+                let body = json!({"data": {"i": i}});
+                if majority.request("POST", &key, Some(&body)).await.is_ok() {
+                    acked.push(key);
+                    break;
+                }
+            }
+        }
+        acked
+    });
+    assert_eq!(acked.len(), 50, "the majority keeps writing");
+    let (_, reads) = login_and_read(&c, old, 200);
+    assert_eq!(reads, 200);
+
+    partition.heal();
+    c.wait(Duration::from_secs(30), "the old leader following", |c| {
+        c.health_code(old) == 429
+    });
+    let back = c.client(old);
+    let missing = block_on(async move {
+        let mut missing = Vec::new();
+        for key in acked {
+            if back.request("GET", &key, None).await.is_err() {
+                missing.push(key);
+            }
+        }
+        missing
+    });
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    c.wait_merged(old, Duration::from_secs(60));
+    assert_merged_exactly_once(&c, others[0], old, 200);
+}
