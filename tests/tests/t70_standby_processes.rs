@@ -10,6 +10,16 @@ use coffer_api::client::{Client, ClientError};
 use coffer_tests::procs::{audit_records, block_on, node_ip, Partition, ProcCluster};
 use serde_json::{json, Value};
 
+/// The scenarios assert timing bounds (read-only within 2 s); they run one at a time so
+/// that five clusters do not share two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A user who may read `secret/`, and one secret.
 fn seed(c: &ProcCluster) {
     let root = c.client(1);
@@ -136,6 +146,7 @@ fn assert_merged_exactly_once(c: &ProcCluster, via: u64, node: u64, n: usize) {
 
 #[test]
 fn primary_killed_secondary_serves_reads_and_merges_its_audit_exactly_once() {
+    let _serial = serial();
     let mut c = ProcCluster::found();
     c.add_node(1, 2, false);
     seed(&c);
@@ -184,6 +195,7 @@ fn primary_killed_secondary_serves_reads_and_merges_its_audit_exactly_once() {
 
 #[test]
 fn link_cut_secondary_serves_reads_primary_keeps_writing_and_both_reconcile() {
+    let _serial = serial();
     let mut c = ProcCluster::found();
     c.add_node(1, 2, false);
     seed(&c);
@@ -234,6 +246,7 @@ fn link_cut_secondary_serves_reads_primary_keeps_writing_and_both_reconcile() {
 
 #[test]
 fn isolated_leader_turns_read_only_majority_writes_on_and_audit_merges_once() {
+    let _serial = serial();
     let mut c = ProcCluster::found();
     c.add_node(1, 2, true);
     c.add_node(1, 3, true);
@@ -296,4 +309,94 @@ fn isolated_leader_turns_read_only_majority_writes_on_and_audit_merges_once() {
     assert!(missing.is_empty(), "lost: {missing:?}");
     c.wait_merged(old, Duration::from_secs(60));
     assert_merged_exactly_once(&c, others[0], old, 200);
+}
+
+/// `n` reads on node `id` with the root token, 16 at a time.
+fn many_reads(c: &ProcCluster, id: u64, n: usize) {
+    let client = c.client(id);
+    block_on(async move {
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in (t..n).step_by(16) {
+                    client
+                        .request("GET", "secret/data/app", None)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// Crash during merge: 10,000 standby records, then the node doing the merging (the standby
+/// itself, or the leader that commits the batches) SIGKILLed while the cursor is part-way.
+fn crash_during_merge(kill_standby: bool) {
+    const N: usize = 10_000;
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, false);
+    seed(&c);
+    let before = c.metric(2, "coffer_audit_spool_last_seq").unwrap_or(0.0);
+    c.kill(1);
+    first_read_only_answer(&c, 2, Instant::now());
+    many_reads(&c, 2, N);
+    let spooled = c.metric(2, "coffer_audit_spool_last_seq").unwrap();
+    assert!(spooled - before >= N as f64, "{spooled} {before}");
+
+    c.start(1);
+    // Kill when the cluster's cursor for node 2 has moved but not reached the end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at = loop {
+        let merged = c.metric(2, "coffer_audit_merged_seq").unwrap_or(0.0);
+        if merged > before + 1.0 && merged < spooled {
+            break merged;
+        }
+        assert!(
+            merged < spooled,
+            "the merge finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the merge never started");
+    };
+    let victim = if kill_standby { 2 } else { 1 };
+    c.kill(victim);
+    eprintln!("SIGKILL node {victim} with the cursor at {at} of {spooled}");
+    c.start(victim);
+    c.wait(Duration::from_secs(60), "node 2 back in contact", |c| {
+        c.health_code(2) == 429
+    });
+    c.wait_merged(2, Duration::from_secs(120));
+    // Every root read of secret/data/app on node 2 while read-only, exactly once.
+    let client = c.client(1);
+    let records =
+        block_on(
+            async move { audit_records(&client, "node=2&mode=read-only&operation=read").await },
+        );
+    let reads: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["path"] == "secret/data/app" && r["actor"] == "root")
+        .collect();
+    let ids: BTreeSet<&str> = reads
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    assert!(reads.len() >= N, "{} of {N} reads merged", reads.len());
+    assert_eq!(ids.len(), reads.len(), "no record merged twice");
+    let (code, out, err) = c.cli(1, &["audit", "verify"]);
+    assert_eq!(code, 0, "audit verify: {out}\n{err}");
+}
+
+#[test]
+fn standby_killed_during_merge_merges_exactly_once() {
+    let _serial = serial();
+    crash_during_merge(true);
+}
+
+#[test]
+fn leader_killed_during_merge_merges_exactly_once() {
+    let _serial = serial();
+    crash_during_merge(false);
 }
