@@ -423,16 +423,11 @@ pub async fn audit_records(client: &Client, query: &str) -> Vec<Value> {
 impl ProcCluster {
     /// A pack for `id`, joined and started.
     pub fn add_node(&mut self, via: u64, id: u64, voter: bool) {
-        let (pack, pass) = self.pack(via, id, voter, &[]);
-        let (code, _, err) = self.join(id, &pack, &pass);
-        assert_eq!(code, 0, "join node {id}: {err}");
-        self.start(id);
-        self.wait(Duration::from_secs(60), "the new node caught up", |c| {
+        self.add_node_with(via, id, voter, "");
+        self.wait(Duration::from_secs(60), "the node in its role", |c| {
             c.members(via).is_some_and(|m| {
                 m.iter().any(|x| {
-                    x["node_id"].as_u64() == Some(id)
-                        && x["voter"].as_bool() == Some(voter)
-                        && x["lag"].as_u64().is_some_and(|l| l < 5)
+                    x["node_id"].as_u64() == Some(id) && x["voter"].as_bool() == Some(voter)
                 })
             })
         });
@@ -463,6 +458,86 @@ impl ProcCluster {
                 (Some(last), Some(merged)) => last > 0.0 && merged >= last,
                 _ => false,
             }
+        });
+    }
+}
+
+/// A webhook receiver on 127.0.0.1: answers every POST with 200 and hands over its body.
+pub struct WebhookSink {
+    /// `http://127.0.0.1:PORT/hook`.
+    pub url: String,
+    bodies: std::sync::mpsc::Receiver<Value>,
+}
+
+impl WebhookSink {
+    /// Listens on a free port, in a thread that lives as long as the test process.
+    pub fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let (tx, bodies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { url, bodies }
+    }
+
+    /// The next notification whose `new_mode` is `mode`, within `timeout`.
+    pub fn wait_for_mode(&self, mode: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let body = self
+                .bodies
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no webhook for mode {mode}"));
+            if body["new_mode"] == mode {
+                return body;
+            }
+        }
+    }
+}
+
+impl ProcCluster {
+    /// Like [`add_node`](Self::add_node), with `extra` appended to the node's config first.
+    pub fn add_node_with(&mut self, via: u64, id: u64, voter: bool, extra: &str) {
+        let (pack, pass) = self.pack(via, id, voter, &[]);
+        let (code, _, err) = self.join(id, &pack, &pass);
+        assert_eq!(code, 0, "join node {id}: {err}");
+        let config = self.data_dir(id).join("coffer.toml");
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("config");
+        self.start(id);
+        self.wait(Duration::from_secs(60), "the new node caught up", |c| {
+            c.members(via).is_some_and(|m| {
+                m.iter().any(|x| {
+                    x["node_id"].as_u64() == Some(id) && x["lag"].as_u64().is_some_and(|l| l < 5)
+                })
+            })
         });
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use coffer_api::client::{Client, ClientError};
-use coffer_tests::procs::{audit_records, block_on, node_ip, Partition, ProcCluster};
+use coffer_tests::procs::{audit_records, block_on, node_ip, Partition, ProcCluster, WebhookSink};
 use serde_json::{json, Value};
 
 /// The scenarios assert timing bounds (read-only within 2 s); they run one at a time so
@@ -148,7 +148,13 @@ fn assert_merged_exactly_once(c: &ProcCluster, via: u64, node: u64, n: usize) {
 fn primary_killed_secondary_serves_reads_and_merges_its_audit_exactly_once() {
     let _serial = serial();
     let mut c = ProcCluster::found();
-    c.add_node(1, 2, false);
+    let hook = WebhookSink::start();
+    c.add_node_with(
+        1,
+        2,
+        false,
+        &format!("[notify]\nwebhook_url = {:?}\n", hook.url),
+    );
     seed(&c);
     let secondary = c.client(2);
     block_on(async move {
@@ -171,6 +177,19 @@ fn primary_killed_secondary_serves_reads_and_merges_its_audit_exactly_once() {
     eprintln!("primary SIGKILL -> first read-only answer on the secondary: {took:?}");
     assert!(took <= Duration::from_secs(2), "{took:?}");
     assert_eq!(c.health_code(2), 473);
+    let note = hook.wait_for_mode("read-only", Duration::from_secs(5));
+    assert_eq!(
+        (note["node_id"].as_u64(), note["old_mode"].as_str()),
+        (Some(2), Some("follower"))
+    );
+    assert!(
+        note["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no contact with a leader"),
+        "{note}"
+    );
+    assert_eq!(c.metric(2, "coffer_read_only"), Some(1.0));
     assert_write_refused(&c, 2);
     let (token, reads) = login_and_read(&c, 2, 1000);
     assert_eq!(reads, 1000);
@@ -181,8 +200,30 @@ fn primary_killed_secondary_serves_reads_and_merges_its_audit_exactly_once() {
         "the secondary back in contact",
         |c| c.health_code(2) == 429,
     );
+    hook.wait_for_mode("follower", Duration::from_secs(10));
     c.wait_merged(2, Duration::from_secs(60));
     assert_merged_exactly_once(&c, 1, 2, 1000);
+    // The auditor's one query: everything done on node 2 while it was cut off, and the mode
+    // changes themselves.
+    let (code, out, err) = c.cli(
+        1,
+        &[
+            "audit",
+            "tail",
+            "--node",
+            "2",
+            "--mode",
+            "read-only",
+            "--lines",
+            "5000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().count() >= 1000, "{}", out.lines().count());
+    assert!(
+        out.contains("op=mode-change"),
+        "the entry into standby is audited"
+    );
     // The standby's session token was node-local: the primary never heard of it.
     let ca = std::fs::read_to_string(&c.ca_path).unwrap();
     let on_primary = Client::new(&c.addrs[&1].api, Some(&ca), Some(token)).unwrap();
