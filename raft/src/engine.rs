@@ -446,7 +446,11 @@ impl Engine {
                     Attempt::Done(Err(e))
                 }
             }
-            Err(RaftError::APIError(e)) => Attempt::Done(Err(EngineError::NoLeader(e.to_string()))),
+            // The quorum check timed out (a loaded peer answered late): still the leader as
+            // far as anyone knows, and a read is safe to repeat.
+            Err(RaftError::APIError(
+                e @ openraft::error::CheckIsLeaderError::QuorumNotEnough(_),
+            )) => Attempt::Retry(EngineError::NoLeader(e.to_string())),
             Err(e) => Attempt::Done(Err(storage(e))),
         }
     }

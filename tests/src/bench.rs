@@ -18,6 +18,8 @@ pub struct PhaseResult {
     pub elapsed: Duration,
     /// Latency of each successful operation, sorted, in microseconds.
     pub latencies_us: Vec<u64>,
+    /// The first failure's message, if any failed.
+    pub first_error: Option<String>,
 }
 
 impl PhaseResult {
@@ -42,12 +44,14 @@ pub async fn phase(
 ) -> PhaseResult {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..clients {
         let client = client.clone();
         let stop = stop.clone();
         let errors = errors.clone();
+        let first_error = first_error.clone();
         let value = value.to_string();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -68,8 +72,11 @@ pub async fn phase(
                 };
                 match result {
                     Ok(_) => latencies.push(t.elapsed().as_micros() as u64),
-                    Err(_) => {
+                    Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut first) = first_error.lock() {
+                            first.get_or_insert_with(|| e.to_string());
+                        }
                     }
                 }
             }
@@ -89,6 +96,7 @@ pub async fn phase(
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         latencies_us,
+        first_error: first_error.lock().ok().and_then(|f| f.clone()),
     }
 }
 

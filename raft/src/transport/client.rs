@@ -33,6 +33,24 @@ pub struct PeerNetwork {
     identity: Arc<PeerIdentity>,
     /// When each peer last answered.
     contacts: Contacts,
+    /// Idle connections by peer, handed to the next client for that peer. openraft makes a
+    /// fresh client for every leadership check (each linearizable read on the leader); this
+    /// keeps those from costing a TLS handshake each.
+    idle: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, Vec<Conn>>>>,
+}
+
+type Conn = TlsStream<TcpStream>;
+
+/// Idle connections kept per peer.
+const MAX_IDLE_PER_PEER: usize = 32;
+
+/// Whether an idle connection is known dead: the peer closed it (it crashed or restarted) or
+/// sent something unasked. Checked without waiting.
+fn is_stale(conn: &Conn) -> bool {
+    use futures::FutureExt;
+    let mut byte = [0u8; 1];
+    // Ready at once (EOF, an error or unasked bytes) means the connection is unusable.
+    conn.get_ref().0.peek(&mut byte).now_or_never().is_some()
 }
 
 impl PeerNetwork {
@@ -41,6 +59,7 @@ impl PeerNetwork {
         Self {
             identity,
             contacts: Contacts::default(),
+            idle: Arc::default(),
         }
     }
 
@@ -60,6 +79,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             identity: self.identity.clone(),
             conn: None,
             contacts: self.contacts.clone(),
+            idle: self.idle.clone(),
         }
     }
 }
@@ -76,6 +96,21 @@ pub struct PeerClient {
     conn: Option<TlsStream<TcpStream>>,
     /// Where answers are recorded.
     contacts: Contacts,
+    /// The network's idle connections (this client takes one and gives it back on drop).
+    idle: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, Vec<Conn>>>>,
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if let Ok(mut idle) = self.idle.lock() {
+                let pool = idle.entry(self.target).or_default();
+                if pool.len() < MAX_IDLE_PER_PEER {
+                    pool.push(conn);
+                }
+            }
+        }
+    }
 }
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeAddr, E>;
@@ -103,7 +138,24 @@ impl PeerClient {
         socket.connect(target).await
     }
 
-    async fn connect(&self) -> Result<TlsStream<TcpStream>, String> {
+    /// An idle pooled connection to this peer, or a new one.
+    async fn connect(&self) -> Result<Conn, String> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| {
+            let pool = idle.get_mut(&self.target)?;
+            while let Some(conn) = pool.pop() {
+                if !is_stale(&conn) {
+                    return Some(conn);
+                }
+            }
+            None
+        });
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => self.dial_tls().await,
+        }
+    }
+
+    async fn dial_tls(&self) -> Result<Conn, String> {
         let id = &self.identity;
         let config =
             coffer_tls::peer_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem, self.target)
@@ -133,39 +185,38 @@ impl PeerClient {
         action: RPCTypes,
         ttl: Duration,
     ) -> Result<PeerResponse, RpcErr<E>> {
+        // The connection is out of `self.conn` while a request is on it: if this future is
+        // dropped half-way, the connection goes with it and is never reused with an answer
+        // still in flight.
         let exchange = async {
-            if self.conn.is_none() {
-                self.conn = Some(self.connect().await?);
-            }
-            let conn = self.conn.as_mut().ok_or("no connection")?;
-            write_frame(conn, &request)
+            let mut conn = match self.conn.take() {
+                Some(conn) => conn,
+                None => self.connect().await?,
+            };
+            write_frame(&mut conn, &request)
                 .await
                 .map_err(|e| e.to_string())?;
-            read_frame::<_, PeerResponse>(conn)
+            let response = read_frame::<_, PeerResponse>(&mut conn)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, response))
         };
         match tokio::time::timeout(ttl, exchange).await {
-            Ok(Ok(PeerResponse::Refused(why))) => {
+            Ok(Ok((_, PeerResponse::Refused(why)))) => {
                 Err(unreachable(format!("node {} refused: {why}", self.target)))
             }
-            Ok(Ok(response)) => {
+            Ok(Ok((conn, response))) => {
+                self.conn = Some(conn);
                 self.contacts.heard_from(self.target);
                 Ok(response)
             }
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(unreachable(e))
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(RPCError::Timeout(Timeout {
-                    action,
-                    id: self.identity.node_id,
-                    target: self.target,
-                    timeout: ttl,
-                }))
-            }
+            Ok(Err(e)) => Err(unreachable(e)),
+            Err(_) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.identity.node_id,
+                target: self.target,
+                timeout: ttl,
+            })),
         }
     }
 }
@@ -175,13 +226,7 @@ impl PeerClient {
     /// or restarted) or sent something unasked. Checked without waiting, so a request never
     /// goes out on a connection already closed, where its fate could not be known.
     pub(crate) fn connection_is_stale(&self) -> bool {
-        use futures::FutureExt;
-        let Some(conn) = &self.conn else {
-            return false;
-        };
-        let mut byte = [0u8; 1];
-        // Ready at once (EOF, an error or unasked bytes) means the connection is unusable.
-        conn.get_ref().0.peek(&mut byte).now_or_never().is_some()
+        self.conn.as_ref().is_some_and(is_stale)
     }
 
     /// Sends one request and returns the answer within `ttl`. Failing to connect or to send
@@ -194,50 +239,39 @@ impl PeerClient {
         ttl: Duration,
     ) -> Result<PeerResponse, ForwardError> {
         let target = self.target;
-        if self.conn.is_none() {
-            let conn = self.connect().await.map_err(ForwardError::Unreachable)?;
-            self.conn = Some(conn);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(ForwardError::Unreachable(format!(
-                "no connection to node {target}"
-            )));
+        // Out of `self.conn` while in use, as in `call`.
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.connect().await.map_err(ForwardError::Unreachable)?,
         };
-        match tokio::time::timeout(ttl, write_frame(conn, &request)).await {
+        match tokio::time::timeout(ttl, write_frame(&mut conn, &request)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                self.conn = None;
                 return Err(ForwardError::Unreachable(format!(
                     "sending to node {target}: {e}"
                 )));
             }
             Err(_) => {
-                self.conn = None;
                 return Err(ForwardError::Unreachable(format!(
                     "sending to node {target} timed out"
                 )));
             }
         }
-        match tokio::time::timeout(ttl, read_frame::<_, PeerResponse>(conn)).await {
+        match tokio::time::timeout(ttl, read_frame::<_, PeerResponse>(&mut conn)).await {
             Ok(Ok(PeerResponse::Refused(why))) => Err(ForwardError::Refused(format!(
                 "node {target} refused: {why}"
             ))),
             Ok(Ok(response)) => {
+                self.conn = Some(conn);
                 self.contacts.heard_from(target);
                 Ok(response)
             }
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(ForwardError::Failed(format!(
-                    "node {target} closed the connection before answering: {e}"
-                )))
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(ForwardError::Failed(format!(
-                    "node {target} did not answer within {ttl:?}"
-                )))
-            }
+            Ok(Err(e)) => Err(ForwardError::Failed(format!(
+                "node {target} closed the connection before answering: {e}"
+            ))),
+            Err(_) => Err(ForwardError::Failed(format!(
+                "node {target} did not answer within {ttl:?}"
+            ))),
         }
     }
 }

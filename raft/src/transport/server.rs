@@ -192,6 +192,10 @@ async fn read_index(raft: &Raft) -> Result<u64, ForwardError> {
         Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
             Err(ForwardError::NotLeader(f.leader_id))
         }
+        // A late quorum answer under load: the follower asks again (a read is repeatable).
+        Err(openraft::error::RaftError::APIError(e @ CheckIsLeaderError::QuorumNotEnough(_))) => {
+            Err(ForwardError::Unreachable(e.to_string()))
+        }
         Err(e) => Err(ForwardError::Failed(e.to_string())),
     }
 }

@@ -4,9 +4,15 @@
 //! the time from SIGKILL of the leader to the first write a new leader acknowledges (median
 //! of N rounds; the killed node is restarted and caught up between rounds).
 //!
+//!
+//! Then the read-only standby, on a primary + secondary pair (one voter, one learner): the
+//! time from SIGKILL of the primary to the secondary's first read-only answer (median of N
+//! rounds), audited read throughput and p99 on the standby at 64 clients, and the merge-back
+//! rate once the primary returns, for at least `--merge-records` spooled records.
+//!
 //! ```text
 //! cargo build --workspace --release --bins
-//! target/release/coffer-cluster-bench --seconds 10 --rounds 10
+//! target/release/coffer-cluster-bench --seconds 10 --rounds 10 --merge-records 100000
 //! ```
 
 use std::time::{Duration, Instant};
@@ -52,6 +58,114 @@ fn form() -> ProcCluster {
 fn main() {
     let seconds = arg("--seconds", 10);
     let rounds = arg("--rounds", 10);
+    if arg("--skip-cluster", 0) == 0 {
+        cluster(seconds, rounds);
+    }
+    standby(seconds, rounds, arg("--merge-records", 100_000));
+}
+
+fn median_ms(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "no rounds".into();
+    }
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:.0} ms, min {:.0} ms, max {:.0} ms ({} rounds)",
+        ms(v[v.len() / 2]),
+        ms(v[0]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn metric(c: &ProcCluster, id: u64, name: &str) -> f64 {
+    c.metric(id, name).unwrap_or(0.0)
+}
+
+fn standby(seconds: u64, rounds: u64, merge_records: u64) {
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, false);
+    let keys = 1000usize;
+    let value = random_string(256);
+    let primary = c.client(1);
+    {
+        let value = value.clone();
+        block_on(async move { prewrite(&primary, keys, &value).await });
+    }
+    let secondary = c.client(2);
+    c.wait(Duration::from_secs(60), "the secondary caught up", |c| {
+        c.members(1)
+            .is_some_and(|m| m.iter().all(|x| x["lag"].as_u64() == Some(0)))
+    });
+    let mut firsts = Vec::new();
+    for round in 0..rounds {
+        let probe = secondary.clone();
+        let killed = Instant::now();
+        c.kill(1);
+        let took = block_on(async move {
+            loop {
+                if let Ok(r) = probe.request("GET", "secret/data/bench/0", None).await {
+                    if r.headers.contains_key("x-coffer-read-only") {
+                        return killed.elapsed();
+                    }
+                }
+            }
+        });
+        eprintln!("standby round {round}: first read-only answer after {took:?}");
+        firsts.push(took);
+        c.start(1);
+        c.wait(
+            Duration::from_secs(60),
+            "the secondary following again",
+            |c| c.health_code(2) == 429,
+        );
+    }
+    println!();
+    println!(
+        "primary SIGKILL -> secondary's first read-only answer: {}",
+        median_ms(firsts)
+    );
+
+    // Standby reads at 64 clients, every one audited to the local spool; repeated until at
+    // least `merge_records` records wait to merge.
+    c.kill(1);
+    c.wait(Duration::from_secs(10), "the secondary read-only", |c| {
+        c.health_code(2) == 473
+    });
+    let spool_before = metric(&c, 2, "coffer_audit_spool_last_seq");
+    let reader = secondary.clone();
+    let r = block_on(async move { phase(&reader, 64, seconds, false, keys, "").await });
+    println!(
+        "| standby read (audited) | 64 | {:.0} | {:.2} | {:.2} | {} |",
+        r.rate(),
+        r.percentile(0.5),
+        r.percentile(0.99),
+        r.errors
+    );
+    while metric(&c, 2, "coffer_audit_spool_last_seq") - spool_before < merge_records as f64 {
+        let reader = secondary.clone();
+        block_on(async move { phase(&reader, 64, 5, false, keys, "").await });
+    }
+    let last = metric(&c, 2, "coffer_audit_spool_last_seq");
+    let merged_before = metric(&c, 2, "coffer_audit_merged_seq");
+    c.start(1);
+    let started = loop {
+        if metric(&c, 2, "coffer_audit_merged_seq") > merged_before {
+            break Instant::now();
+        }
+    };
+    c.wait_merged(2, Duration::from_secs(600));
+    let took = started.elapsed();
+    let merged = metric(&c, 2, "coffer_audit_merged_seq") - merged_before;
+    println!(
+        "merge-back: {merged:.0} records in {:.1} s = {:.0} records/s (spool last seq {last:.0})",
+        took.as_secs_f64(),
+        merged / took.as_secs_f64()
+    );
+}
+
+fn cluster(seconds: u64, rounds: u64) {
     let keys = 1000usize;
     let c = form();
     let leader = c.leader_seen_by(1).expect("leader");
@@ -70,6 +184,9 @@ fn main() {
             ("linearizable read (follower)", &to_follower, 64, false),
         ] {
             let r = phase(client, clients, seconds, write, keys, &value).await;
+            if let Some(e) = &r.first_error {
+                eprintln!("{what} at {clients}: first error: {e}");
+            }
             rows.push(format!(
                 "| {what} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
                 r.rate(),
@@ -117,16 +234,11 @@ fn main() {
             is_voter(c, via, old, true)
         });
     }
-    failovers.sort();
     if !failovers.is_empty() {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!();
         println!(
-            "leader SIGKILL -> first acknowledged write, {} rounds: median {:.0} ms, min {:.0} ms, max {:.0} ms",
-            failovers.len(),
-            ms(failovers[failovers.len() / 2]),
-            ms(failovers[0]),
-            ms(failovers[failovers.len() - 1])
+            "leader SIGKILL -> first acknowledged write: {}",
+            median_ms(failovers)
         );
     }
 }
