@@ -264,12 +264,21 @@ impl Engine {
         }
     }
 
-    /// `Err(ReadOnly)` while the node is a read-only standby.
+    /// `Err(ReadOnly)` while the node is a read-only standby that is still out of contact.
+    /// One that is back in contact and only catching up lets writes through: they go to a
+    /// leader that is there (and are applied here before they are answered).
     pub(crate) fn ensure_writable(&self) -> Result<(), EngineError> {
         if *self.mode.borrow() == NodeMode::ReadOnly {
-            return Err(EngineError::ReadOnly {
-                last_contact_ms: self.contact_age_ms(),
-            });
+            let age = self.contact_age_ms();
+            let after = self
+                .tracker
+                .standby_after_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if age > after {
+                return Err(EngineError::ReadOnly {
+                    last_contact_ms: age,
+                });
+            }
         }
         Ok(())
     }
@@ -335,9 +344,23 @@ impl Engine {
             // cannot answer in time.
             let mut mode = self.mode.clone();
             let mut metrics = self.metrics();
+            // A node still catching up after standby was let through by `ensure_writable`;
+            // only a new entry into standby interrupts.
+            let catching_up = *mode.borrow() == NodeMode::ReadOnly;
+            let turns_standby = async {
+                if catching_up {
+                    std::future::pending::<()>().await;
+                }
+                let _ = mode.wait_for(|m| *m == NodeMode::ReadOnly).await;
+            };
             let outcome = tokio::select! {
                 a = attempt() => a,
-                _ = mode.wait_for(|m| *m == NodeMode::ReadOnly) => {
+                _ = turns_standby => {
+                    if !idempotent {
+                        return Err(EngineError::NoLeader(
+                            "contact with the leader was lost while the write was in flight; its outcome is unknown".into(),
+                        ));
+                    }
                     return Err(EngineError::ReadOnly {
                         last_contact_ms: self.contact_age_ms(),
                     });

@@ -123,8 +123,11 @@ impl ModeTracker {
         }
     }
 
-    /// The mode now, given the mode before (standby is left only once caught up).
-    async fn evaluate(&self, current: &NodeMode) -> (NodeMode, String) {
+    /// The mode now, given the mode before. Standby is left only once caught up: when
+    /// contact returns, the commit index known then becomes the target, and the node leaves
+    /// standby when it has applied that far (a moving target would keep a node under steady
+    /// writes in standby for ever).
+    async fn evaluate(&self, current: &NodeMode, target: &mut Option<u64>) -> (NodeMode, String) {
         let after = self.standby_after_ms.load(Ordering::Relaxed);
         let age = self.contact_age_ms();
         let leading = {
@@ -133,6 +136,7 @@ impl ModeTracker {
             m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
         };
         if age > after {
+            *target = None;
             let reason = if leading {
                 format!("no quorum acknowledgement for {age} ms")
             } else {
@@ -148,19 +152,26 @@ impl ModeTracker {
         if *current != NodeMode::ReadOnly {
             return (base, "role change".into());
         }
-        // Back in contact: leave standby once everything known committed is applied.
-        let committed = self
-            .raft
-            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
-            .await
-            .unwrap_or(u64::MAX);
+        let goal = match *target {
+            Some(goal) => goal,
+            None => {
+                let committed = self
+                    .raft
+                    .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+                    .await
+                    .unwrap_or(u64::MAX);
+                *target = Some(committed);
+                committed
+            }
+        };
         let applied = *self.applied.borrow();
-        if applied < committed {
+        if applied < goal {
             return (
                 NodeMode::ReadOnly,
-                format!("catching up: applied {applied} of {committed}"),
+                format!("catching up: applied {applied} of {goal}"),
             );
         }
+        *target = None;
         let reason = if leading {
             "a quorum acknowledges this leader again".to_string()
         } else {
@@ -178,6 +189,7 @@ pub(crate) async fn run_mode_task(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut interval = tokio::time::interval(MODE_TICK);
+    let mut target = None;
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -188,7 +200,7 @@ pub(crate) async fn run_mode_task(
             return;
         }
         let current = tx.borrow().clone();
-        let (new, reason) = tracker.evaluate(&current).await;
+        let (new, reason) = tracker.evaluate(&current, &mut target).await;
         if new != current {
             tracing::warn!(
                 old = current.as_str(),

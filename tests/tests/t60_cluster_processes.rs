@@ -173,11 +173,18 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
                         let (op, ret) = if i.is_multiple_of(2) {
                             let body = json!({"data": {"v": value}});
                             let r = client.request("POST", "secret/data/lin", Some(&body)).await;
-                            // An error is an unknown outcome: the write may apply later.
-                            (
-                                RegOp::Write(value),
-                                r.is_ok().then(|| micros(start.elapsed())),
-                            )
+                            match r {
+                                Ok(_) => (RegOp::Write(value), Some(micros(start.elapsed()))),
+                                // Refused before it went anywhere: it never happened.
+                                Err(ClientError::Server {
+                                    status: 503,
+                                    messages,
+                                }) if messages.iter().any(|m| m.starts_with("read-only")) => {
+                                    continue
+                                }
+                                // Any other error is an unknown outcome: it may apply later.
+                                Err(_) => (RegOp::Write(value), None),
+                            }
                         } else {
                             match client.request("GET", "secret/data/lin", None).await {
                                 Ok(r) => (

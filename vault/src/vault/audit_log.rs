@@ -355,10 +355,14 @@ impl Vault {
             };
             after = Some(last_key.clone());
             for (key, entry) in chunk {
-                count += 1;
                 let seq: u64 = String::from_utf8_lossy(&key[prefix.len()..])
                     .parse()
                     .unwrap_or(0);
+                // The cursor was read first; records merged since then are checked next time.
+                if seq > cursor {
+                    continue;
+                }
+                count += 1;
                 match self.decode_log(&key, &entry.value) {
                     Ok(r) if r.node == node && r.seq == seq => records.push(r),
                     Ok(r) => problems.push(ChainProblem {
