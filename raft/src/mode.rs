@@ -76,6 +76,10 @@ pub(crate) struct ModeTracker {
     pub started: Instant,
     /// The threshold, in milliseconds.
     pub standby_after_ms: Arc<AtomicU64>,
+    /// The term this node last led in and when it was first seen leading it: a leader just
+    /// elected has no quorum acknowledgement of its own yet, and openraft's
+    /// `millis_since_quorum_ack` still reports an older one.
+    pub leading_since: Arc<Mutex<Option<(u64, Instant)>>>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -91,6 +95,7 @@ impl ModeTracker {
             applied,
             started: Instant::now(),
             standby_after_ms: Arc::new(AtomicU64::new(millis(DEFAULT_STANDBY_AFTER))),
+            leading_since: Arc::default(),
         }
     }
 
@@ -105,7 +110,7 @@ impl ModeTracker {
     /// leader last reached it (since start if never).
     pub fn contact_age_ms(&self) -> u64 {
         let since_start = || millis(self.started.elapsed());
-        let (leading, sole_voter, quorum_ack) = {
+        let (leading, sole_voter, quorum_ack, term) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let mut voters = m.membership_config.membership().voter_ids();
@@ -114,11 +119,24 @@ impl ModeTracker {
                 m.state == ServerState::Leader && m.current_leader == Some(self.node_id),
                 sole,
                 m.millis_since_quorum_ack,
+                m.current_term,
             )
         };
         match (leading, sole_voter) {
             (true, true) => 0,
-            (true, false) => quorum_ack.unwrap_or_else(since_start),
+            (true, false) => {
+                let elected = self
+                    .leading_since
+                    .lock()
+                    .map_or(0, |mut since| match *since {
+                        Some((t, at)) if t == term => millis(at.elapsed()),
+                        _ => {
+                            *since = Some((term, Instant::now()));
+                            0
+                        }
+                    });
+                quorum_ack.unwrap_or_else(since_start).min(elected)
+            }
             (false, _) => self.leader_contact_age_ms().unwrap_or_else(since_start),
         }
     }
