@@ -59,6 +59,23 @@ pub struct ProcCluster {
     pub ca_path: PathBuf,
 }
 
+/// The arguments of `coffer operator join` (with `--start` if `start`).
+pub fn join_argv(pack: &Path, data_dir: &Path, pass: &Path, start: bool) -> Vec<String> {
+    let mut argv: Vec<String> = ["operator", "join", "--pack"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    argv.push(pack.display().to_string());
+    argv.push("--data-dir".into());
+    argv.push(data_dir.display().to_string());
+    argv.push("--passphrase-file".into());
+    argv.push(pass.display().to_string());
+    if start {
+        argv.push("--start".into());
+    }
+    argv
+}
+
 /// Runs the `coffer` CLI with the given environment; returns (code, stdout, stderr).
 pub fn run_cli(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(coffer_bin());
@@ -170,39 +187,17 @@ impl ProcCluster {
 
     /// `operator join` into node `id`'s directory; returns (code, stdout, stderr).
     pub fn join(&self, id: u64, pack: &Path, pass: &Path) -> (i32, String, String) {
-        let data = self.data_dir(id);
-        run_cli(
-            &[],
-            &[
-                "operator",
-                "join",
-                "--pack",
-                pack.to_str().expect("utf-8"),
-                "--data-dir",
-                data.to_str().expect("utf-8"),
-                "--passphrase-file",
-                pass.to_str().expect("utf-8"),
-            ],
-        )
+        let argv = join_argv(pack, &self.data_dir(id), pass, false);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        run_cli(&[], &argv)
     }
 
     /// `operator join … --start`: joins and becomes the server in the same process.
     pub fn join_and_run(&mut self, id: u64, pack: &Path, pass: &Path) {
         let data = self.data_dir(id);
-        let server = Server::spawn(
-            &[
-                "operator",
-                "join",
-                "--pack",
-                pack.to_str().expect("utf-8"),
-                "--data-dir",
-                data.to_str().expect("utf-8"),
-                "--passphrase-file",
-                pass.to_str().expect("utf-8"),
-                "--start",
-            ],
-            &data,
-        );
+        let argv = join_argv(pack, &data, pass, true);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let server = Server::spawn(&argv, &data);
         self.nodes.insert(id, Some(server));
     }
 
@@ -230,6 +225,16 @@ impl ProcCluster {
         if let Some(server) = self.nodes.get_mut(&id).and_then(Option::take) {
             server.kill9();
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let pid = self.nodes[&id].as_ref().expect("running").pid();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
     }
 
     /// Running node ids.
@@ -402,7 +407,11 @@ pub async fn audit_records(client: &Client, query: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut q = format!("sys/coffer/audit?limit=5000&{query}");
+        let mut q = String::from("sys/coffer/audit?limit=5000");
+        if !query.is_empty() {
+            q.push('&');
+            q.push_str(query);
+        }
         if let Some(a) = &after {
             q.push_str(&format!("&after={a}"));
         }

@@ -12,25 +12,7 @@ use serde_json::{json, Value};
 const ROOT: &str = "hvs.t40-audit-root";
 
 async fn all_records(c: &Client) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let q = match &after {
-            Some(a) => format!("sys/coffer/audit?limit=5000&after={a}"),
-            None => "sys/coffer/audit?limit=5000".to_string(),
-        };
-        let resp = c.request("GET", &q, None).await.unwrap();
-        out.extend(
-            resp.body["data"]["records"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-        );
-        match resp.body["data"]["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => return out,
-        }
-    }
+    coffer_tests::procs::audit_records(c, "").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

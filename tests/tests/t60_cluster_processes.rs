@@ -369,19 +369,9 @@ fn bad_packs_are_refused_and_say_which() {
             .is_some_and(|m| voters_and_learners(&m).1.contains(&2))
     });
     let again = c.dir.path().join("node2-again");
-    let (code, _, err) = coffer_tests::procs::run_cli(
-        &[],
-        &[
-            "operator",
-            "join",
-            "--pack",
-            pack.to_str().unwrap(),
-            "--data-dir",
-            again.to_str().unwrap(),
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-        ],
-    );
+    let argv = coffer_tests::procs::join_argv(&pack, &again, &pass, false);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (code, _, err) = coffer_tests::procs::run_cli(&[], &argv);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("pack already used"), "{err}");
     assert!(!again.join("raft").exists(), "nothing installed");

@@ -441,3 +441,28 @@ fn leader_killed_during_merge_merges_exactly_once() {
     let _serial = serial();
     crash_during_merge(false);
 }
+
+/// A hung primary (SIGSTOP) is a dead one to its secondary; once it runs again (SIGCONT) the
+/// secondary follows it and merges back.
+#[test]
+fn primary_stopped_with_sigstop_then_resumed() {
+    let _serial = serial();
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, false);
+    seed(&c);
+    c.signal(1, "STOP");
+    let stopped = Instant::now();
+    let took = first_read_only_answer(&c, 2, stopped);
+    assert!(took <= Duration::from_secs(2), "{took:?}");
+    assert_write_refused(&c, 2);
+    let (_, reads) = login_and_read(&c, 2, 100);
+    assert_eq!(reads, 100);
+    c.signal(1, "CONT");
+    c.wait(
+        Duration::from_secs(30),
+        "the secondary following again",
+        |c| c.health_code(2) == 429,
+    );
+    c.wait_merged(2, Duration::from_secs(60));
+    assert_merged_exactly_once(&c, 1, 2, 100);
+}
