@@ -418,7 +418,9 @@ fn hvac_and_bao_work_against_a_follower() {
         c.members(1)
             .is_some_and(|m| voters_and_learners(&m).0.contains(&2))
     });
-    assert_eq!(c.leader_seen_by(2), Some(1), "node 1 leads, node 2 follows");
+    c.wait(Duration::from_secs(10), "node 2 following node 1", |c| {
+        c.leader_seen_by(2) == Some(1)
+    });
     let follower = c.addrs[&2].api.clone();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/hvac_check.py");
     let out = std::process::Command::new("python3")
