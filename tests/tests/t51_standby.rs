@@ -5,8 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use coffer_raft::{EngineError, NodeMode, RaftTuning, Txn};
 use coffer_tests::harness::Cluster;
+use coffer_vault::audit::{AuditEvent, Spool};
+use coffer_vault::{AuditFilter, InitRequest, NodeInfo, Vault};
 
 /// Default `standby_after`.
 const STANDBY_AFTER: Duration = Duration::from_millis(1000);
@@ -139,4 +143,84 @@ async fn a_voter_whose_peers_are_gone_turns_read_only() {
     let stopped = Instant::now();
     read_only_within_bound(&c, survivor, stopped).await;
     write_is_refused_at_once(&c, survivor).await;
+}
+
+fn vault_on(c: &Cluster, id: u64, dir: &std::path::Path) -> Arc<Vault> {
+    let spool = Spool::open(&dir.join(format!("audit{id}")), id).unwrap();
+    Arc::new(Vault::new(
+        c.engine(id).clone(),
+        NodeInfo {
+            node_id: id,
+            api_addr: format!("https://node{id}"),
+            cluster_name: "t51".into(),
+        },
+        Arc::new(spool),
+    ))
+}
+
+/// The audit side of standby with vaults over the harness's engines: what the cut-off
+/// secondary audits is marked read-only in its spool, and merges into the cluster's log
+/// exactly once after heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_audit_is_marked_read_only_and_merges_once() {
+    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
+    let init = InitRequest {
+        secret_shares: 1,
+        secret_threshold: 1,
+        root_token_id: None,
+    };
+    let (resp, root) = primary.init(init, None).await.unwrap();
+    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
+    primary.unseal_with_root(root).unwrap();
+    c.wait_applied(&[2], c.engine(1).applied_index()).await;
+    secondary.unseal_with_root(key).unwrap();
+    tokio::spawn(secondary.clone().run_shipper());
+
+    c.cut(1, 2);
+    c.engine(2)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let event = AuditEvent {
+            actor: "reader".into(),
+            operation: "read".into(),
+            path: format!("secret/data/{i}"),
+            request_id: format!("standby-{i}"),
+            ..Default::default()
+        };
+        let record = secondary.audit(event).await.unwrap();
+        assert_eq!(record.event.mode, "read-only");
+    }
+    c.heal();
+    c.engine(2)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::Follower)
+        .await
+        .unwrap();
+    let auth = primary.authenticate(Some(&resp.root_token)).unwrap();
+    let filter = AuditFilter {
+        node: Some(2),
+        mode: Some("read-only".into()),
+        operation: Some("read".into()),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let merged = loop {
+        let (records, _) = primary.audit_query(&auth, &filter).unwrap();
+        if records.len() >= 10 || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ids: std::collections::BTreeSet<&str> =
+        merged.iter().map(|r| r.event.request_id.as_str()).collect();
+    assert_eq!(
+        (merged.len(), ids.len()),
+        (10, 10),
+        "each record merged exactly once"
+    );
+    assert!(primary.audit_verify(&auth).unwrap().ok);
 }
