@@ -405,6 +405,20 @@ impl Engine {
             .await
     }
 
+    /// Leadership moved away from this node: with a forwarder the request goes to the new
+    /// leader on the next attempt; without one the caller learns where the leader is.
+    fn moved<T>(&self, f: openraft::error::ForwardToLeader<NodeId, NodeAddr>) -> Attempt<T> {
+        let e = EngineError::NotLeader {
+            leader_id: f.leader_id,
+            leader_api_addr: f.leader_node.map(|n| n.api_addr),
+        };
+        if self.forwarder.is_some() {
+            Attempt::Retry(e)
+        } else {
+            Attempt::Done(Err(e))
+        }
+    }
+
     async fn write_once(&self, txn: Txn) -> Attempt<TxnResult> {
         if !self.is_leader() {
             if let Some(fw) = &self.forwarder {
@@ -421,17 +435,7 @@ impl Engine {
         }
         match self.raft.client_write(Command::Txn(txn)).await {
             Ok(resp) => Attempt::Done(Ok(resp.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let e = EngineError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_api_addr: f.leader_node.map(|n| n.api_addr),
-                };
-                if self.forwarder.is_some() {
-                    Attempt::Retry(e)
-                } else {
-                    Attempt::Done(Err(e))
-                }
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => self.moved(f),
             Err(e) => Attempt::Done(Err(storage(e))),
         }
     }
@@ -459,15 +463,7 @@ impl Engine {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Attempt::Done(Ok(())),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                let e = EngineError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_api_addr: f.leader_node.map(|n| n.api_addr),
-                };
-                if self.forwarder.is_some() {
-                    Attempt::Retry(e)
-                } else {
-                    Attempt::Done(Err(e))
-                }
+                self.moved(f)
             }
             // The quorum check timed out (a loaded peer answered late): still the leader as
             // far as anyone knows, and a read is safe to repeat.
