@@ -183,8 +183,6 @@ async fn watch_modes(vault: Arc<Vault>, webhook: Option<(reqwest::Client, String
 pub struct JoinState {
     /// The registration sent to the leader.
     pub request: coffer_vault::JoinRequest,
-    /// Whether the node waits to be promoted to voter.
-    pub voter: bool,
     /// Members listed in the pack.
     pub members: Vec<coffer_vault::pack::PackMember>,
 }

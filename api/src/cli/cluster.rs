@@ -268,7 +268,6 @@ fn install(dir: &Path, contents: &PackContents, request: &JoinRequest) -> Result
     std::fs::write(dir.join("coffer.toml"), config).map_err(local)?;
     let state = JoinState {
         request: request.clone(),
-        voter: contents.voter,
         members: contents.members.clone(),
     };
     let marker = serde_json::to_vec_pretty(&state).map_err(local)?;
