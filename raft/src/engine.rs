@@ -602,7 +602,7 @@ pub(crate) fn forward_error(e: ForwardError) -> EngineError {
             leader_id,
             leader_api_addr: None,
         },
-        ForwardError::Unreachable(msg) => {
+        ForwardError::Unreachable(msg) | ForwardError::Untrusted(msg) => {
             EngineError::NoLeader(format!("leader unreachable: {msg}"))
         }
         ForwardError::Failed(msg) => EngineError::NoLeader(msg),

@@ -41,6 +41,38 @@ pub struct PeerNetwork {
 
 type Conn = TlsStream<TcpStream>;
 
+/// Why a connection to a peer could not be made.
+struct DialError {
+    /// What happened, naming the peer.
+    message: String,
+    /// The peer's certificate is not from our CA, or the peer refused ours: whoever
+    /// answers at that address belongs to another cluster.
+    untrusted: bool,
+}
+
+impl From<String> for DialError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            untrusted: false,
+        }
+    }
+}
+
+/// Whether a failed handshake means the two sides do not share a CA (as opposed to a
+/// network failure or a peer of our cluster with another node id).
+fn rejects_our_ca(e: &std::io::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return false;
+    };
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate)
+    )
+}
+
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 32;
 
@@ -139,7 +171,7 @@ impl PeerClient {
     }
 
     /// An idle pooled connection to this peer, or a new one.
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, DialError> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| {
             let pool = idle.get_mut(&self.target)?;
             while let Some(conn) = pool.pop() {
@@ -155,7 +187,7 @@ impl PeerClient {
         }
     }
 
-    async fn dial_tls(&self) -> Result<Conn, String> {
+    async fn dial_tls(&self) -> Result<Conn, DialError> {
         let id = &self.identity;
         let config =
             coffer_tls::peer_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem, self.target)
@@ -175,7 +207,10 @@ impl PeerClient {
         TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with node {} at {}: {e}", self.target, self.addr))
+            .map_err(|e| DialError {
+                untrusted: rejects_our_ca(&e),
+                message: format!("TLS with node {} at {}: {e}", self.target, self.addr),
+            })
     }
 
     /// Sends one request and waits for its answer within `ttl`.
@@ -191,7 +226,7 @@ impl PeerClient {
         let exchange = async {
             let mut conn = match self.conn.take() {
                 Some(conn) => conn,
-                None => self.connect().await?,
+                None => self.connect().await.map_err(|e| e.message)?,
             };
             write_frame(&mut conn, &request)
                 .await
@@ -242,7 +277,13 @@ impl PeerClient {
         // Out of `self.conn` while in use, as in `call`.
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => self.connect().await.map_err(ForwardError::Unreachable)?,
+            None => self.connect().await.map_err(|e| {
+                if e.untrusted {
+                    ForwardError::Untrusted(e.message)
+                } else {
+                    ForwardError::Unreachable(e.message)
+                }
+            })?,
         };
         match tokio::time::timeout(ttl, write_frame(&mut conn, &request)).await {
             Ok(Ok(())) => {}

@@ -133,6 +133,10 @@ pub enum ForwardError {
     /// The node is a read-only standby (the leader has no quorum): refused at once.
     #[error("read-only: no quorum — last contact with leader {0} ms ago")]
     ReadOnly(u64),
+    /// The node at that address does not share our cluster CA (its certificate is not from
+    /// it, or it refused ours): the request never reached it, and no retry there will help.
+    #[error("{0}")]
+    Untrusted(String),
     /// The request never reached the node (connect or send failed): safe to retry.
     #[error("{0}")]
     Unreachable(String),

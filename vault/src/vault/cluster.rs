@@ -542,19 +542,15 @@ async fn send_app(
         match forwarder.app(m.id, &addr, body.clone()).await {
             Ok(answer) => return Ok(answer),
             Err(ForwardError::Refused(why)) => return Err(SendError::Refused(why)),
-            Err(e) => {
-                let e = e.to_string();
-                // Our certificate comes from the pack's CA: a node that does not trust it,
-                // or presents a certificate that CA did not issue, is another cluster.
-                let foreign = ["invalid peer certificate", "UnknownCA", "BadCertificate"];
-                if foreign.iter().any(|f| e.contains(f)) {
-                    return Err(SendError::Refused(format!(
-                        "node {} at {} is not part of this pack's cluster (its certificate and ours do not share a CA): {e}",
-                        m.id, m.peer_addr
-                    )));
-                }
-                last = format!("node {} at {}: {e}", m.id, m.peer_addr);
+            // Our certificate comes from the pack's CA: a node that does not share it is
+            // another cluster.
+            Err(ForwardError::Untrusted(why)) => {
+                return Err(SendError::Refused(format!(
+                    "node {} at {} is not part of this pack's cluster (its certificate and ours do not share a CA): {why}",
+                    m.id, m.peer_addr
+                )))
             }
+            Err(e) => last = format!("node {} at {}: {e}", m.id, m.peer_addr),
         }
     }
     Err(SendError::Unreachable(last))
