@@ -77,6 +77,14 @@ pub struct ServerConfig {
     pub standby_after_ms: u64,
     /// Mode-change notifications.
     pub notify: NotifyConfig,
+    /// TTL of a token created or logged in without one, seconds (Vault's
+    /// `default_lease_ttl`). Default 2 764 800 (32 days).
+    pub default_lease_ttl_secs: u64,
+    /// Longest any token may live, seconds: TTLs, periods and explicit maxima are capped
+    /// (Vault's `max_lease_ttl`). Default 2 764 800 (32 days).
+    pub max_lease_ttl_secs: u64,
+    /// Limits of the HTTPS front against idle, slow and greedy clients.
+    pub http: crate::https::HttpLimits,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +104,9 @@ impl Default for ServerConfig {
             raft: RaftTuning::default(),
             standby_after_ms: 1000,
             notify: NotifyConfig::default(),
+            default_lease_ttl_secs: 768 * 3600,
+            max_lease_ttl_secs: 768 * 3600,
+            http: crate::https::HttpLimits::default(),
         }
     }
 }
@@ -188,6 +199,19 @@ impl ServerConfig {
                 self.standby_after_ms, self.raft.election_timeout_max_ms
             ));
         }
+        const TEN_YEARS: u64 = 10 * 365 * 86400;
+        if !(60..=TEN_YEARS).contains(&self.max_lease_ttl_secs) {
+            return Err(format!(
+                "max_lease_ttl_secs: must be between 60 and {TEN_YEARS} seconds"
+            ));
+        }
+        if self.default_lease_ttl_secs == 0 || self.default_lease_ttl_secs > self.max_lease_ttl_secs
+        {
+            return Err(
+                "default_lease_ttl_secs: must be at least 1 and at most max_lease_ttl_secs".into(),
+            );
+        }
+        self.http.validate()?;
         if let Some(url) = &self.notify.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -269,6 +293,15 @@ mod tests {
             (
                 Box::new(|c| c.notify.webhook_url = Some("ftp://x".into())),
                 "notify.webhook_url",
+            ),
+            (Box::new(|c| c.max_lease_ttl_secs = 1), "max_lease_ttl_secs"),
+            (
+                Box::new(|c| c.default_lease_ttl_secs = c.max_lease_ttl_secs + 1),
+                "default_lease_ttl_secs",
+            ),
+            (
+                Box::new(|c| c.http.max_connections = 1),
+                "http.max_connections",
             ),
         ];
         for (mutate, field) in cases {

@@ -21,6 +21,8 @@ pub enum ApiError {
     Method(String),
     /// Not found, Vault-style empty error list (KV reads and lists).
     NotFoundEmpty,
+    /// The client did not send its request body in time.
+    BodyTimeout,
 }
 
 impl From<VaultError> for ApiError {
@@ -58,6 +60,10 @@ impl IntoResponse for ApiError {
                 vec![format!("unsupported operation on {path:?}")],
             ),
             ApiError::NotFoundEmpty => body(StatusCode::NOT_FOUND, vec![]),
+            ApiError::BodyTimeout => body(
+                StatusCode::REQUEST_TIMEOUT,
+                vec!["the request body did not arrive in time".into()],
+            ),
         }
     }
 }
@@ -70,7 +76,7 @@ fn vault_error(e: VaultError) -> Response {
         | VaultError::AlreadyInitialized
         | VaultError::BadUnsealKey(_)
         | VaultError::CasMismatch => StatusCode::BAD_REQUEST,
-        VaultError::PermissionDenied => StatusCode::FORBIDDEN,
+        VaultError::PermissionDenied | VaultError::Forbidden(_) => StatusCode::FORBIDDEN,
         VaultError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
         VaultError::Sealed | VaultError::NotInitialized | VaultError::Unavailable(_) => {

@@ -2,7 +2,7 @@
 //! HTTPS listener.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -41,6 +41,10 @@ impl TlsPaths {
     }
     fn node(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("node.pem"), self.dir.join("node-key.pem"))
+    }
+    /// A pack's registration certificate and key, kept only until the node has registered.
+    pub(crate) fn pack(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("pack.pem"), self.dir.join("pack-key.pem"))
     }
 }
 
@@ -100,7 +104,15 @@ fn ensure_tls(
 
 /// This node's peer certificate and key, and the CA, from `<data_dir>/tls`.
 fn peer_identity(node_id: u64, paths: &TlsPaths, peer_addr: &str) -> anyhow::Result<PeerIdentity> {
-    let (cert, key) = paths.node();
+    identity_from(node_id, paths, paths.node(), peer_addr)
+}
+
+fn identity_from(
+    node_id: u64,
+    paths: &TlsPaths,
+    (cert, key): (PathBuf, PathBuf),
+    peer_addr: &str,
+) -> anyhow::Result<PeerIdentity> {
     let cert_pem = read(&cert)?;
     let bound = coffer_tls::node_id_from_pem(&cert_pem)?;
     anyhow::ensure!(
@@ -181,16 +193,26 @@ async fn watch_modes(vault: Arc<Vault>, webhook: Option<(reqwest::Client, String
 /// A node that joined from a pack and has not finished registering with the cluster.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct JoinState {
-    /// The registration sent to the leader.
+    /// The registration sent to the leader (with the signing request for the node's key).
     pub request: coffer_vault::JoinRequest,
     /// Members listed in the pack.
     pub members: Vec<coffer_vault::pack::PackMember>,
+    /// Whether the cluster has made the node a member and issued its member certificate
+    /// (`tls/node.pem`); until then the node holds only the pack's registration certificate.
+    #[serde(default)]
+    pub registered: bool,
 }
 
 impl JoinState {
     /// The file `operator join` leaves for the first start.
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("join-pending.json")
+    }
+
+    /// Writes the marker (atomically: a crash leaves the old one or the new one).
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        write_atomic(&Self::path(data_dir), &bytes, false)
     }
 
     fn load(data_dir: &Path) -> anyhow::Result<Option<Self>> {
@@ -206,28 +228,89 @@ impl JoinState {
     }
 }
 
-/// Registers a node that joined from a pack: until the leader has made it a learner (and a
-/// voter, if the pack says so), repeats the registration every second; a refusal is logged
-/// with its reason and retried more slowly, since some (a sealed leader) pass by themselves.
-async fn register(join: JoinState, forwarder: Forwarder, data_dir: PathBuf) {
-    let mut refused_before = false;
+/// Writes `bytes` to `path` through a temporary file, fsync and rename, so a crash leaves the
+/// old file or the new one, never half of one; `private` files are 0600.
+fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    if private {
+        write_private(&tmp, bytes)?;
+    } else {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    Ok(())
+}
+
+/// Pause after the cluster refused a registration: some refusals pass by themselves (a
+/// sealed or changing leader); the reason is logged each time.
+const REGISTER_RETRY_REFUSED: Duration = Duration::from_secs(5);
+/// Pause between registrations while waiting to be promoted (or for a member to answer).
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+
+/// First start after `operator join`: presents the pack's registration certificate to the
+/// cluster with a signing request for the node's own key, until the leader has made the node
+/// a learner and issued its member certificate. Writes the certificate as `tls/node.pem`
+/// and forgets the pack's certificate. The node serves nothing until then: it is no member.
+async fn register_with_pack(
+    cfg: &ServerConfig,
+    paths: &TlsPaths,
+    join: &mut JoinState,
+) -> anyhow::Result<()> {
+    let identity = identity_from(cfg.node_id, paths, paths.pack(), &cfg.peer_addr)?;
+    let forwarder = Forwarder::new(Arc::new(identity));
+    tracing::info!("registering with the cluster (first start after operator join)");
+    let answer = loop {
+        match coffer_vault::send_join(&forwarder, &join.members, &join.request).await {
+            Ok(answer) => break answer,
+            Err(why) => {
+                tracing::error!("the cluster did not register this node yet: {why}");
+                tokio::time::sleep(REGISTER_RETRY_REFUSED).await;
+            }
+        }
+    };
+    let bound = coffer_tls::node_id_from_pem(&answer.cert_pem)?;
+    anyhow::ensure!(
+        bound == cfg.node_id,
+        "the cluster issued a certificate for node {bound}, this is node {}",
+        cfg.node_id
+    );
+    let (cert, _) = paths.node();
+    write_atomic(&cert, answer.cert_pem.as_bytes(), false)?;
+    join.registered = true;
+    join.save(&cfg.data_dir)?;
+    let (pack_cert, pack_key) = paths.pack();
+    let _ = std::fs::remove_file(pack_cert);
+    let _ = std::fs::remove_file(pack_key);
+    tracing::info!(role = %answer.role, "registered with the cluster: {}", answer.message);
+    if answer.role == "voter" || !answer.wants_voter {
+        std::fs::remove_file(JoinState::path(&cfg.data_dir))?;
+    }
+    Ok(())
+}
+
+/// A registered node waits for its promotion to voter (the pack asked for one): repeats its
+/// registration, now with its member certificate, until the leader has promoted it.
+async fn await_promotion(join: JoinState, forwarder: Forwarder, data_dir: PathBuf) {
     loop {
         match coffer_vault::send_join(&forwarder, &join.members, &join.request).await {
-            Ok(answer) => {
-                tracing::info!(role = %answer.role, "registered with the cluster: {}", answer.message);
-                if answer.role == "voter" || !answer.wants_voter {
-                    if let Err(e) = std::fs::remove_file(JoinState::path(&data_dir)) {
-                        tracing::warn!("could not remove the join marker: {e}");
-                    }
-                    return;
+            Ok(answer) if answer.role == "voter" || !answer.wants_voter => {
+                tracing::info!(role = %answer.role, "{}", answer.message);
+                if let Err(e) = std::fs::remove_file(JoinState::path(&data_dir)) {
+                    tracing::warn!("could not remove the join marker: {e}");
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
             }
+            Ok(_) => tokio::time::sleep(REGISTER_RETRY).await,
             Err(why) => {
-                tracing::error!("the cluster refused this node's registration: {why}");
-                let pause = if refused_before { 10 } else { 2 };
-                refused_before = true;
-                tokio::time::sleep(Duration::from_secs(pause)).await;
+                tracing::error!("the cluster refused this node's promotion: {why}");
+                tokio::time::sleep(REGISTER_RETRY_REFUSED).await;
             }
         }
     }
@@ -290,9 +373,15 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     let paths = TlsPaths {
         dir: cfg.data_dir.join("tls"),
     };
+    let mut pending_join = JoinState::load(&cfg.data_dir)?;
+    if let Some(join) = pending_join.as_mut().filter(|j| !j.registered) {
+        register_with_pack(&cfg, &paths, join).await?;
+    }
+    let pending_join = pending_join.filter(|_| JoinState::path(&cfg.data_dir).exists());
     let tls = ensure_tls(&cfg, &paths, &api_host)?;
 
     let identity = Arc::new(peer_identity(cfg.node_id, &paths, &cfg.peer_addr)?);
+    let own_pin = coffer_tls::fingerprint_pem(&identity.cert_pem)?;
     let network = PeerNetwork::new(identity.clone());
     let contacts = network.contacts();
     let engine = Engine::open(
@@ -307,15 +396,24 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     .with_forwarder(Arc::new(Forwarder::new(identity.clone())))
     .with_contacts(contacts);
     engine.set_standby_after(Duration::from_millis(cfg.standby_after_ms));
-    let pending_join = JoinState::load(&cfg.data_dir)?;
     if pending_join.is_none() {
-        // A node that did not join from a pack starts (or restarts) the cluster it founded.
+        // A node that did not join from a pack starts (or restarts) the cluster it founded,
+        // pinning its own certificate.
         engine
             .initialize_single(NodeAddr {
                 api_addr: cfg.api_addr.clone(),
                 peer_addr: cfg.peer_addr.clone(),
+                cert_sha256: own_pin.clone(),
             })
             .await?;
+    }
+    if let Some(pinned) = engine.member_addrs().get(&cfg.node_id) {
+        if pinned.cert_sha256 != own_pin {
+            tracing::error!(
+                "this node's certificate is not the one the cluster pins for node {}: peers will refuse it; restore tls/node.pem or join again from a new pack",
+                cfg.node_id
+            );
+        }
     }
     if engine.member_addrs().len() == 1 && engine.member_addrs().contains_key(&cfg.node_id) {
         engine.wait_leader(Duration::from_secs(30)).await?;
@@ -338,20 +436,27 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     }
     let spool = coffer_vault::audit::Spool::open(&cfg.data_dir.join("audit"), cfg.node_id)
         .map_err(anyhow::Error::msg)?;
-    let vault = Arc::new(Vault::new(
-        engine.clone(),
-        NodeInfo {
-            node_id: cfg.node_id,
-            api_addr: cfg.api_addr.clone(),
-            cluster_name: cfg.cluster_name.clone(),
-        },
-        Arc::new(spool),
-    ));
+    let vault = Arc::new(
+        Vault::new(
+            engine.clone(),
+            NodeInfo {
+                node_id: cfg.node_id,
+                api_addr: cfg.api_addr.clone(),
+                cluster_name: cfg.cluster_name.clone(),
+            },
+            Arc::new(spool),
+        )
+        .with_token_limits(coffer_vault::tokens::TokenLimits {
+            default_ttl_secs: cfg.default_lease_ttl_secs,
+            max_ttl_secs: cfg.max_lease_ttl_secs,
+        }),
+    );
     tokio::spawn(vault.clone().run_shipper());
+    tokio::spawn(vault.clone().run_revocation_sweeper());
     engine.set_app_handler(vault.peer_app_handler());
     tokio::spawn(watch_modes(vault.clone(), webhook(&cfg.notify)?));
     if let Some(join) = pending_join {
-        tokio::spawn(register(
+        tokio::spawn(await_promotion(
             join,
             Forwarder::new(identity.clone()),
             cfg.data_dir.clone(),
@@ -367,17 +472,21 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     let state = AppState {
         vault: vault.clone(),
         max_request_bytes: cfg.max_request_bytes,
-        pending_ca: Arc::new(Mutex::new(pending_ca(&paths)?)),
+        pending_ca: Arc::new(tokio::sync::Mutex::new(pending_ca(&paths)?)),
         seal_key_file: seal_key_file.clone(),
         tls_dir: paths.dir.clone(),
+        body_read_timeout: Duration::from_millis(cfg.http.read_timeout_ms),
+        connections: crate::https::ConnectionStats::default(),
     };
+    let connections = state.connections.clone();
     if let Some(dev) = &dev {
         dev_bootstrap(&state, dev, &dev_dir).await?;
     }
     if let Some(path) = seal_key_file.filter(|p| p.exists()) {
         if vault.is_initialized()? && vault.is_sealed() {
+            audit_system(&vault, "unseal", "sys/unseal", None).await?;
             let outcome = vault.unseal_with_root(read_key_file(&path)?);
-            audit_system(&vault, "unseal", "sys/unseal", outcome.is_ok()).await?;
+            audit_system(&vault, "unseal", "sys/unseal", Some(outcome.is_ok())).await?;
             outcome?;
         }
     }
@@ -392,7 +501,15 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         }
         tracing::info!("shutting down");
     };
-    crate::https::serve(listener, tls, app(state), shutdown).await;
+    crate::https::serve(
+        listener,
+        tls,
+        app(state),
+        cfg.http.clone(),
+        connections,
+        shutdown,
+    )
+    .await;
     let _ = peer_stop.send(());
     engine.shutdown().await?;
     Ok(())
@@ -418,25 +535,40 @@ async fn dev_bootstrap(state: &AppState, dev: &DevOptions, dev_dir: &Path) -> an
         secret_threshold: 1,
         root_token_id: dev.root_token_id.clone(),
     };
-    let ca = state.pending_ca.lock().ok().and_then(|mut ca| ca.take());
-    let (response, root) = state.vault.init(request, ca).await?;
-    audit_system(&state.vault, "init", "sys/init", true).await?;
+    audit_system(&state.vault, "init", "sys/init", None).await?;
+    let mut pending = state.pending_ca.lock().await;
+    let (response, root) = state.vault.init(request, pending.as_ref()).await?;
+    *pending = None;
+    drop(pending);
+    audit_system(&state.vault, "init", "sys/init", Some(true)).await?;
     write_private(&token_file, response.root_token.as_bytes())?;
     after_init(state, root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(())
 }
 
 /// Audits what the node does by itself at start (init in dev mode, key-file unseal): no
-/// request carries these, and they are security-relevant all the same.
-async fn audit_system(vault: &Vault, operation: &str, path: &str, ok: bool) -> anyhow::Result<()> {
+/// request carries these, and they are security-relevant all the same. `None` is the record
+/// made before the action (as for a request), `Some(ok)` its outcome.
+async fn audit_system(
+    vault: &Vault,
+    operation: &str,
+    path: &str,
+    outcome: Option<bool>,
+) -> anyhow::Result<()> {
+    let (kind, outcome, status) = match outcome {
+        None => ("request", "pending", 0),
+        Some(true) => ("response", "ok", 200),
+        Some(false) => ("response", "error", 500),
+    };
     let event = coffer_vault::audit::AuditEvent {
+        kind: kind.into(),
         actor: "system".into(),
         auth_method: "key-file".into(),
         client_addr: "local".into(),
         operation: operation.into(),
         path: path.into(),
-        outcome: if ok { "ok" } else { "error" }.into(),
-        status: if ok { 200 } else { 500 },
+        outcome: outcome.into(),
+        status,
         request_id: uuid::Uuid::new_v4().to_string(),
         ..Default::default()
     };

@@ -15,4 +15,23 @@ pub fn init(cfg: &ServerConfig) {
     } else {
         let _ = builder.try_init();
     }
+    install_panic_hook();
+}
+
+/// Logs a panic with where it happened, but its message only when it is a fixed string: a
+/// formatted message may quote data, and data may be a secret. (A handler's panic becomes a
+/// 500 and an audit record; the node keeps serving.)
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "unknown".into());
+        let message = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("<formatted message withheld>");
+        tracing::error!(%location, "panic: {message}");
+    }));
 }

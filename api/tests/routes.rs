@@ -1,7 +1,7 @@
 //! The HTTP surface driven in-process with `oneshot` (no socket): Vault shapes, status codes,
 //! and bad input refused with the exact message while the node keeps serving.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -33,6 +33,7 @@ async fn node(init: bool) -> Node {
         NodeAddr {
             api_addr: "https://127.0.0.1:1".into(),
             peer_addr: "127.0.0.1:2".into(),
+            cert_sha256: String::new(),
         },
         Duration::from_secs(10),
     )
@@ -63,7 +64,7 @@ async fn node(init: bool) -> Node {
                     secret_threshold: 1,
                     root_token_id: None,
                 },
-                Some(stored),
+                Some(&stored),
             )
             .await
             .unwrap();
@@ -73,9 +74,11 @@ async fn node(init: bool) -> Node {
     let state = AppState {
         vault,
         max_request_bytes: LIMIT,
-        pending_ca: Arc::new(Mutex::new(None)),
+        pending_ca: Arc::new(tokio::sync::Mutex::new(None)),
         seal_key_file: None,
         tls_dir: dir.path().join("tls"),
+        body_read_timeout: Duration::from_secs(30),
+        connections: Default::default(),
     };
     Node {
         app: app(state),

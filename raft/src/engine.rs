@@ -16,6 +16,7 @@ use crate::membership::Contacts;
 use crate::mode::{run_mode_task, ModeChange, ModeTracker, NodeMode};
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{read_entry, scan_prefix, StateMachine};
+use crate::transport::trust::{LearnedRoster, PeerCaller, Refusal, Refusals, Roster};
 use crate::transport::{AppHandler, ForwardError};
 use crate::tuning::RaftTuning;
 use crate::txn::{KvEntry, Op, Txn, TxnResult};
@@ -63,7 +64,14 @@ pub struct Engine {
     mode_changes: tokio::sync::broadcast::Sender<ModeChange>,
     /// Stops the mode task.
     mode_stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Peers and requests refused on the peer port, by reason.
+    refusals: Arc<Refusals>,
+    /// A newer membership view learned from members, while the local log lags.
+    learned_roster: Arc<LearnedRoster>,
 }
+
+/// How long a lagging node waits for each member's membership view.
+const ROSTER_ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a write or read waits through a leader change (an election takes 1–2 election
 /// timeouts) before answering that there is no leader.
@@ -131,6 +139,8 @@ impl Engine {
             forwarder: None,
             contacts: None,
             app: Arc::new(OnceLock::new()),
+            refusals: Arc::default(),
+            learned_roster: Arc::default(),
         })
     }
 
@@ -288,11 +298,76 @@ impl Engine {
         let _ = self.app.set(handler);
     }
 
+    /// Peers and requests refused on the peer port since start, by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    /// This node's membership view: members with their pinned certificates, and the log
+    /// index of the membership entry it comes from.
+    pub fn roster_local(&self) -> Roster {
+        let m = self.metrics();
+        let m = m.borrow();
+        Roster {
+            index: m.membership_config.log_id().map_or(0, |l| l.index),
+            members: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, a)| (*id, a.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether `caller` presents the certificate pinned for a current member, judged by the
+    /// newest membership view this node has (its own, or one learned from members while its
+    /// log lags).
+    pub fn peer_standing(&self, caller: &PeerCaller) -> Result<(), Refusal> {
+        let local = self.roster_local();
+        match self.learned_roster.newer_than(local.index) {
+            Some(newer) => newer.judge(caller),
+            None => local.judge(caller),
+        }
+    }
+
+    /// Asks the members this node trusts for their membership view, unless it asked less
+    /// than [`crate::transport::trust::ROSTER_REFRESH_INTERVAL`] ago. Called when a Raft
+    /// message comes from a certificate this node does not know: its own view may be behind.
+    pub fn refresh_roster_soon(&self) {
+        if self.forwarder.is_none() || !self.learned_roster.refresh_due() {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move { engine.refresh_roster().await });
+    }
+
+    async fn refresh_roster(&self) {
+        let Some(fw) = &self.forwarder else { return };
+        let local = self.roster_local();
+        let mut newest = local.index;
+        for (id, addr) in local.members.iter().filter(|(id, _)| **id != self.node_id) {
+            match fw.roster(*id, addr, ROSTER_ASK_TIMEOUT).await {
+                Ok(roster) if roster.index > newest => {
+                    newest = roster.index;
+                    tracing::info!(
+                        from = id,
+                        index = roster.index,
+                        local = local.index,
+                        "learned a newer membership view from a member"
+                    );
+                    self.learned_roster.offer(roster);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(node = id, "membership view unavailable: {e}"),
+            }
+        }
+    }
+
     /// An application message `origin` sent to this node: handled here if this node leads,
     /// else relayed to the leader.
     pub async fn app_request(
         &self,
-        origin: NodeId,
+        origin: PeerCaller,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ForwardError> {
         if !self.is_leader() {
@@ -310,7 +385,7 @@ impl Engine {
     /// Handles an application message if this node leads.
     pub async fn app_request_local(
         &self,
-        origin: NodeId,
+        origin: PeerCaller,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ForwardError> {
         if !self.is_leader() {

@@ -30,7 +30,8 @@ pub use network::NoPeers;
 pub use snapshot::{SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
 pub use transport::{
-    serve_peers, AppFuture, AppHandler, ForwardError, Forwarder, PeerIdentity, PeerNetwork,
+    serve_peers, AppFuture, AppHandler, ForwardError, Forwarder, PeerCaller, PeerIdentity,
+    PeerNetwork, Refusal, Refusals, Roster,
 };
 pub use tuning::RaftTuning;
 pub use txn::{plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write};

@@ -16,6 +16,10 @@ pub struct NodeAddr {
     pub api_addr: String,
     /// `host:port` of the mutual-TLS peer listener.
     pub peer_addr: String,
+    /// SHA-256 (hex) of the node's peer certificate: the one certificate the cluster accepts
+    /// from this node (and expects when dialing it). Pinned when the node joins; removing
+    /// the node from the membership revokes it.
+    pub cert_sha256: String,
 }
 
 impl fmt::Display for NodeAddr {

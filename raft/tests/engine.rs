@@ -19,6 +19,7 @@ async fn open(dir: &std::path::Path) -> Engine {
         .initialize_single(NodeAddr {
             api_addr: "https://127.0.0.1:1".into(),
             peer_addr: "127.0.0.1:2".into(),
+            cert_sha256: String::new(),
         })
         .await
         .expect("initialize");

@@ -16,6 +16,8 @@ struct Node {
     engine: Engine,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     addr: String,
+    /// Fingerprint of the node's certificate, pinned in the membership.
+    pin: String,
 }
 
 fn identity(ca: &CertificateAuthority, id: u64) -> PeerIdentity {
@@ -44,7 +46,9 @@ async fn start(
         data_dir: dir.join(format!("n{id}")),
         tuning: RaftTuning::default(),
     };
-    let engine = Engine::open(config, PeerNetwork::new(ident)).await.unwrap();
+    let engine = Engine::open(config, PeerNetwork::new(ident.clone()))
+        .await
+        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve_peers(listener, tls, engine.clone(), async move {
         let _ = stopped.await;
@@ -53,6 +57,7 @@ async fn start(
         engine,
         stop: Some(stop),
         addr,
+        pin: coffer_tls::fingerprint_pem(&ident.cert_pem).unwrap(),
     }
 }
 
@@ -97,6 +102,7 @@ async fn three_voters_elect_replicate_and_fail_over_over_mtls() {
                 NodeAddr {
                     api_addr: String::new(),
                     peer_addr: n.addr.clone(),
+                    cert_sha256: n.pin.clone(),
                 },
             )
         })
@@ -158,15 +164,29 @@ async fn strangers_and_impostors_are_refused() {
     let addr = NodeAddr {
         api_addr: String::new(),
         peer_addr: node.addr.clone(),
+        cert_sha256: node.pin.clone(),
     };
+    // Node 1's cluster has two voters: itself and node 2 with this certificate.
+    let two = Arc::new(identity(&ca, 2));
+    let pin2 = coffer_tls::fingerprint_pem(&two.cert_pem).unwrap();
+    let members = BTreeMap::from([
+        (1, addr.clone()),
+        (
+            2,
+            NodeAddr {
+                api_addr: String::new(),
+                peer_addr: "127.0.0.1:9".into(),
+                cert_sha256: pin2,
+            },
+        ),
+    ]);
+    node.engine.initialize_cluster(members).await.unwrap();
     let vote =
         |claimed: u64| openraft::raft::VoteRequest::new(openraft::Vote::new(5, claimed), None);
     let option = || RPCOption::new(Duration::from_secs(2));
 
     // Node 2's genuine certificate, but the vote claims node 3.
-    let mut impostor = PeerNetwork::new(Arc::new(identity(&ca, 2)))
-        .new_client(1, &addr)
-        .await;
+    let mut impostor = PeerNetwork::new(two.clone()).new_client(1, &addr).await;
     let err = impostor
         .vote(vote(3), option())
         .await
@@ -177,7 +197,52 @@ async fn strangers_and_impostors_are_refused() {
         "{err}"
     );
     // The same node speaking for itself is answered.
-    assert!(impostor.vote(vote(2), option()).await.is_ok());
+    let mut genuine = PeerNetwork::new(two.clone()).new_client(1, &addr).await;
+    assert!(genuine.vote(vote(2), option()).await.is_ok());
+
+    // A certificate the CA issued for a node that is not a member (a pack's, a removed
+    // node's) is refused for every Raft RPC.
+    let mut outsider = PeerNetwork::new(Arc::new(identity(&ca, 3)))
+        .new_client(1, &addr)
+        .await;
+    let err = outsider
+        .vote(vote(3), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node 3 is not a member of this cluster"),
+        "{err}"
+    );
+    // Another certificate for member 2 (an old one, or a copy of a pack's) is refused too.
+    let mut revoked = PeerNetwork::new(Arc::new(identity(&ca, 2)))
+        .new_client(1, &addr)
+        .await;
+    let err = revoked
+        .vote(vote(2), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node 2 is a member, but not with this certificate"),
+        "{err}"
+    );
+    // Dialing node 1 while pinning another certificate for it fails our own handshake.
+    let mut pinned_wrong = PeerNetwork::new(two.clone())
+        .new_client(
+            1,
+            &NodeAddr {
+                cert_sha256: "00".repeat(32),
+                ..addr.clone()
+            },
+        )
+        .await;
+    let err = pinned_wrong
+        .vote(vote(2), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not the one the cluster pins"), "{err}");
 
     // A certificate from another CA never gets a TLS session.
     let other = CertificateAuthority::generate("other").unwrap();
@@ -207,4 +272,9 @@ async fn strangers_and_impostors_are_refused() {
         err.contains("peer certificate is for node 1, expected node 3"),
         "{err}"
     );
+    let counts: BTreeMap<&str, u64> = node.engine.refusals().snapshot().into_iter().collect();
+    assert_eq!(counts["claims_other_node"], 1, "{counts:?}");
+    assert_eq!(counts["not_member"], 1, "{counts:?}");
+    assert_eq!(counts["revoked_certificate"], 1, "{counts:?}");
+    assert!(counts["tls_handshake"] >= 1, "{counts:?}");
 }

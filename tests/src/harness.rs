@@ -149,6 +149,9 @@ pub struct Cluster {
     pub addrs: BTreeMap<NodeId, String>,
     faults: Arc<Faults>,
     ca: CertificateAuthority,
+    /// Each node's peer identity, made once: a restarted node keeps the certificate the
+    /// membership pins for it.
+    identities: Mutex<BTreeMap<NodeId, Arc<PeerIdentity>>>,
     dir: tempfile::TempDir,
     tuning: RaftTuning,
 }
@@ -169,6 +172,7 @@ impl Cluster {
             let addr = NodeAddr {
                 api_addr: String::new(),
                 peer_addr: cluster.addrs[&id].clone(),
+                cert_sha256: cluster.pin(id),
             };
             cluster
                 .engine(leader)
@@ -188,6 +192,7 @@ impl Cluster {
             addrs: BTreeMap::new(),
             faults: Arc::default(),
             ca: CertificateAuthority::generate("harness").expect("CA"),
+            identities: Mutex::default(),
             dir: tempfile::tempdir().expect("tempdir"),
             tuning,
         };
@@ -209,6 +214,7 @@ impl Cluster {
                     NodeAddr {
                         api_addr: String::new(),
                         peer_addr: a.clone(),
+                        cert_sha256: cluster.pin(*id),
                     },
                 )
             })
@@ -221,18 +227,39 @@ impl Cluster {
         cluster
     }
 
+    /// Node `id`'s peer identity (issued on first use, then the same).
+    pub fn identity(&self, id: NodeId) -> Arc<PeerIdentity> {
+        let mut known = self.identities.lock().expect("identities");
+        known
+            .entry(id)
+            .or_insert_with(|| {
+                let cert = self
+                    .ca
+                    .issue_node(id, &["127.0.0.1".to_string()])
+                    .expect("cert");
+                Arc::new(PeerIdentity {
+                    node_id: id,
+                    ca_pem: self.ca.cert_pem().to_string(),
+                    cert_pem: cert.cert_pem.clone(),
+                    key_pem: cert.key_pem.clone(),
+                    source_ip: None,
+                })
+            })
+            .clone()
+    }
+
+    /// The fingerprint the membership pins for node `id`.
+    pub fn pin(&self, id: NodeId) -> String {
+        coffer_tls::fingerprint_pem(&self.identity(id).cert_pem).expect("fingerprint")
+    }
+
+    /// The cluster CA (tests issue stray certificates from it).
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
     async fn start_member(&self, id: NodeId, listener: TcpListener) -> Member {
-        let cert = self
-            .ca
-            .issue_node(id, &["127.0.0.1".to_string()])
-            .expect("cert");
-        let ident = Arc::new(PeerIdentity {
-            node_id: id,
-            ca_pem: self.ca.cert_pem().to_string(),
-            cert_pem: cert.cert_pem.clone(),
-            key_pem: cert.key_pem.clone(),
-            source_ip: None,
-        });
+        let ident = self.identity(id);
         let tls = coffer_tls::peer_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)
             .expect("tls");
         let inner = PeerNetwork::new(ident.clone());

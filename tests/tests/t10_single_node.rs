@@ -86,6 +86,7 @@ async fn a_secret_value_never_reaches_the_disk_or_the_log() {
             NodeAddr {
                 api_addr: "https://127.0.0.1:1".into(),
                 peer_addr: "127.0.0.1:2".into(),
+                cert_sha256: String::new(),
             },
             Duration::from_secs(10),
         )

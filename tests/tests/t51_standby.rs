@@ -215,8 +215,10 @@ async fn standby_audit_is_marked_read_only_and_merges_once() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let ids: std::collections::BTreeSet<&str> =
-        merged.iter().map(|r| r.event.request_id.as_str()).collect();
+    let ids: std::collections::BTreeSet<&str> = merged
+        .iter()
+        .map(|r| r.record.event.request_id.as_str())
+        .collect();
     assert_eq!(
         (merged.len(), ids.len()),
         (10, 10),

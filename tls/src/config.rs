@@ -84,13 +84,16 @@ pub fn peer_server_config(
 }
 
 /// Client config for dialing node `expected_node` on the peer port: presents our node
-/// certificate and accepts the server only if its certificate is from the cluster CA *and*
-/// binds `expected_node`.
+/// certificate and accepts the server only if its certificate is from the cluster CA, binds
+/// `expected_node`, and — when the cluster pins one for that node — is the pinned
+/// certificate (`pinned`: its [`crate::cert_fingerprint`]). A removed node's certificate,
+/// or the pack certificate of a node not registered yet, then fails the handshake.
 pub fn peer_client_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
     expected_node: u64,
+    pinned: Option<&str>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let inner = WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .build()
@@ -98,6 +101,7 @@ pub fn peer_client_config(
     let verifier = Arc::new(NodeServerVerifier {
         inner,
         expected_node,
+        pinned: pinned.map(str::to_string),
     });
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -114,6 +118,8 @@ struct NodeServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     /// The node this connection was opened to reach.
     expected_node: u64,
+    /// The fingerprint the cluster pins for that node, if it pins one.
+    pinned: Option<String>,
 }
 
 impl ServerCertVerifier for NodeServerVerifier {
@@ -133,7 +139,14 @@ impl ServerCertVerifier for NodeServerVerifier {
             now,
         )?;
         match node_id_from_cert(end_entity) {
-            Some(id) if id == self.expected_node => Ok(ServerCertVerified::assertion()),
+            Some(id) if id == self.expected_node => match &self.pinned {
+                Some(pin) if *pin != crate::cert_fingerprint(end_entity) => {
+                    Err(rustls::Error::General(format!(
+                        "peer certificate for node {id} is not the one the cluster pins for it (revoked or replaced)"
+                    )))
+                }
+                _ => Ok(ServerCertVerified::assertion()),
+            },
             Some(id) => Err(rustls::Error::General(format!(
                 "peer certificate is for node {id}, expected node {}",
                 self.expected_node

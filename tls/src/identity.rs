@@ -39,3 +39,19 @@ pub fn node_id_from_pem(pem: &str) -> Result<u64, crate::TlsError> {
         .and_then(|c| node_id_from_cert(c))
         .ok_or_else(|| crate::TlsError::Pem("the certificate binds no node id".into()))
 }
+
+/// SHA-256 of a DER certificate, lowercase hex: what the cluster pins for each member, so a
+/// peer is trusted for *this* certificate, not for any the CA ever issued.
+pub fn cert_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+/// [`cert_fingerprint`] of the first certificate of a PEM document.
+pub fn fingerprint_pem(pem: &str) -> Result<String, crate::TlsError> {
+    let certs = crate::config::certs(pem)?;
+    certs
+        .first()
+        .map(|c| cert_fingerprint(c))
+        .ok_or_else(|| crate::TlsError::Pem("no certificate found".into()))
+}

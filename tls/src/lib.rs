@@ -15,8 +15,10 @@ mod pki;
 
 pub use config::{api_client_config, api_server_config, peer_client_config, peer_server_config};
 pub use files::write_private;
-pub use identity::{node_id_from_cert, node_id_from_pem, node_uri};
-pub use pki::{CertificateAuthority, IssuedCert};
+pub use identity::{
+    cert_fingerprint, fingerprint_pem, node_id_from_cert, node_id_from_pem, node_uri,
+};
+pub use pki::{node_key_request, CertificateAuthority, IssuedCert, NodeKeyRequest};
 
 /// Why a TLS or PKI operation failed. Messages name the offending input, never key bytes.
 #[derive(Debug, thiserror::Error)]

@@ -115,6 +115,32 @@ impl CertificateAuthority {
         )
     }
 
+    /// Issues a node certificate binding `node_id` for the public key in `csr_pem`, a signing
+    /// request the node made for a key that never left it (registration after a pack). Only
+    /// the key is taken from the request: names, usages and validity are this CA's choice.
+    /// The request's signature must verify, proving its maker holds the key.
+    pub fn issue_node_for_request(
+        &self,
+        node_id: u64,
+        csr_pem: &str,
+        hosts: &[String],
+    ) -> Result<String, TlsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TlsError::Pem(format!("certificate signing request: {e}")))?;
+        let mut sans = host_sans(hosts)?;
+        sans.push(SanType::URI(node_uri(node_id).try_into()?));
+        let params = leaf_params(
+            &format!("coffer-node-{node_id}"),
+            sans,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let issuer = self.params.clone().self_signed(&self.key)?;
+        Ok(params.signed_by(&csr.public_key, &issuer, &self.key)?.pem())
+    }
+
     /// Issues an HTTPS server certificate for the API listener, valid for `hosts`.
     pub fn issue_server(&self, hosts: &[String]) -> Result<IssuedCert, TlsError> {
         let sans = host_sans(hosts)?;
@@ -128,18 +154,7 @@ impl CertificateAuthority {
         sans: Vec<SanType>,
         ekus: Vec<ExtendedKeyUsagePurpose>,
     ) -> Result<IssuedCert, TlsError> {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Coffer");
-        dn.push(DnType::CommonName, common_name);
-        params.distinguished_name = dn;
-        params.subject_alt_names = sans;
-        params.extended_key_usages = ekus;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
+        let params = leaf_params(common_name, sans, ekus);
         let key = KeyPair::generate()?;
         let issuer = self.params.clone().self_signed(&self.key)?;
         let cert = params.signed_by(&key, &issuer, &self.key)?;
@@ -148,6 +163,57 @@ impl CertificateAuthority {
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
     }
+}
+
+fn leaf_params(
+    common_name: &str,
+    sans: Vec<SanType>,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Coffer");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.extended_key_usages = ekus;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
+    params
+}
+
+/// A key pair made on the node that will use it, and a signing request for it: a joining
+/// node sends the request at registration, so its member certificate's key never travels.
+pub struct NodeKeyRequest {
+    /// The private key, PKCS#8 PEM. Never logged.
+    pub key_pem: Zeroizing<String>,
+    /// The certificate signing request, PEM (public).
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for NodeKeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKeyRequest")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a node key pair and a signing request for node `node_id`.
+pub fn node_key_request(node_id: u64) -> Result<NodeKeyRequest, TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("coffer-node-{node_id}"));
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok(NodeKeyRequest {
+        key_pem: Zeroizing::new(key.serialize_pem()),
+        csr_pem: csr.pem()?,
+    })
 }
 
 /// Subject alternative names for host strings: an IP literal becomes an IP SAN, anything else a

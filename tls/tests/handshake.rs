@@ -86,7 +86,7 @@ async fn peers_authenticate_each_other_and_the_node_id_is_bound() {
     let n2 = ca.issue_node(2, &hosts()).unwrap();
     let server = peer_server_config(ca.cert_pem(), &n2.cert_pem, &n2.key_pem).unwrap();
     let (port, task) = serve_once(server).await;
-    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 2).unwrap();
+    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 2, None).unwrap();
     dial(port, client).await.unwrap();
     assert_eq!(
         task.await.unwrap().unwrap(),
@@ -102,7 +102,7 @@ async fn node_2_cannot_pass_as_node_3() {
     let n2 = ca.issue_node(2, &hosts()).unwrap();
     let server = peer_server_config(ca.cert_pem(), &n2.cert_pem, &n2.key_pem).unwrap();
     let (port, _task) = serve_once(server).await;
-    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 3).unwrap();
+    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 3, None).unwrap();
     let err = dial(port, client).await.unwrap_err();
     assert!(
         err.contains("peer certificate is for node 2, expected node 3"),
@@ -118,8 +118,14 @@ async fn peer_with_a_certificate_from_another_ca_is_refused() {
     let stranger = other.issue_node(1, &hosts()).unwrap();
     let server = peer_server_config(ca.cert_pem(), &n2.cert_pem, &n2.key_pem).unwrap();
     let (port, task) = serve_once(server).await;
-    let client =
-        peer_client_config(ca.cert_pem(), &stranger.cert_pem, &stranger.key_pem, 2).unwrap();
+    let client = peer_client_config(
+        ca.cert_pem(),
+        &stranger.cert_pem,
+        &stranger.key_pem,
+        2,
+        None,
+    )
+    .unwrap();
     assert!(dial(port, client).await.is_err());
     let err = task.await.unwrap().unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
@@ -140,7 +146,60 @@ async fn ca_reloads_from_pem_and_keeps_issuing_verifiable_certs() {
     let n1 = ca.issue_node(1, &hosts()).unwrap();
     let server = peer_server_config(ca.cert_pem(), &n5.cert_pem, &n5.key_pem).unwrap();
     let (port, task) = serve_once(server).await;
-    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 5).unwrap();
+    let client = peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 5, None).unwrap();
     dial(port, client).await.unwrap();
     assert_eq!(task.await.unwrap().unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn a_pinned_peer_with_another_certificate_for_the_same_node_is_refused() {
+    let ca = CertificateAuthority::generate("t").unwrap();
+    let n1 = ca.issue_node(1, &hosts()).unwrap();
+    let old = ca.issue_node(2, &hosts()).unwrap();
+    let new = ca.issue_node(2, &hosts()).unwrap();
+    let pinned = coffer_tls::fingerprint_pem(&new.cert_pem).unwrap();
+    // The old certificate of node 2 (removed, its id reused) answers at the address.
+    let server = peer_server_config(ca.cert_pem(), &old.cert_pem, &old.key_pem).unwrap();
+    let (port, _task) = serve_once(server).await;
+    let client =
+        peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 2, Some(&pinned)).unwrap();
+    let err = dial(port, client).await.unwrap_err();
+    assert!(
+        err.contains("is not the one the cluster pins for it"),
+        "{err}"
+    );
+    // The pinned certificate itself is accepted.
+    let server = peer_server_config(ca.cert_pem(), &new.cert_pem, &new.key_pem).unwrap();
+    let (port, task) = serve_once(server).await;
+    let client =
+        peer_client_config(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, 2, Some(&pinned)).unwrap();
+    dial(port, client).await.unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), Some(1));
+}
+
+#[test]
+fn a_node_certificate_is_issued_for_a_key_that_never_left_the_node() {
+    let ca = CertificateAuthority::generate("t").unwrap();
+    let request = coffer_tls::node_key_request(7).unwrap();
+    assert!(
+        !format!("{request:?}").contains("PRIVATE"),
+        "Debug redacts the key"
+    );
+    let cert = ca
+        .issue_node_for_request(7, &request.csr_pem, &hosts())
+        .unwrap();
+    assert_eq!(coffer_tls::node_id_from_pem(&cert).unwrap(), 7);
+    // The certificate and the node's own key make a working TLS identity.
+    peer_server_config(ca.cert_pem(), &cert, &request.key_pem).unwrap();
+    // A tampered request (signature no longer verifies) is refused.
+    let mut bad = request.csr_pem.clone().into_bytes();
+    let mid = bad.len() / 2;
+    bad[mid] = if bad[mid] == b'A' { b'B' } else { b'A' };
+    let err = ca
+        .issue_node_for_request(7, &String::from_utf8(bad).unwrap(), &hosts())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("certificate signing request"),
+        "{err}"
+    );
 }

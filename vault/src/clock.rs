@@ -19,8 +19,18 @@ pub fn parse(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
 
+/// Longest duration accepted anywhere, seconds: Go's (and so Vault's) largest duration,
+/// about 292 years. A larger value is refused as Vault refuses it, and every time computed
+/// from an accepted one stays far inside the calendar.
+pub const MAX_DURATION_SECS: u64 = i64::MAX as u64 / 1_000_000_000;
+
 /// Parses a Go-style duration ("0s", "90m", "1h30m", "72h", "3600" as seconds) into seconds.
+/// `None` for anything malformed or longer than [`MAX_DURATION_SECS`].
 pub fn parse_duration_secs(s: &str) -> Option<u64> {
+    parse_unbounded(s).filter(|secs| *secs <= MAX_DURATION_SECS)
+}
+
+fn parse_unbounded(s: &str) -> Option<u64> {
     let s = s.trim();
     if s.is_empty() {
         return Some(0);
@@ -85,7 +95,13 @@ mod tests {
         ] {
             assert_eq!(parse_duration_secs(input), Some(secs), "{input}");
         }
-        for bad in ["abc", "5x", "1h5"] {
+        for bad in [
+            "abc",
+            "5x",
+            "1h5",
+            "1000000000000000s",
+            "18446744073709551615",
+        ] {
             assert_eq!(parse_duration_secs(bad), None, "{bad}");
         }
         assert_eq!(format_duration(5400), "1h30m0s");

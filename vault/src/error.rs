@@ -12,6 +12,10 @@ pub enum VaultError {
     /// Missing, unknown or expired token, or not allowed (403).
     #[error("permission denied")]
     PermissionDenied,
+    /// Not allowed, for a reason the caller may know (403): e.g. only a root token may put
+    /// the root key in a pack.
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     /// Nothing at that path (404).
     #[error("{0}")]
     NotFound(String),

@@ -128,7 +128,16 @@ pub fn plan_write(
     .find(|d| *d > 0)
     .unwrap_or(0);
     let deletion_time = if delay > 0 {
-        clock::rfc3339(now + time::Duration::seconds(delay as i64))
+        let at = i64::try_from(delay)
+            .ok()
+            .and_then(|d| now.checked_add(time::Duration::seconds(d)))
+            .ok_or_else(|| {
+                VaultError::InvalidRequest(
+                    "delete_version_after is too long: the deletion time is past any calendar"
+                        .into(),
+                )
+            })?;
+        clock::rfc3339(at)
     } else {
         String::new()
     };

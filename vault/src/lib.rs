@@ -22,7 +22,7 @@ pub use vault::{
 };
 pub use vault::{
     AuditFilter, Auth, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
-    KvMetaUpdate, KvRead, KvVersion, NodeChainReport, NodeInfo, SealStatus, StoredPolicy,
-    TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
+    KvMetaUpdate, KvRead, KvVersion, MergedRecord, NodeChainReport, NodeInfo, SealStatus,
+    StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
     LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SHIP_BATCH,
 };

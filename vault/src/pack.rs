@@ -39,6 +39,8 @@ pub struct PackMember {
     pub api_addr: String,
     /// Peer (mutual TLS) address.
     pub peer_addr: String,
+    /// SHA-256 of the member's pinned peer certificate: the joining node accepts only it.
+    pub cert_sha256: String,
 }
 
 /// Everything a new node needs, encrypted as a whole. Key material is zeroized on drop and
@@ -65,7 +67,9 @@ pub struct PackContents {
     pub peer_addr: String,
     /// The cluster CA certificate, PEM.
     pub ca_cert_pem: String,
-    /// The new node's peer certificate (binds its node id) and key, PEM.
+    /// The pack's registration certificate (binds the new node's id) and key, PEM. It may
+    /// register once, before expiry, and do nothing else: at registration the node gets its
+    /// member certificate for a key it made itself.
     pub node_cert_pem: String,
     /// See `node_cert_pem`.
     pub node_key_pem: String,

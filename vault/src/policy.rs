@@ -381,9 +381,18 @@ fn lower_priority(a: &str, b: &str) -> bool {
 
 /// Capabilities the given policies grant on `path` (empty: nothing). `root` grants all.
 pub fn capabilities(policies: &[(&str, &Policy)], path: &str) -> BTreeSet<Capability> {
+    matching_capabilities(policies, path).unwrap_or_default()
+}
+
+/// Like [`capabilities`], but `None` when no rule matches `path` at all (as opposed to a
+/// matching rule that grants nothing or denies).
+pub fn matching_capabilities(
+    policies: &[(&str, &Policy)],
+    path: &str,
+) -> Option<BTreeSet<Capability>> {
     use Capability::*;
     if policies.iter().any(|(name, _)| *name == "root") {
-        return [Create, Read, Update, Patch, Delete, List, Sudo].into();
+        return Some([Create, Read, Update, Patch, Delete, List, Sudo].into());
     }
     let mut merged: BTreeMap<&str, BTreeSet<Capability>> = BTreeMap::new();
     for (_, policy) in policies {
@@ -405,9 +414,9 @@ pub fn capabilities(policies: &[(&str, &Policy)], path: &str) -> BTreeSet<Capabi
             }
         });
     match best {
-        Some((_, caps)) if caps.contains(&Deny) => BTreeSet::new(),
-        Some((_, caps)) => caps.clone(),
-        None => BTreeSet::new(),
+        Some((_, caps)) if caps.contains(&Deny) => Some(BTreeSet::new()),
+        Some((_, caps)) => Some(caps.clone()),
+        None => None,
     }
 }
 

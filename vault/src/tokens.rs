@@ -39,13 +39,135 @@ pub struct TokenEntry {
     /// Periodic tokens renew to this many seconds and have no maximum; 0 not periodic.
     #[serde(default)]
     pub period: u64,
+    /// The person the token acts for (`alice` for her userpass login and every token she
+    /// makes from it, `root` for the initial root token): the audit log's actor.
+    #[serde(default)]
+    pub owner: String,
+    /// How `owner` authenticated (`userpass`, `token`): the audit log's auth method.
+    #[serde(default)]
+    pub owner_method: String,
+    /// Ancestors above this token (0 for orphans). Bounded by [`MAX_TOKEN_DEPTH`], so the
+    /// ancestor check on every request is bounded too.
+    #[serde(default)]
+    pub depth: u32,
 }
+
+/// Deepest chain of child tokens (each request checks every ancestor).
+pub const MAX_TOKEN_DEPTH: u32 = 32;
 
 impl TokenEntry {
     /// Whether the token is expired at Unix time `now`.
     pub fn expired(&self, now: i64) -> bool {
         self.expire_time.is_some_and(|t| t <= now)
     }
+
+    /// The actor name for audit records: the owner, or the display name of tokens made
+    /// before owners were recorded.
+    pub fn actor(&self) -> &str {
+        if self.owner.is_empty() {
+            &self.display_name
+        } else {
+            &self.owner
+        }
+    }
+}
+
+/// Lifetime limits of tokens on this node (Vault's `default_lease_ttl` / `max_lease_ttl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// TTL of a token created or logged in without one, seconds.
+    pub default_ttl_secs: u64,
+    /// Longest any token may live (TTL, period and explicit max TTL are capped), seconds.
+    pub max_ttl_secs: u64,
+}
+
+impl Default for TokenLimits {
+    fn default() -> Self {
+        Self {
+            default_ttl_secs: 768 * 3600,
+            max_ttl_secs: 768 * 3600,
+        }
+    }
+}
+
+/// What a caller asks of a new child token's lifetime.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LifetimeRequest {
+    /// Requested TTL, seconds (`None` or 0: the default).
+    pub ttl_secs: Option<u64>,
+    /// Hard maximum life, seconds (0: none).
+    pub explicit_max_ttl_secs: u64,
+    /// Periodic renewal, seconds (0: not periodic).
+    pub period_secs: u64,
+}
+
+/// Why a token lifetime is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LifetimeError {
+    /// A periodic token needs `sudo` (as in Vault).
+    PeriodNeedsSudo,
+    /// The token would outlive its parent; `remaining` is what the parent has left.
+    OutlivesParent {
+        /// Seconds the parent has left.
+        remaining: u64,
+    },
+}
+
+impl std::fmt::Display for LifetimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LifetimeError::PeriodNeedsSudo => {
+                f.write_str("root or sudo privileges required to create periodic token")
+            }
+            LifetimeError::OutlivesParent { remaining } => write!(
+                f,
+                "a child token cannot outlive its parent without sudo: the parent expires in {remaining} s"
+            ),
+        }
+    }
+}
+
+/// The TTL (seconds; 0 never expires) of a new token, or why it is refused. `parent_left`:
+/// seconds the parent token has left (`None` if it never expires or there is no parent).
+/// `root`: the new token carries the `root` policy (which, created without a TTL, never
+/// expires, as in Vault). Every TTL, period and explicit maximum is capped by the limits.
+pub fn plan_ttl(
+    req: LifetimeRequest,
+    limits: TokenLimits,
+    sudo: bool,
+    root: bool,
+    parent_left: Option<u64>,
+) -> Result<u64, LifetimeError> {
+    if req.period_secs > 0 && !sudo {
+        return Err(LifetimeError::PeriodNeedsSudo);
+    }
+    let cap = limits.max_ttl_secs;
+    let ttl = if req.period_secs > 0 {
+        req.period_secs.min(cap)
+    } else {
+        match req.ttl_secs {
+            Some(t) if t > 0 => t.min(cap),
+            _ if root => 0,
+            _ => limits.default_ttl_secs.min(cap),
+        }
+    };
+    let ttl = match req.explicit_max_ttl_secs.min(cap) {
+        0 => ttl,
+        max if ttl == 0 => max,
+        max => ttl.min(max),
+    };
+    if let Some(left) = parent_left {
+        let outlives = ttl == 0 || ttl > left;
+        let asked = req.ttl_secs.is_some_and(|t| t > 0) || req.period_secs > 0 || root;
+        if outlives && !sudo {
+            if asked {
+                return Err(LifetimeError::OutlivesParent { remaining: left });
+            }
+            // A default TTL quietly ends with the parent.
+            return Ok(left.max(1));
+        }
+    }
+    Ok(ttl)
 }
 
 /// A new random token string.
@@ -100,6 +222,65 @@ pub fn accessor_key(accessor: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(ttl: Option<u64>, period: u64, max: u64) -> LifetimeRequest {
+        LifetimeRequest {
+            ttl_secs: ttl,
+            explicit_max_ttl_secs: max,
+            period_secs: period,
+        }
+    }
+
+    #[test]
+    fn lifetimes_follow_vault_and_never_outlive_the_parent_without_sudo() {
+        let limits = TokenLimits {
+            default_ttl_secs: 3600,
+            max_ttl_secs: 7200,
+        };
+        assert_eq!(
+            plan_ttl(req(None, 0, 0), limits, false, false, None),
+            Ok(3600)
+        );
+        assert_eq!(
+            plan_ttl(req(Some(1 << 40), 0, 0), limits, true, false, None),
+            Ok(7200)
+        );
+        assert_eq!(
+            plan_ttl(req(Some(600), 0, 60), limits, false, false, None),
+            Ok(60)
+        );
+        assert_eq!(
+            plan_ttl(req(None, 0, 0), limits, true, true, None),
+            Ok(0),
+            "root"
+        );
+        assert_eq!(
+            plan_ttl(req(None, 60, 0), limits, false, false, None),
+            Err(LifetimeError::PeriodNeedsSudo)
+        );
+        assert_eq!(
+            plan_ttl(req(None, 1 << 40, 0), limits, true, false, None),
+            Ok(7200)
+        );
+        assert_eq!(
+            plan_ttl(req(Some(900), 0, 0), limits, false, false, Some(300)),
+            Err(LifetimeError::OutlivesParent { remaining: 300 })
+        );
+        assert_eq!(
+            plan_ttl(req(Some(900), 0, 0), limits, true, false, Some(300)),
+            Ok(900),
+            "sudo may"
+        );
+        assert_eq!(
+            plan_ttl(req(None, 0, 0), limits, false, false, Some(300)),
+            Ok(300),
+            "a default TTL ends with the parent"
+        );
+        assert_eq!(
+            plan_ttl(req(Some(200), 0, 0), limits, false, false, Some(300)),
+            Ok(200)
+        );
+    }
 
     #[test]
     fn tokens_are_random_and_stored_hashed() {

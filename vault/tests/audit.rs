@@ -59,7 +59,7 @@ fn merged(node: &Node) -> Vec<u64> {
         ..Default::default()
     };
     let (records, _) = node.vault.audit_query(&auth, &filter).unwrap();
-    records.iter().map(|r| r.seq).collect()
+    records.iter().map(|r| r.record.seq).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -169,12 +169,16 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
             dir.display()
         )));
     }
+    // The node's member key is made here and never leaves the machine: registration sends
+    // only a signing request for it.
+    let own_key = coffer_tls::node_key_request(contents.node_id).map_err(local)?;
     let request = JoinRequest {
         pack_id: contents.pack_id.clone(),
         cluster_id: contents.cluster_id.clone(),
         instance: uuid::Uuid::new_v4().to_string(),
         api_addr: contents.api_addr.clone(),
         peer_addr: contents.peer_addr.clone(),
+        csr_pem: own_key.csr_pem.clone(),
     };
     let members: Vec<_> = contents.members.clone();
     let forwarder = Forwarder::new(Arc::new(PeerIdentity {
@@ -194,7 +198,7 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
             return Ok(exit::SERVER);
         }
     }
-    install(dir, &contents, &request)?;
+    install(dir, &contents, &request, &own_key.key_pem)?;
     let config = dir.join("coffer.toml");
     let command = format!("coffer server --config {}", config.display());
     if args.start {
@@ -213,7 +217,12 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
 }
 
 /// Writes the node's state, certificates, config and registration marker under `dir`.
-fn install(dir: &Path, contents: &PackContents, request: &JoinRequest) -> Result<(), ClientError> {
+fn install(
+    dir: &Path,
+    contents: &PackContents,
+    request: &JoinRequest,
+    own_key_pem: &str,
+) -> Result<(), ClientError> {
     std::fs::create_dir_all(dir.join("tls")).map_err(local)?;
     let mut last_percent = u64::MAX;
     let header = coffer_raft::install_seed_snapshot(dir, &contents.snapshot, &mut |done, total| {
@@ -236,10 +245,13 @@ fn install(dir: &Path, contents: &PackContents, request: &JoinRequest) -> Result
         std::fs::write(tls.join(name), text).map_err(|e| local(format!("writing {name}: {e}")))
     };
     write_public("ca.pem", &contents.ca_cert_pem)?;
-    write_public("node.pem", &contents.node_cert_pem)?;
+    // The pack's certificate registers the node once; its member certificate (for the key
+    // written below) arrives at registration and becomes node.pem.
+    write_public("pack.pem", &contents.node_cert_pem)?;
     write_public("api.pem", &contents.api_cert_pem)?;
-    coffer_tls::write_private(&tls.join("node-key.pem"), contents.node_key_pem.as_bytes())
+    coffer_tls::write_private(&tls.join("pack-key.pem"), contents.node_key_pem.as_bytes())
         .map_err(local)?;
+    coffer_tls::write_private(&tls.join("node-key.pem"), own_key_pem.as_bytes()).map_err(local)?;
     coffer_tls::write_private(&tls.join("api-key.pem"), contents.api_key_pem.as_bytes())
         .map_err(local)?;
     let abs = std::fs::canonicalize(dir).map_err(local)?;
@@ -269,9 +281,9 @@ fn install(dir: &Path, contents: &PackContents, request: &JoinRequest) -> Result
     let state = JoinState {
         request: request.clone(),
         members: contents.members.clone(),
+        registered: false,
     };
-    let marker = serde_json::to_vec_pretty(&state).map_err(local)?;
-    std::fs::write(JoinState::path(dir), marker).map_err(local)?;
+    state.save(dir).map_err(local)?;
     Ok(())
 }
 

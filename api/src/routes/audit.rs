@@ -17,6 +17,16 @@ fn exempt(path: &str, op: Op) -> bool {
         || (path == "sys/init" && op == Op::Read)
 }
 
+/// Whether the request is audited at all.
+pub(super) fn audited(req: &ApiRequest) -> bool {
+    !exempt(&req.path, req.op)
+}
+
+/// Whether the request may change state (then it is audited before it runs, too).
+pub(super) fn changes_state(req: &ApiRequest) -> bool {
+    matches!(req.op, Op::Write | Op::Patch | Op::Delete)
+}
+
 fn operation(req: &ApiRequest) -> String {
     let p = req.path.as_str();
     let named = match p {
@@ -58,24 +68,21 @@ fn client_ip(client: Option<ClientAddr>) -> String {
     client.map_or_else(|| "local".into(), |c| c.0.ip().to_string())
 }
 
-/// Audits a parsed request with its response; returns the response, or 503 if the record
-/// could not be made durable.
-pub(super) async fn record(state: &AppState, req: &ApiRequest, response: Response) -> Response {
-    if exempt(&req.path, req.op) {
-        return response;
-    }
+/// The event describing `req`, as far as it is known before it runs.
+fn event_of(state: &AppState, req: &ApiRequest) -> AuditEvent {
     let actor = req
         .actor
         .lock()
         .ok()
         .and_then(|a| a.clone())
         .unwrap_or_default();
-    let event = AuditEvent {
+    AuditEvent {
         actor: if actor.name.is_empty() {
             "anonymous".into()
         } else {
             actor.name
         },
+        display_name: actor.display_name,
         accessor_hmac: actor
             .accessor
             .map(|a| state.vault.accessor_hmac(&a))
@@ -88,10 +95,35 @@ pub(super) async fn record(state: &AppState, req: &ApiRequest, response: Respons
         client_addr: client_ip(req.client),
         operation: operation(req),
         path: req.path.clone(),
-        outcome: outcome(response.status()).into(),
-        status: response.status().as_u16(),
         request_id: req.request_id.clone(),
         ..Default::default()
+    }
+}
+
+/// The durable record of a request about to run (`type: request`, outcome `pending`).
+pub(super) async fn record_request(
+    state: &AppState,
+    req: &ApiRequest,
+) -> Result<(), coffer_vault::VaultError> {
+    let event = AuditEvent {
+        kind: "request".into(),
+        outcome: "pending".into(),
+        ..event_of(state, req)
+    };
+    state.vault.audit(event).await.map(|_| ())
+}
+
+/// Audits a parsed request with its response; returns the response, or 503 if the record
+/// could not be made durable.
+pub(super) async fn record(state: &AppState, req: &ApiRequest, response: Response) -> Response {
+    if exempt(&req.path, req.op) {
+        return response;
+    }
+    let event = AuditEvent {
+        kind: "response".into(),
+        outcome: outcome(response.status()).into(),
+        status: response.status().as_u16(),
+        ..event_of(state, req)
     };
     finish(state, event, response).await
 }
@@ -104,6 +136,7 @@ pub(super) async fn record_unparsed(
     response: Response,
 ) -> Response {
     let event = AuditEvent {
+        kind: "response".into(),
         actor: "anonymous".into(),
         auth_method: "none".into(),
         client_addr: client_ip(client),

@@ -209,10 +209,18 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             let accessor = body
                 .accessor
                 .ok_or_else(|| ApiError::BadRequest("missing accessor".into()))?;
-            match v.token_by_accessor(&accessor)? {
-                Some((_, entry)) => Ok(envelope(req, lookup_data(&entry, None))),
+            match v.lookup_accessor(&auth, &accessor)? {
+                Some(entry) => Ok(envelope(req, lookup_data(&entry, None))),
                 None => Err(ApiError::BadRequest("invalid accessor".into())),
             }
+        }
+        ("auth/token/accessors" | "auth/token/accessors/", Op::List) => {
+            let auth = authenticate(state, req)?;
+            let keys = v.list_accessors(&auth)?;
+            if keys.is_empty() {
+                return Err(ApiError::NotFoundEmpty);
+            }
+            Ok(envelope(req, json!({ "keys": keys })))
         }
         ("auth/token/renew-self", Op::Write) => {
             let auth = authenticate(state, req)?;
@@ -253,17 +261,23 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
     }
 }
 
+/// A login is done by the person logging in (named as her tokens will name her).
+pub(super) fn set_login_actor(req: &ApiRequest, user: &str) {
+    req.set_actor(super::request::Actor {
+        name: user.to_string(),
+        display_name: String::new(),
+        accessor: None,
+        method: "userpass".into(),
+    });
+}
+
 async fn userpass(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<Response> {
     let v = &state.vault;
     if let Some(user) = rest.strip_prefix("login/") {
         if req.op != Op::Write {
             return Err(ApiError::Method(req.path.clone()));
         }
-        req.set_actor(super::request::Actor {
-            name: user.to_string(),
-            accessor: None,
-            method: "userpass".into(),
-        });
+        set_login_actor(req, user);
         let body: LoginBody = req.json()?;
         let addr = req
             .client

@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use coffer_vault::Vault;
+use futures::FutureExt;
 
 pub use request::{Actor, ApiRequest, Op};
 
@@ -29,12 +30,17 @@ pub struct AppState {
     /// Body size limit in bytes.
     pub max_request_bytes: usize,
     /// Set once at start: the CA this node generated before init, moved into the encrypted
-    /// state by `sys/init`.
-    pub pending_ca: Arc<std::sync::Mutex<Option<coffer_vault::StoredCa>>>,
+    /// state by `sys/init`. An async lock, held across `init`: concurrent inits queue, and
+    /// a refused one leaves the CA in place.
+    pub pending_ca: Arc<tokio::sync::Mutex<Option<coffer_vault::StoredCa>>>,
     /// Where `sys/init` writes the root key when the seal is a key file (or dev mode).
     pub seal_key_file: Option<std::path::PathBuf>,
     /// `<data_dir>/tls`, whose CA key file `sys/init` removes once the CA is in the state.
     pub tls_dir: std::path::PathBuf,
+    /// How long a client may take to send a request body.
+    pub body_read_timeout: std::time::Duration,
+    /// Open client connections (for metrics).
+    pub connections: crate::https::ConnectionStats,
 }
 
 /// The application: every route, the body limit, and request logging.
@@ -54,25 +60,11 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         .extensions()
         .get::<crate::https::ClientAddr>()
         .copied();
-    let response = match ApiRequest::parse(request, state.max_request_bytes).await {
-        Ok(req) => {
-            let mut response = route(&state, &req)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
-            let read_only = state.vault.engine().mode() == coffer_raft::NodeMode::ReadOnly;
-            if read_only {
-                response.headers_mut().insert(
-                    "x-coffer-read-only",
-                    axum::http::HeaderValue::from_static("true"),
-                );
-            }
-            if req.stale || read_only {
-                staleness_headers(&state, &mut response);
-            }
-            audit::record(&state, &req, response).await
-        }
-        Err(e) => audit::record_unparsed(&state, &raw_path, client, e.into_response()).await,
-    };
+    let response =
+        match ApiRequest::parse(request, state.max_request_bytes, state.body_read_timeout).await {
+            Ok(req) => handle(&state, &req).await,
+            Err(e) => audit::record_unparsed(&state, &raw_path, client, e.into_response()).await,
+        };
     tracing::info!(
         %method,
         path = %raw_path,
@@ -81,6 +73,55 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         "request"
     );
     response
+}
+
+/// One parsed request, audited around its effect:
+/// 1. a spool that cannot take records refuses the request before anything runs;
+/// 2. a request that may change state gets a durable *request* record first, naming its
+///    caller, so no effect ever exists without a record (a crash after the commit and
+///    before the answer still leaves it);
+/// 3. the handler runs; a panic in it becomes a 500, and the node keeps serving;
+/// 4. the *response* record is made durable before the answer leaves (fail closed).
+async fn handle(state: &AppState, req: &ApiRequest) -> Response {
+    if audit::audited(req) {
+        if let Some(why) = state.vault.spool().failure() {
+            let e = coffer_vault::VaultError::Unavailable(why);
+            return ApiError::Vault(e).into_response();
+        }
+        if audit::changes_state(req) {
+            // Who is asking, for the record (a token is resolved once; handlers reuse it).
+            if let Some(user) = req.path.strip_prefix("auth/userpass/login/") {
+                auth::set_login_actor(req, user);
+            } else if req.token.is_some() {
+                let _ = sys::authenticate(state, req);
+            }
+            if let Err(e) = audit::record_request(state, req).await {
+                return ApiError::Vault(e).into_response();
+            }
+        }
+    }
+    let outcome = std::panic::AssertUnwindSafe(route(state, req))
+        .catch_unwind()
+        .await;
+    let mut response = match outcome {
+        Ok(result) => result.unwrap_or_else(IntoResponse::into_response),
+        Err(_) => {
+            // The panic hook has logged where; the payload may quote data, so it stays out.
+            tracing::error!(request_id = %req.request_id, path = %req.path, "handler panicked");
+            ApiError::Vault(coffer_vault::VaultError::internal("handler panicked")).into_response()
+        }
+    };
+    let read_only = state.vault.engine().mode() == coffer_raft::NodeMode::ReadOnly;
+    if read_only {
+        response.headers_mut().insert(
+            "x-coffer-read-only",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    if req.stale || read_only {
+        staleness_headers(state, &mut response);
+    }
+    audit::record(state, req, response).await
 }
 
 /// A stale read (asked for, or because the node is a read-only standby) says how stale it

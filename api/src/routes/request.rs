@@ -45,19 +45,24 @@ pub struct ApiRequest {
     pub request_id: String,
     /// Who the request turned out to be from, set when it authenticates (or logs in).
     pub actor: std::sync::Mutex<Option<Actor>>,
+    /// The resolved token, once authenticated (resolved once per request).
+    pub auth: std::sync::OnceLock<coffer_vault::Auth>,
     /// The client accepts a read from this node's local state without the leader round
     /// trip (`?stale=true` or `X-Coffer-Consistency: stale`).
     pub stale: bool,
 }
 
-/// The caller as the audit record names it.
+/// The caller as the audit record names it: one person has one name (`alice`), whichever
+/// way she authenticated; how is recorded apart, as Vault does.
 #[derive(Clone, Debug, Default)]
 pub struct Actor {
-    /// Display name (`root`, `userpass-alice`) or login name.
+    /// The person (`alice`, `root`): the token's owner, or the login name.
     pub name: String,
+    /// The token's display name (`userpass-alice`, `token-ci`), if a token was presented.
+    pub display_name: String,
     /// Token accessor, if a token was presented and valid.
     pub accessor: Option<String>,
-    /// `token` or `userpass`.
+    /// How the person authenticated: `userpass` or `token`.
     pub method: String,
 }
 
@@ -77,13 +82,17 @@ impl std::fmt::Debug for ApiRequest {
 
 impl ApiRequest {
     /// Parses method, path, query, token and body; refuses what cannot be a valid request.
-    pub async fn parse(request: Request, limit: usize) -> Result<Self, ApiError> {
+    pub async fn parse(
+        request: Request,
+        limit: usize,
+        body_timeout: std::time::Duration,
+    ) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         let raw = parts.uri.path();
         let Some(rest) = raw.strip_prefix("/v1/") else {
             return Err(ApiError::NoRoute(raw.to_string()));
         };
-        let path = percent_decode(rest)?;
+        let decoded = percent_decode(rest)?;
         let query = parse_query(parts.uri.query().unwrap_or(""))?;
         let list_flag = query.get("list").is_some_and(|v| v == "true" || v == "1");
         let op = match parts.method.as_str() {
@@ -94,15 +103,17 @@ impl ApiRequest {
             "PATCH" => Op::Patch,
             "DELETE" => Op::Delete,
             "LIST" => Op::List,
-            _ => return Err(ApiError::Method(path)),
+            _ => return Err(ApiError::Method(decoded)),
         };
+        let path = normalize_path(&decoded, op == Op::List)?;
         let stale = query.get("stale").is_some_and(|v| v == "true" || v == "1")
             || parts
                 .headers
                 .get("x-coffer-consistency")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"stale"));
-        let body = axum::body::to_bytes(body, limit)
+        let body = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit))
             .await
+            .map_err(|_| ApiError::BodyTimeout)?
             .map_err(|_| ApiError::TooLarge(limit))?;
         Ok(Self {
             stale,
@@ -111,6 +122,7 @@ impl ApiRequest {
             client: parts.extensions.get::<ClientAddr>().copied(),
             request_id: uuid::Uuid::new_v4().to_string(),
             actor: std::sync::Mutex::new(None),
+            auth: std::sync::OnceLock::new(),
             path,
             query,
             body,
@@ -225,6 +237,35 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest("request path is not valid UTF-8".into()))
 }
 
+/// The one spelling of a request path that policies are checked against and handlers use:
+/// no leading or repeated slashes, no `.` or `..` segments, no control characters, and a
+/// trailing slash only on a LIST (a folder). `secret//data/x/` and `secret/data/x` are the
+/// same path, so a `deny` cannot be stepped around by spelling.
+pub fn normalize_path(path: &str, list: bool) -> Result<String, ApiError> {
+    if path.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "request path contains control characters".into(),
+        ));
+    }
+    let mut segments = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" => {}
+            "." | ".." => {
+                return Err(ApiError::BadRequest(
+                    "request path segments '.' and '..' are not allowed".into(),
+                ))
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = segments.join("/");
+    if list && path.ends_with('/') && !out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
 fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -237,6 +278,23 @@ fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_have_one_spelling() {
+        for (raw, list, want) in [
+            ("secret/data/x", false, "secret/data/x"),
+            ("secret//data///x/", false, "secret/data/x"),
+            ("/secret/data/x", false, "secret/data/x"),
+            ("secret/metadata/team/", true, "secret/metadata/team/"),
+            ("secret/metadata//team", true, "secret/metadata/team"),
+            ("sys/policies/acl/", false, "sys/policies/acl"),
+        ] {
+            assert_eq!(normalize_path(raw, list).unwrap(), want, "{raw}");
+        }
+        for bad in ["secret/data/../x", "secret/./data/x", "secret/data/a\u{0}b"] {
+            assert!(normalize_path(bad, false).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn json_errors_never_echo_values() {

@@ -33,13 +33,19 @@ pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The request's token, resolved once per request (and the caller recorded for audit).
 pub(super) fn authenticate(state: &AppState, req: &ApiRequest) -> ApiResult<Auth> {
+    if let Some(auth) = req.auth.get() {
+        return Ok(auth.clone());
+    }
     let auth = state.vault.authenticate(req.token.as_deref())?;
     req.set_actor(super::request::Actor {
-        name: auth.display_name.clone(),
+        name: auth.actor().to_string(),
+        display_name: auth.display_name.clone(),
         accessor: Some(auth.accessor.clone()),
-        method: "token".into(),
+        method: auth.method().to_string(),
     });
+    let _ = req.auth.set(auth.clone());
     Ok(auth)
 }
 
@@ -81,6 +87,7 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
         }
         ("coffer/packs", Op::Write) => create_pack(state, req).await,
         ("coffer/members", Op::Read | Op::List) => members(state, req).await,
+        ("coffer/sessions", Op::Read | Op::List) => sessions(state, req),
         ("leader", Op::Read) => leader(state).await,
         ("mounts", Op::Read) => mounts(state, req),
         ("rotate", Op::Write) => {
@@ -139,6 +146,7 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
                 "storage/raft/remove-peer",
                 "coffer/packs",
                 "coffer/members",
+                "coffer/sessions",
             ];
             if known.contains(&rest) {
                 Err(ApiError::Method(format!("sys/{rest}")))
@@ -178,16 +186,16 @@ async fn init(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
         body.recovery_shares,
         body.recovery_threshold,
     );
-    let ca = state.pending_ca.lock().ok().and_then(|mut ca| ca.take());
     let request = InitRequest {
         secret_shares: body.secret_shares,
         secret_threshold: body.secret_threshold,
         root_token_id: None,
     };
-    let (response, root) = match state.vault.init(request, ca).await {
-        Ok(ok) => ok,
-        Err(e) => return Err(e.into()),
-    };
+    // Held across init: a second init waits, and a refused one leaves the CA in place.
+    let mut pending = state.pending_ca.lock().await;
+    let (response, root) = state.vault.init(request, pending.as_ref()).await?;
+    *pending = None;
+    drop(pending);
     crate::server::after_init(state, root)?;
     Ok(Json(response).into_response())
 }
@@ -267,6 +275,31 @@ async fn create_pack(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
     let mut data = serde_json::to_value(&summary).unwrap_or_default();
     data["pack"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&file));
     Ok(envelope(req, data))
+}
+
+/// `sys/coffer/sessions`: the node-local sessions this node issued while read-only (revoke
+/// one with `auth/token/revoke-accessor` on this node).
+fn sessions(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let auth = authenticate(state, req)?;
+    let list: Vec<Value> = state
+        .vault
+        .list_local_sessions(&auth)?
+        .iter()
+        .map(|e| {
+            json!({
+                "accessor": e.accessor,
+                "actor": e.actor(),
+                "display_name": e.display_name,
+                "policies": e.policies,
+                "creation_time": e.creation_time,
+                "expire_time": e.expire_time,
+            })
+        })
+        .collect();
+    Ok(envelope(
+        req,
+        json!({ "node_id": state.vault.node().node_id, "sessions": list }),
+    ))
 }
 
 fn member_json(m: &MemberStatus) -> Value {
@@ -460,7 +493,7 @@ pub(super) fn audit(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult
         "" => {
             let filter = audit_filter(req)?;
             let (records, next) = state.vault.audit_query(&auth, &filter)?;
-            let next = next.map(|(n, s)| format!("{n}:{s}"));
+            let next = next.map(|(n, e, s)| format!("{n}:{e}:{s}"));
             Ok(envelope(req, json!({ "records": records, "next": next })))
         }
         "/verify" => {
@@ -486,9 +519,17 @@ fn audit_filter(req: &ApiRequest) -> ApiResult<coffer_vault::AuditFilter> {
     };
     let after = text("after")
         .map(|v| {
-            v.split_once(':')
-                .and_then(|(n, s)| Some((n.parse().ok()?, s.parse().ok()?)))
-                .ok_or_else(|| ApiError::BadRequest("after must be <node>:<seq>".into()))
+            let parts: Vec<&str> = v.split(':').collect();
+            let parsed = match parts.as_slice() {
+                [n, e, s] => (|| Some((n.parse().ok()?, e.parse().ok()?, s.parse().ok()?)))(),
+                [n, s] => (|| Some((n.parse().ok()?, 1, s.parse().ok()?)))(),
+                _ => None,
+            };
+            parsed.ok_or_else(|| {
+                ApiError::BadRequest(
+                    "after must be <node>:<epoch>:<seq> (as `next` gives it)".into(),
+                )
+            })
         })
         .transpose()?;
     Ok(coffer_vault::AuditFilter {
@@ -553,7 +594,7 @@ pub(super) fn metrics(state: &AppState, req: &ApiRequest) -> ApiResult<Response>
         "coffer_audit_merged_seq",
         "gauge",
         "Highest sequence number of this node merged into the cluster log.",
-        v.audit_cursor(v.node().node_id).unwrap_or(0).to_string(),
+        v.own_audit_cursor().unwrap_or(0).to_string(),
     );
     metric(
         "coffer_raft_applied_index",
@@ -612,6 +653,33 @@ pub(super) fn metrics(state: &AppState, req: &ApiRequest) -> ApiResult<Response>
             .unwrap_or(0)
             .to_string(),
     );
+    metric(
+        "coffer_http_connections",
+        "gauge",
+        "Client connections open now.",
+        state.connections.open().to_string(),
+    );
+    metric(
+        "coffer_http_connections_evicted_total",
+        "counter",
+        "Idle client connections closed to make room at the connection cap.",
+        state.connections.evicted.load(Relaxed).to_string(),
+    );
+    metric(
+        "coffer_http_connections_refused_total",
+        "counter",
+        "Client connections turned away because every open one was busy.",
+        state.connections.refused.load(Relaxed).to_string(),
+    );
+    out.push_str(
+        "# HELP coffer_peer_refusals_total Peers and peer requests refused on the peer port, by reason.\n\
+         # TYPE coffer_peer_refusals_total counter\n",
+    );
+    for (reason, n) in v.engine().refusals().snapshot() {
+        out.push_str(&format!(
+            "coffer_peer_refusals_total{{reason=\"{reason}\"}} {n}\n"
+        ));
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

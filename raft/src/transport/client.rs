@@ -36,10 +36,14 @@ pub struct PeerNetwork {
     /// Idle connections by peer, handed to the next client for that peer. openraft makes a
     /// fresh client for every leadership check (each linearizable read on the leader); this
     /// keeps those from costing a TLS handshake each.
-    idle: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, Vec<Conn>>>>,
+    idle: Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Conn>>>>,
 }
 
 type Conn = TlsStream<TcpStream>;
+
+/// Pooled connections are to one node id at one address with one pinned certificate: when
+/// the membership re-pins an id (removed and joined again), old connections are not reused.
+type PoolKey = (NodeId, String, String);
 
 /// Why a connection to a peer could not be made.
 struct DialError {
@@ -108,6 +112,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerClient {
             target,
             addr: node.peer_addr.clone(),
+            pin: node.cert_sha256.clone(),
             identity: self.identity.clone(),
             conn: None,
             contacts: self.contacts.clone(),
@@ -122,6 +127,9 @@ pub struct PeerClient {
     target: NodeId,
     /// `host:port` of its peer listener.
     addr: String,
+    /// The fingerprint the membership pins for it (empty: none known, e.g. a pack's member
+    /// list from before pinning; then the CA and the node id are all that is checked).
+    pin: String,
     /// Our identity.
     identity: Arc<PeerIdentity>,
     /// The open connection, if any.
@@ -129,14 +137,14 @@ pub struct PeerClient {
     /// Where answers are recorded.
     contacts: Contacts,
     /// The network's idle connections (this client takes one and gives it back on drop).
-    idle: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, Vec<Conn>>>>,
+    idle: Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Conn>>>>,
 }
 
 impl Drop for PeerClient {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if let Ok(mut idle) = self.idle.lock() {
-                let pool = idle.entry(self.target).or_default();
+                let pool = idle.entry(self.pool_key()).or_default();
                 if pool.len() < MAX_IDLE_PER_PEER {
                     pool.push(conn);
                 }
@@ -152,6 +160,10 @@ fn unreachable<E: std::error::Error>(msg: impl std::fmt::Display) -> RpcErr<E> {
 }
 
 impl PeerClient {
+    fn pool_key(&self) -> PoolKey {
+        (self.target, self.addr.clone(), self.pin.clone())
+    }
+
     /// A TCP connection to the peer, from this node's own address when it has one.
     async fn dial(&self) -> std::io::Result<TcpStream> {
         let target = tokio::net::lookup_host(&self.addr)
@@ -173,7 +185,7 @@ impl PeerClient {
     /// An idle pooled connection to this peer, or a new one.
     async fn connect(&self) -> Result<Conn, DialError> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| {
-            let pool = idle.get_mut(&self.target)?;
+            let pool = idle.get_mut(&self.pool_key())?;
             while let Some(conn) = pool.pop() {
                 if !is_stale(&conn) {
                     return Some(conn);
@@ -189,8 +201,9 @@ impl PeerClient {
 
     async fn dial_tls(&self) -> Result<Conn, DialError> {
         let id = &self.identity;
+        let pin = (!self.pin.is_empty()).then_some(self.pin.as_str());
         let config =
-            coffer_tls::peer_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem, self.target)
+            coffer_tls::peer_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem, self.target, pin)
                 .map_err(|e| e.to_string())?;
         let host = self
             .addr

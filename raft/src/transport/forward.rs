@@ -23,8 +23,8 @@ const MAX_IDLE: usize = 64;
 pub struct Forwarder {
     /// Builds clients with our identity.
     network: PeerNetwork,
-    /// Idle clients by (leader, peer address).
-    idle: Mutex<HashMap<(NodeId, String), Vec<PeerClient>>>,
+    /// Idle clients by (leader, peer address, pinned fingerprint).
+    idle: Mutex<HashMap<(NodeId, String, String), Vec<PeerClient>>>,
 }
 
 impl Forwarder {
@@ -42,7 +42,18 @@ impl Forwarder {
         addr: &NodeAddr,
         request: PeerRequest,
     ) -> Result<PeerResponse, ForwardError> {
-        let key = (leader, addr.peer_addr.clone());
+        self.call_within(leader, addr, request, FORWARD_TIMEOUT)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+        request: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, ForwardError> {
+        let key = (leader, addr.peer_addr.clone(), addr.cert_sha256.clone());
         // A pooled connection the leader closed (it crashed or restarted) is dropped before
         // use: a request sent on it would have an unknown outcome.
         let pooled = self.idle.lock().ok().and_then(|mut m| {
@@ -58,7 +69,7 @@ impl Forwarder {
             Some(c) => c,
             None => self.network.clone().new_client(leader, addr).await,
         };
-        let response = client.exchange(request, FORWARD_TIMEOUT).await?;
+        let response = client.exchange(request, ttl).await?;
         if let Ok(mut m) = self.idle.lock() {
             let pool = m.entry(key).or_default();
             if pool.len() < MAX_IDLE {
@@ -100,7 +111,7 @@ impl Forwarder {
         &self,
         leader: NodeId,
         addr: &NodeAddr,
-        origin: NodeId,
+        origin: super::PeerCaller,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ForwardError> {
         match self
@@ -137,6 +148,22 @@ impl Forwarder {
         match self.call(leader, addr, PeerRequest::Members).await? {
             PeerResponse::Members(r) => r,
             other => Err(unexpected("a members request", other)),
+        }
+    }
+
+    /// `target`'s membership view, within `ttl` (a lagging node asks its members).
+    pub async fn roster(
+        &self,
+        target: NodeId,
+        addr: &NodeAddr,
+        ttl: Duration,
+    ) -> Result<super::Roster, ForwardError> {
+        match self
+            .call_within(target, addr, PeerRequest::Roster, ttl)
+            .await?
+        {
+            PeerResponse::Roster(r) => Ok(r),
+            other => Err(unexpected("a roster request", other)),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`codec`]: length-prefixed postcard frames with a size bound.
 //! - [`server`]: accepts peers whose certificate comes from the cluster CA, learns their node
-//!   id from the certificate, and refuses any RPC that claims to come from another node.
+//!   id from the certificate, and serves a request only if that certificate is the one the
+//!   membership pins for that node ([`trust`]), and the request claims no other node.
 //! - [`client`]: openraft's `RaftNetworkFactory`; `new_client` never connects, each client
 //!   keeps one long-lived connection and reconnects after a failure.
 
@@ -10,6 +11,7 @@ pub mod client;
 pub mod codec;
 pub mod forward;
 pub mod server;
+pub mod trust;
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -24,6 +26,7 @@ use crate::types::{NodeId, TypeConfig};
 pub use client::PeerNetwork;
 pub use forward::Forwarder;
 pub use server::serve_peers;
+pub use trust::{PeerCaller, Refusal, Refusals, Roster};
 
 /// What a node presents and trusts on the peer port. The key is zeroized on drop.
 pub struct PeerIdentity {
@@ -63,13 +66,14 @@ pub enum PeerRequest {
     /// A follower asks the leader for a linearizable read index.
     ReadIndex,
     /// An application message (the vault layer's, e.g. a joining node registering its pack),
-    /// sent by the node that holds the certificate. Handled by the leader.
+    /// sent by the node that holds the certificate. Handled by the leader. The one request a
+    /// certificate that is not a member's may send: the vault layer judges it.
     App(Vec<u8>),
-    /// An application message a member relays to the leader for `origin`, the node whose
-    /// certificate presented it to the member. Accepted only from current members.
+    /// An application message a member relays to the leader for `origin`, the certificate
+    /// that presented it to the member. Accepted only from current members.
     AppRelayed {
-        /// The node that sent the message to the relaying member.
-        origin: NodeId,
+        /// Who sent the message to the relaying member.
+        origin: trust::PeerCaller,
         /// The message.
         body: Vec<u8>,
     },
@@ -77,6 +81,9 @@ pub enum PeerRequest {
     Membership(crate::membership::MembershipChange),
     /// The leader's view of the members and their progress.
     Members,
+    /// This node's membership view with pinned certificates (asked by a lagging member
+    /// that does not know a peer yet).
+    Roster,
 }
 
 impl PeerRequest {
@@ -92,7 +99,8 @@ impl PeerRequest {
             | PeerRequest::App(_)
             | PeerRequest::AppRelayed { .. }
             | PeerRequest::Membership(_)
-            | PeerRequest::Members => return None,
+            | PeerRequest::Members
+            | PeerRequest::Roster => return None,
         };
         vote.leader_id().voted_for()
     }
@@ -120,6 +128,8 @@ pub enum PeerResponse {
     Membership(Result<u64, ForwardError>),
     /// Answer to `Members`.
     Members(Result<Vec<crate::membership::MemberStatus>, ForwardError>),
+    /// Answer to `Roster`.
+    Roster(trust::Roster),
     /// The server refused the request; the reason is also in its log.
     Refused(String),
 }
@@ -153,6 +163,7 @@ pub enum ForwardError {
 pub type AppFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>>;
 
-/// Handles application messages on the leader: `(sender node id, body) -> answer`. The
-/// sender id is the one bound in the certificate that presented the message.
-pub type AppHandler = std::sync::Arc<dyn Fn(NodeId, Vec<u8>) -> AppFuture + Send + Sync>;
+/// Handles application messages on the leader: `(sender, body) -> answer`. The sender is the
+/// certificate that presented the message (its node id and fingerprint), which may or may
+/// not be a member's: the handler decides what it may do.
+pub type AppHandler = std::sync::Arc<dyn Fn(trust::PeerCaller, Vec<u8>) -> AppFuture + Send + Sync>;

@@ -1,5 +1,8 @@
-//! Accepting peers: mutual TLS with the cluster CA, the node id taken from the verified
-//! certificate, and every RPC checked against it. Each refusal is logged with its reason.
+//! Accepting peers: mutual TLS with the cluster CA, the node id and fingerprint taken from the
+//! verified certificate, and every request admitted only if that certificate is the one the
+//! membership pins for that node (an application message excepted: the vault judges it; see
+//! [`super::trust`]). Each refusal is counted and logged with its reason; a connection whose
+//! request was refused is closed, so every further attempt costs a new handshake.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,8 +12,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::codec::{read_frame, write_frame, CodecError};
+use super::trust::{PeerCaller, Refusal};
 use super::{ForwardError, PeerRequest, PeerResponse};
-use crate::types::{NodeId, Raft};
+use crate::types::Raft;
 use crate::{Engine, EngineError};
 
 /// How long a peer may take to finish the TLS handshake.
@@ -47,33 +51,38 @@ pub async fn serve_peers(
         let engine = engine.clone();
         let mut closed = closed.clone();
         tokio::spawn(async move {
+            let refusals = engine.refusals();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::warn!(%addr, "peer refused: TLS handshake failed: {e}");
+                    let why = format!("TLS handshake failed: {e}");
+                    refusals.record(Refusal::Handshake, &addr.to_string(), &why);
                     return;
                 }
                 Err(_) => {
-                    tracing::warn!(%addr, "peer refused: TLS handshake timed out");
+                    let why = "TLS handshake timed out";
+                    refusals.record(Refusal::Handshake, &addr.to_string(), why);
                     return;
                 }
             };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| coffer_tls::node_id_from_cert(c));
-            let Some(peer) = peer else {
-                tracing::warn!(%addr, "peer refused: its certificate binds no node id");
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let caller = cert.and_then(|c| {
+                Some(PeerCaller {
+                    node_id: coffer_tls::node_id_from_cert(c)?,
+                    cert_sha256: coffer_tls::cert_fingerprint(c),
+                })
+            });
+            let Some(caller) = caller else {
+                let why = "its certificate binds no node id";
+                refusals.record(Refusal::NoNodeId, &addr.to_string(), why);
                 return;
             };
             tokio::select! {
-                result = serve_connection(tls, peer, &engine) => {
+                result = serve_connection(tls, caller, addr, &engine) => {
                     if let Err(e) = result {
                         let eof = matches!(&e, CodecError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
                         if !eof {
-                            tracing::debug!(%addr, peer, "peer connection ended: {e}");
+                            tracing::debug!(%addr, "peer connection ended: {e}");
                         }
                     }
                 }
@@ -84,27 +93,77 @@ pub async fn serve_peers(
     }
 }
 
-async fn serve_connection<S>(mut stream: S, peer: NodeId, engine: &Engine) -> Result<(), CodecError>
+async fn serve_connection<S>(
+    mut stream: S,
+    caller: PeerCaller,
+    addr: std::net::SocketAddr,
+    engine: &Engine,
+) -> Result<(), CodecError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
         let request: PeerRequest = read_frame(&mut stream).await?;
-        let response = match request.claimed_sender() {
-            Some(claimed) if claimed != peer => {
-                let why = format!(
-                    "peer certificate is for node {peer} but the request claims node {claimed}"
-                );
-                tracing::warn!("peer refused: {why}");
-                PeerResponse::Refused(why)
+        match admit(engine, &caller, &request) {
+            Ok(()) => {
+                let response = dispatch(engine, &caller, request).await;
+                write_frame(&mut stream, &response).await?;
             }
-            _ => dispatch(engine, peer, request).await,
-        };
-        write_frame(&mut stream, &response).await?;
+            Err((reason, why)) => {
+                let peer = format!("node {} at {addr}", caller.node_id);
+                engine.refusals().record(reason, &peer, &why);
+                if matches!(
+                    (&request, reason),
+                    (
+                        PeerRequest::AppendEntries(_)
+                            | PeerRequest::Vote(_)
+                            | PeerRequest::InstallSnapshot(_),
+                        Refusal::NotMember | Refusal::RevokedCertificate
+                    )
+                ) {
+                    // Perhaps our own view is behind (we were down while members changed).
+                    engine.refresh_roster_soon();
+                }
+                write_frame(&mut stream, &PeerResponse::Refused(why)).await?;
+                return Ok(());
+            }
+        }
     }
 }
 
-async fn dispatch(engine: &Engine, peer: NodeId, request: PeerRequest) -> PeerResponse {
+/// Whether `caller` may send `request`: it must not claim another node, and anything but an
+/// application message needs the certificate pinned for a current member.
+fn admit(
+    engine: &Engine,
+    caller: &PeerCaller,
+    request: &PeerRequest,
+) -> Result<(), (Refusal, String)> {
+    let node = caller.node_id;
+    if let Some(claimed) = request.claimed_sender() {
+        if claimed != node {
+            return Err((
+                Refusal::ClaimsOtherNode,
+                format!(
+                    "peer certificate is for node {node} but the request claims node {claimed}"
+                ),
+            ));
+        }
+    }
+    if matches!(request, PeerRequest::App(_)) {
+        return Ok(());
+    }
+    engine.peer_standing(caller).map_err(|reason| {
+        let why = match reason {
+            Refusal::RevokedCertificate => format!(
+                "node {node} is a member, but not with this certificate (revoked or replaced)"
+            ),
+            _ => format!("node {node} is not a member of this cluster"),
+        };
+        (reason, why)
+    })
+}
+
+async fn dispatch(engine: &Engine, caller: &PeerCaller, request: PeerRequest) -> PeerResponse {
     let raft = engine.raft();
     match request {
         PeerRequest::AppendEntries(r) => {
@@ -129,33 +188,23 @@ async fn dispatch(engine: &Engine, peer: NodeId, request: PeerRequest) -> PeerRe
             Err(e) => Err(engine_to_forward(e)),
         }),
         PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft).await),
-        PeerRequest::App(body) => PeerResponse::App(engine.app_request(peer, body).await),
+        PeerRequest::App(body) => PeerResponse::App(engine.app_request(caller.clone(), body).await),
+        // Admitted only from a member, which vouches for the certificate that sent it.
         PeerRequest::AppRelayed { origin, body } => {
-            if !engine.member_addrs().contains_key(&peer) {
-                let why = format!("node {peer} relayed a message but is not a member");
-                tracing::warn!("peer refused: {why}");
-                return PeerResponse::Refused(why);
-            }
             PeerResponse::App(engine.app_request_local(origin, body).await)
         }
-        PeerRequest::Membership(change) => {
-            if !engine.member_addrs().contains_key(&peer) {
-                let why = format!("node {peer} asked for a membership change but is not a member");
-                tracing::warn!("peer refused: {why}");
-                return PeerResponse::Refused(why);
-            }
-            PeerResponse::Membership(
-                engine
-                    .change_membership_local(change)
-                    .await
-                    .map_err(engine_to_forward),
-            )
-        }
+        PeerRequest::Membership(change) => PeerResponse::Membership(
+            engine
+                .change_membership_local(change)
+                .await
+                .map_err(engine_to_forward),
+        ),
         PeerRequest::Members => PeerResponse::Members(if engine.is_leader() {
             Ok(engine.members_local())
         } else {
             Err(ForwardError::NotLeader(engine.leader().map(|(id, _)| id)))
         }),
+        PeerRequest::Roster => PeerResponse::Roster(engine.roster_local()),
     }
 }
 

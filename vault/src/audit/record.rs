@@ -11,14 +11,21 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// What happened, as the node saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
+    /// `request` (written before a state-changing request runs), `response` (written before
+    /// the answer leaves), or empty for what the node does by itself (mode changes, joins).
+    #[serde(rename = "type", default)]
+    pub kind: String,
     /// RFC 3339 time at the origin node.
     pub time: String,
-    /// Who: the token's display name (`root`, `userpass-alice`), the login name for logins,
-    /// or `anonymous`.
+    /// Who: the person (`alice` for her login and for everything her tokens do, `root`),
+    /// `node N` for a peer, `system`, or `anonymous`.
     pub actor: String,
+    /// The token's display name (`userpass-alice`, `token-ci`), if a token was presented.
+    #[serde(default)]
+    pub display_name: String,
     /// HMAC-SHA256 of the token accessor (correlates without revealing it), or empty.
     pub accessor_hmac: String,
-    /// `token`, `userpass`, or `none`.
+    /// How the actor authenticated: `userpass`, `token`, `bootstrap-pack`, or `none`.
     pub auth_method: String,
     /// The client's IP address.
     pub client_addr: String,
@@ -41,6 +48,11 @@ pub struct AuditEvent {
 pub struct AuditRecord {
     /// Origin node.
     pub node: u64,
+    /// The origin spool's epoch: a random id made when the spool was created. A node id
+    /// that is removed and joined again (a fresh data directory) starts a new epoch, whose
+    /// chain starts again at 1 and is merged under its own cursor.
+    #[serde(default)]
+    pub epoch: String,
     /// Position in the origin node's chain, from 1.
     pub seq: u64,
     /// The event.
@@ -52,12 +64,14 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-fn digest(node: u64, seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
-    // Canonical input: the event's JSON (struct field order is fixed) framed by node, seq and
-    // the previous hash.
+fn digest(node: u64, epoch: &str, seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
+    // Canonical input: the event's JSON (struct field order is fixed) framed by node, epoch,
+    // seq and the previous hash.
     let body = serde_json::to_vec(event).unwrap_or_default();
     let mut h = Sha256::new();
     h.update(node.to_be_bytes());
+    h.update((epoch.len() as u64).to_be_bytes());
+    h.update(epoch.as_bytes());
     h.update(seq.to_be_bytes());
     h.update(prev_hash.as_bytes());
     h.update((body.len() as u64).to_be_bytes());
@@ -65,11 +79,12 @@ fn digest(node: u64, seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// Chains `event` after `prev_hash` as record `seq` of `node`.
-pub fn chain(node: u64, seq: u64, prev_hash: &str, event: AuditEvent) -> AuditRecord {
-    let hash = digest(node, seq, &event, prev_hash);
+/// Chains `event` after `prev_hash` as record `seq` of `node`'s spool epoch `epoch`.
+pub fn chain(node: u64, epoch: &str, seq: u64, prev_hash: &str, event: AuditEvent) -> AuditRecord {
+    let hash = digest(node, epoch, seq, &event, prev_hash);
     AuditRecord {
         node,
+        epoch: epoch.to_string(),
         seq,
         event,
         prev_hash: prev_hash.to_string(),
@@ -80,7 +95,13 @@ pub fn chain(node: u64, seq: u64, prev_hash: &str, event: AuditEvent) -> AuditRe
 impl AuditRecord {
     /// Whether the stored hash matches the content.
     pub fn intact(&self) -> bool {
-        digest(self.node, self.seq, &self.event, &self.prev_hash) == self.hash
+        digest(
+            self.node,
+            &self.epoch,
+            self.seq,
+            &self.event,
+            &self.prev_hash,
+        ) == self.hash
     }
 }
 
@@ -89,9 +110,12 @@ impl AuditRecord {
 pub struct ChainProblem {
     /// Origin node.
     pub node: u64,
+    /// The epoch's number among the node's epochs (1 for its first spool).
+    #[serde(default)]
+    pub epoch: u32,
     /// Sequence number where the problem is seen.
     pub seq: u64,
-    /// `gap`, `fork`, `tampered`, or `unreadable`.
+    /// `gap`, `fork`, `tampered`, `truncated`, or `unreadable`.
     pub kind: String,
     /// Human explanation.
     pub detail: String,
@@ -104,6 +128,7 @@ pub fn verify_chain(node: u64, start: (u64, &str), records: &[AuditRecord]) -> V
     let (mut prev_seq, mut prev_hash) = (start.0, start.1.to_string());
     let problem = |seq, kind: &str, detail: String| ChainProblem {
         node,
+        epoch: 0,
         seq,
         kind: kind.into(),
         detail,
@@ -156,7 +181,7 @@ mod tests {
         let mut out: Vec<AuditRecord> = Vec::new();
         for seq in 1..=n {
             let prev = out.last().map_or(GENESIS.to_string(), |r| r.hash.clone());
-            out.push(chain(7, seq, &prev, ev(&format!("p{seq}"))));
+            out.push(chain(7, "e1", seq, &prev, ev(&format!("p{seq}"))));
         }
         out
     }
@@ -179,7 +204,7 @@ mod tests {
         assert_eq!((p[0].seq, p[0].kind.as_str()), (3, "gap"));
 
         let mut fork = build(3);
-        let other = chain(7, 3, &"f".repeat(64), ev("other"));
+        let other = chain(7, "e1", 3, &"f".repeat(64), ev("other"));
         fork[2] = other;
         let p = verify_chain(7, (0, GENESIS), &fork);
         assert_eq!((p[0].seq, p[0].kind.as_str()), (3, "fork"));

@@ -9,6 +9,19 @@
 //! durable. A crash can leave a torn last line that was never acknowledged; opening the spool
 //! truncates it. If a write or sync fails, the spool refuses every later append until the node
 //! restarts (after a failed fsync the file's state is unknown), and says why in `failure()`.
+//! The spool's epoch file (`epoch`, a random id) is written, fsynced and renamed into place
+//! before the first record.
+//!
+//! # Tamper evidence
+//!
+//! Each line carries its chain fields in clear, its body sealed to the cluster's audit
+//! spool key, and — whenever the node is unsealed — a MAC over (node, epoch, seq, hash)
+//! under a key derived from the keyring. Since each hash covers the previous one, a valid
+//! MAC vouches for every record before it: someone with disk access, who has neither key,
+//! cannot rewrite or insert records without the next MAC failing, and cannot turn a sealed
+//! body into a clear one (a clear body after the first sealed or MAC'd line is refused).
+//! Records written while the node was sealed carry no MAC and are reported as such. Cutting
+//! the tail is caught by the anchor the shipper writes into the replicated log.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -19,6 +32,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use super::record::{chain, AuditEvent, AuditRecord, ChainProblem, GENESIS};
 use super::sealing::{BatchSealer, SpoolKey};
@@ -60,12 +77,21 @@ struct Shared {
     /// Where the last `read_from` stopped: (next seq, segment first seq, byte offset), so the
     /// shipper reads each segment once instead of rescanning it per batch.
     read_pos: Mutex<Option<(u64, u64, u64)>>,
+    /// The MAC key (from the keyring) while the node is unsealed.
+    mac_key: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    /// The durable head: last sequence number and its hash.
+    head: Mutex<(u64, String)>,
+    /// Sequence number of the first line with a sealed body or a MAC (0: none yet). No line
+    /// after it may have a clear body.
+    protected_from: AtomicU64,
 }
 
 /// The spool handle.
 pub struct Spool {
     /// Origin node id written into every record.
     node: u64,
+    /// This spool's epoch (random id, from the `epoch` file).
+    epoch: String,
     /// Appends on their way to the writer thread.
     tx: Mutex<mpsc::Sender<(AuditEvent, Reply)>>,
     /// Shared state.
@@ -93,10 +119,29 @@ struct SpoolLine {
     sealed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event: Option<AuditEvent>,
+    /// HMAC-SHA256 over (node, epoch, seq, hash), hex, when the node was unsealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+const MAC_LABEL: &[u8] = b"coffer audit spool mac v1";
+
+/// The MAC of record `seq` of `node`'s epoch `epoch` with hash `hash`.
+fn line_mac(key: &[u8; 32], node: u64, epoch: &str, seq: u64, hash: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(MAC_LABEL);
+    mac.update(&node.to_be_bytes());
+    mac.update(&(epoch.len() as u64).to_be_bytes());
+    mac.update(epoch.as_bytes());
+    mac.update(&seq.to_be_bytes());
+    mac.update(hash.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 impl SpoolLine {
-    fn of(rec: &AuditRecord, sealer: Option<&BatchSealer>) -> Self {
+    fn of(rec: &AuditRecord, sealer: Option<&BatchSealer>, mac_key: Option<&[u8; 32]>) -> Self {
         let (sealed, event) = match sealer {
             Some(s) => {
                 let body =
@@ -112,11 +157,46 @@ impl SpoolLine {
             hash: rec.hash.clone(),
             sealed,
             event,
+            mac: mac_key.map(|k| line_mac(k, rec.node, &rec.epoch, rec.seq, &rec.hash)),
+        }
+    }
+
+    /// Whether the line is protected (a sealed body or a MAC): after the first such line,
+    /// every line must be.
+    fn protected(&self) -> bool {
+        self.sealed.is_some() || self.mac.is_some()
+    }
+
+    /// Checks what can be checked without opening the body: a clear body where none may be,
+    /// and the MAC when the key is at hand. `Ok(false)` when the line has no MAC (written
+    /// while the node was sealed, or before the cluster had a keyring).
+    fn authenticate(
+        &self,
+        epoch: &str,
+        mac_key: Option<&[u8; 32]>,
+        protected_from: u64,
+    ) -> Result<bool, String> {
+        if self.event.is_some() && protected_from > 0 && self.seq > protected_from {
+            return Err(format!(
+                "record {} has a clear body after the spool's bodies were sealed",
+                self.seq
+            ));
+        }
+        match (&self.mac, mac_key) {
+            (Some(mac), Some(key)) => {
+                if *mac == line_mac(key, self.node, epoch, self.seq, &self.hash) {
+                    Ok(true)
+                } else {
+                    Err(format!("record {} fails its MAC", self.seq))
+                }
+            }
+            (Some(_), None) => Ok(true),
+            (None, _) => Ok(false),
         }
     }
 
     /// The record, opening a sealed body with `key`.
-    fn record(self, key: Option<&SpoolKey>) -> Result<AuditRecord, String> {
+    fn record(self, epoch: &str, key: Option<&SpoolKey>) -> Result<AuditRecord, String> {
         let event = match (self.event, self.sealed) {
             (Some(e), _) => e,
             (None, Some(sealed)) => {
@@ -128,12 +208,54 @@ impl SpoolLine {
         };
         Ok(AuditRecord {
             node: self.node,
+            epoch: epoch.to_string(),
             seq: self.seq,
             event,
             prev_hash: self.prev_hash,
             hash: self.hash,
         })
     }
+}
+
+/// The spool's epoch id: read from `dir/epoch`, or made (and made durable) for a new spool.
+fn load_epoch(dir: &Path) -> Result<String, String> {
+    let path = dir.join("epoch");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    }
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    let epoch = hex::encode(id);
+    let tmp = dir.join("epoch.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(epoch.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(epoch)
+}
+
+/// The first protected line's sequence number in the first segment (0 if none): clear
+/// bodies exist only at the very start of a spool (before the cluster had keys).
+fn first_protected(segments: &BTreeMap<u64, PathBuf>) -> u64 {
+    let Some((_, path)) = segments.iter().next() else {
+        return 0;
+    };
+    let Ok(file) = File::open(path) else {
+        return 0;
+    };
+    BufReader::new(file)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_slice::<SpoolLine>(&l).ok())
+        .find(SpoolLine::protected)
+        .map_or(0, |l| l.seq)
 }
 
 fn segment_name(first: u64) -> String {
@@ -198,19 +320,24 @@ impl Spool {
             None => None,
         };
         let (last_seq, last_hash) = last.unwrap_or((0, GENESIS.to_string()));
+        let epoch = load_epoch(dir)?;
         let shared = Arc::new(Shared {
             durable: AtomicU64::new(last_seq),
             failure: Mutex::new(None),
+            protected_from: AtomicU64::new(first_protected(&segments)),
             segments: Mutex::new(segments),
             notify: tokio::sync::Notify::new(),
             stats: SpoolStats::default(),
             read_pos: Mutex::new(None),
             recipient: Mutex::new(None),
+            mac_key: Mutex::new(None),
+            head: Mutex::new((last_seq, last_hash.clone())),
         });
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             dir: dir.to_path_buf(),
             node,
+            epoch: epoch.clone(),
             last_seq,
             last_hash,
             file: None,
@@ -222,9 +349,35 @@ impl Spool {
             .map_err(|e| format!("starting the spool writer: {e}"))?;
         Ok(Self {
             node,
+            epoch,
             tx: Mutex::new(tx),
             shared,
         })
+    }
+
+    /// This spool's epoch id.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// MACs every later record under `key` (the node unsealed), or stops (`None`: sealed).
+    pub fn set_mac_key(&self, key: Option<Zeroizing<[u8; 32]>>) {
+        if let Ok(mut k) = self.shared.mac_key.lock() {
+            *k = key;
+        }
+    }
+
+    /// The durable head: last sequence number and its hash (0 and the genesis hash if empty).
+    pub fn head(&self) -> (u64, String) {
+        self.shared
+            .head
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or((0, GENESIS.to_string()))
+    }
+
+    fn mac_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        self.shared.mac_key.lock().ok().and_then(|k| k.clone())
     }
 
     /// Appends an event; resolves once its record is durable.
@@ -310,6 +463,8 @@ impl Spool {
                 None => return Err(format!("audit record {seq} is no longer in the spool")),
             },
         };
+        let mac_key = self.mac_key();
+        let protected_from = self.shared.protected_from.load(Ordering::Acquire);
         let mut out = Vec::new();
         while let Some(path) = segments.get(&first) {
             let mut file =
@@ -334,7 +489,9 @@ impl Spool {
                 }
                 offset += n as u64;
                 if rec.seq >= seq {
-                    out.push(rec.record(key)?);
+                    rec.authenticate(&self.epoch, mac_key.as_deref(), protected_from)
+                        .map_err(|e| format!("audit spool record failed authentication: {e}"))?;
+                    out.push(rec.record(&self.epoch, key)?);
                     if out.len() >= max {
                         let next = out.last().map_or(seq, |r| r.seq + 1);
                         *self.shared.read_pos.lock().map_err(|e| e.to_string())? =
@@ -374,8 +531,10 @@ impl Spool {
     }
 
     /// Checks every record still in the spool: the chain links (gaps, forks) from the clear
-    /// fields, and each body against its hash (opening sealed bodies with `key`).
-    pub fn verify(&self, key: Option<&SpoolKey>) -> Result<(u64, Vec<ChainProblem>), String> {
+    /// fields, each MAC (with the node unsealed), and each body against its hash (opening
+    /// sealed bodies with `key`). Returns the count, the problems, and how many records
+    /// after the first MAC'd one carry no MAC (written while sealed: not authenticated).
+    pub fn verify(&self, key: Option<&SpoolKey>) -> Result<SpoolVerdict, String> {
         let segments = self
             .shared
             .segments
@@ -384,9 +543,14 @@ impl Spool {
             .clone();
         let mut problems = Vec::new();
         let mut count = 0;
+        let mut unauthenticated = 0;
+        let mut seen_mac = false;
+        let mut protected_from = 0;
+        let mac_key = self.mac_key();
         let mut prev: Option<(u64, String)> = None;
         let problem = |seq, kind: &str, detail: String| ChainProblem {
             node: self.node,
+            epoch: 0,
             seq,
             kind: kind.into(),
             detail,
@@ -427,7 +591,16 @@ impl Spool {
                         ));
                     }
                 }
-                match line.record(key) {
+                match line.authenticate(&self.epoch, mac_key.as_deref(), protected_from) {
+                    Ok(true) => seen_mac = true,
+                    Ok(false) if seen_mac => unauthenticated += 1,
+                    Ok(false) => {}
+                    Err(e) => problems.push(problem(seq, "tampered", e)),
+                }
+                if protected_from == 0 && line.protected() {
+                    protected_from = seq;
+                }
+                match line.record(&self.epoch, key) {
                     Ok(r) if r.intact() => {}
                     Ok(_) => problems.push(problem(
                         seq,
@@ -439,14 +612,33 @@ impl Spool {
                 prev = Some((seq, hash));
             }
         }
-        Ok((count, problems))
+        Ok(SpoolVerdict {
+            records: count,
+            problems,
+            unauthenticated,
+            head: prev.map_or(0, |p| p.0),
+        })
     }
+}
+
+/// What [`Spool::verify`] found.
+#[derive(Clone, Debug)]
+pub struct SpoolVerdict {
+    /// Records in the spool.
+    pub records: u64,
+    /// Gaps, forks, tampered records.
+    pub problems: Vec<ChainProblem>,
+    /// Records after the first MAC'd one without a MAC (written while sealed).
+    pub unauthenticated: u64,
+    /// Last sequence number found in the files.
+    pub head: u64,
 }
 
 /// The writer thread's state.
 struct Writer {
     dir: PathBuf,
     node: u64,
+    epoch: String,
     last_seq: u64,
     last_hash: String,
     /// Current segment file and its first seq.
@@ -474,13 +666,22 @@ impl Writer {
         let (seq0, hash0) = (self.last_seq, self.last_hash.clone());
         let mut records = Vec::with_capacity(group.len());
         for (event, _) in &group {
-            let rec = chain(self.node, self.last_seq + 1, &self.last_hash, event.clone());
+            let rec = chain(
+                self.node,
+                &self.epoch,
+                self.last_seq + 1,
+                &self.last_hash,
+                event.clone(),
+            );
             self.last_seq = rec.seq;
             self.last_hash = rec.hash.clone();
             records.push(rec);
         }
         match self.write(&records) {
             Ok(()) => {
+                if let Ok(mut head) = self.shared.head.lock() {
+                    *head = (self.last_seq, self.last_hash.clone());
+                }
                 self.shared.durable.store(self.last_seq, Ordering::Release);
                 self.shared
                     .stats
@@ -509,6 +710,21 @@ impl Writer {
     fn write(&mut self, records: &[AuditRecord]) -> Result<(), String> {
         let recipient = *self.shared.recipient.lock().map_err(|e| e.to_string())?;
         let sealer = recipient.map(|r| BatchSealer::new(&r));
+        let mac_key = self
+            .shared
+            .mac_key
+            .lock()
+            .map_err(|e| e.to_string())?
+            .clone();
+        if (sealer.is_some() || mac_key.is_some())
+            && self.shared.protected_from.load(Ordering::Acquire) == 0
+        {
+            if let Some(first) = records.first() {
+                self.shared
+                    .protected_from
+                    .store(first.seq, Ordering::Release);
+            }
+        }
         let mut buf = Vec::new();
         for rec in records {
             let needs_new = match &self.file {
@@ -519,8 +735,8 @@ impl Writer {
                 self.flush(&mut buf)?;
                 self.roll(rec.seq)?;
             }
-            serde_json::to_writer(&mut buf, &SpoolLine::of(rec, sealer.as_ref()))
-                .map_err(|e| e.to_string())?;
+            let line = SpoolLine::of(rec, sealer.as_ref(), mac_key.as_deref());
+            serde_json::to_writer(&mut buf, &line).map_err(|e| e.to_string())?;
             buf.push(b'\n');
         }
         self.flush(&mut buf)
@@ -606,10 +822,13 @@ mod tests {
         let read = spool.read_from(1, 1000, None).unwrap();
         assert_eq!(read.len(), 64);
         assert!(super::super::record::verify_chain(3, (0, GENESIS), &read).is_empty());
+        assert!(read.iter().all(|r| r.epoch == spool.epoch()));
+        let epoch = spool.epoch().to_string();
         drop(spool);
 
         let reopened = Spool::open(dir.path(), 3).unwrap();
         assert_eq!(reopened.last_seq(), 64);
+        assert_eq!(reopened.epoch(), epoch, "the epoch survives a restart");
         let next = reopened.append(ev(99)).await.unwrap();
         assert_eq!(
             (next.seq, next.prev_hash.as_str()),
@@ -640,8 +859,8 @@ mod tests {
         );
         let read = spool.read_from(1, 10, Some(&key)).unwrap();
         assert_eq!(read[1].event.path, "secret/data/2");
-        let (count, problems) = spool.verify(Some(&key)).unwrap();
-        assert_eq!((count, problems.len()), (2, 0), "{problems:?}");
+        let v = spool.verify(Some(&key)).unwrap();
+        assert_eq!((v.records, v.problems.len()), (2, 0), "{:?}", v.problems);
         drop(spool);
         let reopened = Spool::open(dir.path(), 2).unwrap();
         reopened.set_recipient(key.public());
@@ -667,8 +886,8 @@ mod tests {
         let spool = Spool::open(dir.path(), 1).unwrap();
         assert_eq!(spool.last_seq(), 3);
         assert_eq!(spool.append(ev(4)).await.unwrap().seq, 4);
-        let (count, problems) = spool.verify(None).unwrap();
-        assert_eq!((count, problems.len()), (4, 0));
+        let v = spool.verify(None).unwrap();
+        assert_eq!((v.records, v.problems.len()), (4, 0));
     }
 
     #[tokio::test]
@@ -712,6 +931,81 @@ mod tests {
         assert_eq!(spool.last_seq(), 0, "nothing was acknowledged");
     }
 
+    /// Rewrites line `seq` of the first segment with `edit` applied to its parsed form.
+    fn rewrite(dir: &Path, seq: u64, edit: impl Fn(&mut SpoolLine)) {
+        let seg = dir.join(segment_name(1));
+        let text = std::fs::read_to_string(&seg).unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut line: SpoolLine = serde_json::from_str(l).unwrap();
+                if line.seq == seq {
+                    edit(&mut line);
+                }
+                serde_json::to_string(&line).unwrap()
+            })
+            .collect();
+        std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_the_mac_key_nobody_rewrites_a_record_undetected() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1).unwrap();
+        let key = SpoolKey::generate();
+        spool.set_recipient(key.public());
+        spool.set_mac_key(Some(Zeroizing::new([7u8; 32])));
+        for i in 0..4 {
+            spool.append(ev(i)).await.unwrap();
+        }
+        let epoch = spool.epoch().to_string();
+        // Someone with disk access (the spool's public key is public) forges record 2: a
+        // new body, sealed to the public key, with a hash that fits the chain.
+        rewrite(dir.path(), 2, |line| {
+            let mut forged = ev(999);
+            forged.path = "secret/data/innocent".into();
+            let rec = chain(1, &epoch, 2, &line.prev_hash, forged);
+            let sealer = BatchSealer::new(&key.public());
+            *line = SpoolLine::of(&rec, Some(&sealer), None);
+            line.mac = Some("00".repeat(32));
+        });
+        let err = spool.read_from(1, 10, Some(&key)).unwrap_err();
+        assert!(err.contains("record 2 fails its MAC"), "{err}");
+        let v = spool.verify(Some(&key)).unwrap();
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.seq == 2 && p.kind == "tampered" && p.detail.contains("MAC")),
+            "{:?}",
+            v.problems
+        );
+        // A sealed body turned clear is refused even where no MAC can be checked.
+        spool.set_mac_key(None);
+        rewrite(dir.path(), 3, |line| {
+            line.sealed = None;
+            line.mac = None;
+            line.event = Some(ev(3));
+        });
+        let err = spool.read_from(3, 10, Some(&key)).unwrap_err();
+        assert!(err.contains("clear body after"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn records_written_while_sealed_are_reported_unauthenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1).unwrap();
+        let key = SpoolKey::generate();
+        spool.set_recipient(key.public());
+        spool.set_mac_key(Some(Zeroizing::new([7u8; 32])));
+        spool.append(ev(1)).await.unwrap();
+        spool.set_mac_key(None);
+        spool.append(ev(2)).await.unwrap();
+        spool.set_mac_key(Some(Zeroizing::new([7u8; 32])));
+        let v = spool.verify(Some(&key)).unwrap();
+        assert_eq!((v.records, v.unauthenticated, v.problems.len()), (2, 1, 0));
+        assert_eq!(spool.head().0, 2);
+    }
+
     #[tokio::test]
     async fn a_flipped_byte_is_reported_with_its_position() {
         let dir = tempfile::tempdir().unwrap();
@@ -733,7 +1027,7 @@ mod tests {
                 .unwrap();
         bytes[pos] ^= 0x20;
         std::fs::write(&seg, bytes).unwrap();
-        let (_, problems) = spool.verify(None).unwrap();
+        let problems = spool.verify(None).unwrap().problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(
             (problems[0].seq, problems[0].kind.as_str()),

@@ -43,6 +43,8 @@ pub struct Auth {
     pub display_name: String,
     /// The full record.
     pub entry: TokenEntry,
+    /// Whether the token is a node-local session of a read-only standby.
+    local_session: bool,
     /// The token's policies, parsed.
     acl: Arc<Vec<(String, Arc<Policy>)>>,
 }
@@ -58,6 +60,25 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// The person acting (see [`TokenEntry::owner`]).
+    pub fn actor(&self) -> &str {
+        self.entry.actor()
+    }
+
+    /// How that person authenticated (`userpass`, `token`).
+    pub fn method(&self) -> &str {
+        if self.entry.owner_method.is_empty() {
+            "token"
+        } else {
+            &self.entry.owner_method
+        }
+    }
+
+    /// Whether the token is a node-local session (a login on a read-only standby).
+    pub fn is_local_session(&self) -> bool {
+        self.local_session
+    }
+
     /// Whether the caller holds the `root` policy.
     pub fn is_root(&self) -> bool {
         self.policies.iter().any(|p| p == "root")
@@ -76,6 +97,28 @@ impl Auth {
     /// Refuses unless the caller has `cap` on `path`.
     pub fn require(&self, path: &str, cap: Capability) -> Result<()> {
         if self.capabilities(path).contains(&cap) {
+            Ok(())
+        } else {
+            Err(VaultError::PermissionDenied)
+        }
+    }
+
+    /// Refuses a LIST unless the caller has `list` on the folder `path`. As in Vault, a LIST
+    /// is checked with a trailing slash (so `list` on `secret/metadata/team/*` lists
+    /// `secret/metadata/team`); only if no rule matches that form at all is the form
+    /// without the slash asked (so `list` on `sys/policies/acl` keeps working).
+    pub fn require_list(&self, path: &str) -> Result<()> {
+        let bare = path.trim_end_matches('/');
+        let refs: Vec<(&str, &Policy)> = self
+            .acl
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_ref()))
+            .collect();
+        let caps = match policy::matching_capabilities(&refs, &format!("{bare}/")) {
+            Some(caps) => caps,
+            None => policy::capabilities(&refs, bare),
+        };
+        if caps.contains(&Capability::List) {
             Ok(())
         } else {
             Err(VaultError::PermissionDenied)
@@ -101,18 +144,8 @@ impl Vault {
             .filter(|t| !t.is_empty())
             .ok_or(VaultError::PermissionDenied)?;
         let key = token_key(token);
-        let entry = match self.local_session(&key) {
-            Some(session) => session,
-            None => {
-                self.read_record::<TokenEntry>(&key)?
-                    .ok_or(VaultError::PermissionDenied)?
-                    .value
-            }
-        };
-        if entry.expired(crate::clock::now().unix_timestamp()) {
-            tracing::debug!(accessor = %entry.accessor, "expired token refused");
-            return Err(VaultError::PermissionDenied);
-        }
+        let local_session = self.local_session(&key).is_some();
+        let entry = self.valid_token(&key)?;
         let acl = Arc::new(self.load_policies(&entry.policies)?);
         Ok(Auth {
             token_key: key,
@@ -120,6 +153,7 @@ impl Vault {
             policies: entry.policies.clone(),
             display_name: entry.display_name.clone(),
             entry,
+            local_session,
             acl,
         })
     }
@@ -214,7 +248,7 @@ impl Vault {
 
     /// `LIST sys/policies/acl`.
     pub fn list_policies(&self, auth: &Auth) -> Result<Vec<String>> {
-        auth.require("sys/policies/acl", Capability::List)?;
+        auth.require_list("sys/policies/acl")?;
         self.keyring()?;
         let mut names = vec!["default".to_string(), "root".to_string()];
         for (key, _) in self.engine.scan(b"sys/policy/", None, 100_000)? {

@@ -7,6 +7,23 @@
 //! commit and spool pruning, the next attempt resumes at the right record: a batch built from
 //! a stale cursor fails its guard and is rebuilt. The shipper writes through the engine like
 //! any other write, so on a follower it reaches the leader and on a read-only standby it waits.
+//!
+//! Epochs: a node's spool has a random epoch id. A node id removed and joined again from a
+//! new pack starts a fresh spool, hence a new epoch: it gets the next epoch number of that
+//! node and its own cursor, and its chain is merged from its first record. `audit verify`
+//! checks each epoch's chain on its own.
+//!
+//! Anchors: every shipping transaction also records the spool's durable head (sequence
+//! number and hash) in the replicated log. Records anchored but not yet merged are then
+//! known to the cluster: a spool cut short below its anchor, or rewritten at the anchored
+//! position, is reported by `audit verify` and stops the shipper.
+//!
+//! Storage (keys in clear):
+//! - `audit/cursor/<node>/<epoch id>`: epoch number (u32 BE) then the highest merged
+//!   sequence number (u64 BE), in clear;
+//! - `audit/epoch-count/<node>`: how many epochs the node has had (u32 BE, in clear);
+//! - `audit/log/<node>/<epoch number>/<seq>`: a merged record (envelope);
+//! - `audit/anchor/<node>/<epoch id>`: the spool head at the last shipment (envelope).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,23 +48,73 @@ pub(crate) const SPOOL_PUB_KEY: &[u8] = b"core/audit-spool-pub";
 /// The audit spool's private key, under the keyring: only an unsealed node opens spool bodies.
 pub(crate) const SPOOL_SECRET_KEY: &[u8] = b"core/audit-spool-key";
 
-fn cursor_key(node: u64) -> Vec<u8> {
-    format!("audit/cursor/{node:020}").into_bytes()
+const CURSOR_PREFIX: &str = "audit/cursor/";
+
+fn cursor_prefix(node: u64) -> Vec<u8> {
+    format!("{CURSOR_PREFIX}{node:020}/").into_bytes()
 }
 
-fn log_prefix(node: Option<u64>) -> Vec<u8> {
-    match node {
-        Some(n) => format!("audit/log/{n:020}/").into_bytes(),
-        None => b"audit/log/".to_vec(),
+fn cursor_key(node: u64, epoch: &str) -> Vec<u8> {
+    format!("{CURSOR_PREFIX}{node:020}/{epoch}").into_bytes()
+}
+
+fn epoch_count_key(node: u64) -> Vec<u8> {
+    format!("audit/epoch-count/{node:020}").into_bytes()
+}
+
+fn anchor_key(node: u64, epoch: &str) -> Vec<u8> {
+    format!("audit/anchor/{node:020}/{epoch}").into_bytes()
+}
+
+fn log_prefix(node: Option<u64>, epoch: Option<u32>) -> Vec<u8> {
+    match (node, epoch) {
+        (Some(n), Some(e)) => format!("audit/log/{n:020}/{e:010}/").into_bytes(),
+        (Some(n), None) => format!("audit/log/{n:020}/").into_bytes(),
+        _ => b"audit/log/".to_vec(),
     }
 }
 
-fn log_key(node: u64, seq: u64) -> Vec<u8> {
-    format!("audit/log/{node:020}/{seq:020}").into_bytes()
+fn log_key(node: u64, epoch: u32, seq: u64) -> Vec<u8> {
+    format!("audit/log/{node:020}/{epoch:010}/{seq:020}").into_bytes()
 }
 
-fn decode_cursor(raw: &[u8]) -> u64 {
-    raw.try_into().map(u64::from_be_bytes).unwrap_or(0)
+/// A cursor value: (epoch number, highest merged seq).
+fn decode_cursor(raw: &[u8]) -> (u32, u64) {
+    match raw.len() {
+        12 => (
+            u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]),
+            u64::from_be_bytes(raw[4..].try_into().unwrap_or([0; 8])),
+        ),
+        _ => (0, 0),
+    }
+}
+
+fn encode_cursor(epoch: u32, seq: u64) -> Vec<u8> {
+    let mut out = epoch.to_be_bytes().to_vec();
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+fn decode_count(raw: &[u8]) -> u32 {
+    raw.try_into().map(u32::from_be_bytes).unwrap_or(0)
+}
+
+/// A spool head the cluster has seen.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+struct Anchor {
+    /// The spool's last durable sequence number at the shipment.
+    seq: u64,
+    /// Its hash.
+    hash: String,
+}
+
+/// One epoch of one node, as its cursor describes it.
+#[derive(Clone, Debug)]
+struct EpochCursor {
+    node: u64,
+    epoch_id: String,
+    epoch: u32,
+    cursor: u64,
 }
 
 /// Filters of an audit query; all optional, combined with AND.
@@ -69,8 +136,8 @@ pub struct AuditFilter {
     pub since: Option<time::OffsetDateTime>,
     /// Latest time, RFC 3339, exclusive.
     pub until: Option<time::OffsetDateTime>,
-    /// Resume after this (node, seq).
-    pub after: Option<(u64, u64)>,
+    /// Resume after this (node, epoch number, seq).
+    pub after: Option<(u64, u32, u64)>,
     /// Most records to return (default 100, at most 10 000).
     pub limit: Option<usize>,
 }
@@ -79,6 +146,7 @@ impl AuditFilter {
     fn accepts(&self, r: &AuditRecord) -> bool {
         let e = &r.event;
         let time = crate::clock::parse(&e.time);
+        // One person, one name: a query by user finds her login and her token's requests.
         self.actor.as_ref().is_none_or(|a| *a == e.actor)
             && self.operation.as_ref().is_none_or(|o| *o == e.operation)
             && self
@@ -92,18 +160,37 @@ impl AuditFilter {
     }
 }
 
-/// A page of audit records and, when more may follow, the (node, seq) to resume after.
-pub type AuditPage = (Vec<AuditRecord>, Option<(u64, u64)>);
+/// A merged record with its epoch number (its position in the log).
+#[derive(Clone, Debug, Serialize)]
+pub struct MergedRecord {
+    /// The node's epoch number (1 for the node's first spool).
+    pub epoch_number: u32,
+    /// The record.
+    #[serde(flatten)]
+    pub record: AuditRecord,
+}
 
-/// One node's chain in the merged log.
+/// A page of audit records and, when more may follow, the (node, epoch, seq) to resume
+/// after.
+pub type AuditPage = (Vec<MergedRecord>, Option<(u64, u32, u64)>);
+
+/// One node's chain (one epoch of it) in the merged log, or this node's spool.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeChainReport {
     /// Origin node.
     pub node: u64,
+    /// The epoch's number among the node's epochs (1 for its first spool).
+    pub epoch: u32,
+    /// The epoch's id.
+    pub epoch_id: String,
     /// Records present.
     pub records: u64,
-    /// The node's cursor (highest merged sequence number).
+    /// The cursor (highest merged sequence number); for the spool, its head.
     pub cursor: u64,
+    /// The last spool head the cluster anchored for this epoch (0: none).
+    pub anchored: u64,
+    /// Records without a MAC after the first one with (written while the node was sealed).
+    pub unauthenticated: u64,
     /// Problems found, with positions.
     pub problems: Vec<ChainProblem>,
 }
@@ -190,22 +277,81 @@ impl Vault {
         Ok(Some(SpoolKey::from_bytes(arr)))
     }
 
-    /// The cluster's cursor for `node`.
+    /// The spool's MAC key, derived from the keyring (the node is unsealed).
+    pub(crate) fn spool_mac_key(
+        ring: &crate::crypto::keyring::Keyring,
+    ) -> zeroize::Zeroizing<[u8; 32]> {
+        let key = ring.derive(b"coffer audit spool mac");
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(key.expose());
+        out
+    }
+
+    /// The cluster's cursor for `node`'s latest epoch (0 if none merged).
     pub fn audit_cursor(&self, node: u64) -> Result<u64> {
         Ok(self
+            .epoch_cursors(Some(node))?
+            .into_iter()
+            .max_by_key(|c| c.epoch)
+            .map_or(0, |c| c.cursor))
+    }
+
+    /// The cluster's cursor for this node's own spool.
+    pub fn own_audit_cursor(&self) -> Result<u64> {
+        let key = cursor_key(self.spool.node(), self.spool.epoch());
+        Ok(self
             .engine
-            .get(&cursor_key(node))?
-            .map_or(0, |e| decode_cursor(&e.value)))
+            .get(&key)?
+            .map_or(0, |e| decode_cursor(&e.value).1))
+    }
+
+    /// Every epoch cursor (of one node, or of all).
+    fn epoch_cursors(&self, node: Option<u64>) -> Result<Vec<EpochCursor>> {
+        let prefix = match node {
+            Some(n) => cursor_prefix(n),
+            None => CURSOR_PREFIX.as_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        for (key, entry) in self.engine.scan(&prefix, None, 1_000_000)? {
+            let rest = String::from_utf8_lossy(&key[CURSOR_PREFIX.len()..]).into_owned();
+            let Some((node, epoch_id)) = rest.split_once('/') else {
+                continue;
+            };
+            let (epoch, cursor) = decode_cursor(&entry.value);
+            out.push(EpochCursor {
+                node: node.parse().unwrap_or(0),
+                epoch_id: epoch_id.to_string(),
+                epoch,
+                cursor,
+            });
+        }
+        out.sort_by_key(|c| (c.node, c.epoch));
+        Ok(out)
+    }
+
+    fn anchor(&self, node: u64, epoch_id: &str) -> Result<Option<Anchor>> {
+        Ok(self
+            .read_record::<Anchor>(&anchor_key(node, epoch_id))?
+            .map(|r| r.value))
     }
 
     /// Ships one batch of spool records into the replicated log; returns how many merged.
     pub async fn ship_once(&self) -> Result<usize> {
         self.keyring()?;
         let node = self.spool.node();
-        let ckey = cursor_key(node);
+        let epoch_id = self.spool.epoch().to_string();
+        let ckey = cursor_key(node, &epoch_id);
         let current = self.engine.get(&ckey)?;
-        let cursor = current.as_ref().map_or(0, |e| decode_cursor(&e.value));
-        let last = self.spool.last_seq();
+        let (known_epoch, cursor) = current.as_ref().map_or((0, 0), |e| decode_cursor(&e.value));
+        let (last, head_hash) = self.spool.head();
+        if let Some(anchor) = self.anchor(node, &epoch_id)? {
+            if last < anchor.seq {
+                return Err(VaultError::internal(format!(
+                    "the local audit spool ends at record {last}, but the cluster anchored record {} of it: the spool was cut short",
+                    anchor.seq
+                )));
+            }
+        }
         if last < cursor {
             return Err(VaultError::internal(format!(
                 "local audit spool ends at {last} but the cluster has merged up to {cursor}"
@@ -220,7 +366,7 @@ impl Vault {
             .spool
             .read_from(cursor + 1, SHIP_BATCH, key.as_ref())
             .map_err(VaultError::internal)?;
-        let Some(last) = records.last() else {
+        let Some(last_rec) = records.last() else {
             return Ok(0);
         };
         if records[0].seq != cursor + 1 {
@@ -231,12 +377,31 @@ impl Vault {
             )));
         }
         let mut txn = Txn::new().unchanged(ckey.clone(), current.as_ref());
+        let epoch = if current.is_some() {
+            known_epoch
+        } else {
+            // A new epoch of this node: the next number, guarded on the count.
+            let count_key = epoch_count_key(node);
+            let count = self.engine.get(&count_key)?;
+            let next = count.as_ref().map_or(0, |e| decode_count(&e.value)) + 1;
+            txn = txn
+                .unchanged(count_key.clone(), count.as_ref())
+                .put(count_key, next.to_be_bytes().to_vec());
+            next
+        };
         for r in &records {
-            let key = log_key(node, r.seq);
+            let key = log_key(node, epoch, r.seq);
             txn = txn.put(key.clone(), self.seal_record(&key, r)?);
         }
-        let last_seq = last.seq;
-        txn = txn.put(ckey, last_seq.to_be_bytes().to_vec());
+        let last_seq = last_rec.seq;
+        let akey = anchor_key(node, &epoch_id);
+        let anchor = Anchor {
+            seq: last,
+            hash: head_hash,
+        };
+        txn = txn
+            .put(ckey, encode_cursor(epoch, last_seq))
+            .put(akey.clone(), self.seal_record(&akey, &anchor)?);
         if !self.engine.write(txn).await?.succeeded {
             // Another shipper (an earlier incarnation) moved the cursor: rebuild from it.
             return Ok(0);
@@ -261,6 +426,7 @@ impl Vault {
                 Ok(n) if n == SHIP_BATCH => continue,
                 Ok(_) => {}
                 Err(VaultError::Sealed) => {}
+                Err(VaultError::Internal(e)) => tracing::error!("audit shipping stopped: {e}"),
                 Err(e) => tracing::debug!("audit shipping paused: {e}"),
             }
             tokio::select! {
@@ -281,8 +447,8 @@ impl Vault {
         auth.require("sys/coffer/audit", Capability::Read)?;
         self.keyring()?;
         let limit = filter.limit.unwrap_or(100).clamp(1, MAX_QUERY);
-        let prefix = log_prefix(filter.node);
-        let mut after = filter.after.map(|(n, s)| log_key(n, s));
+        let prefix = log_prefix(filter.node, None);
+        let mut after = filter.after.map(|(n, e, s)| log_key(n, e, s));
         let mut out = Vec::new();
         loop {
             let chunk = self.engine.scan(&prefix, after.as_deref(), 1024)?;
@@ -293,9 +459,14 @@ impl Vault {
             for (key, entry) in chunk {
                 let record = self.decode_log(&key, &entry.value)?;
                 if filter.accepts(&record) {
-                    out.push(record);
+                    out.push(MergedRecord {
+                        epoch_number: epoch_of_key(&key),
+                        record,
+                    });
                     if out.len() == limit {
-                        let pos = out.last().map(|r| (r.node, r.seq));
+                        let pos = out
+                            .last()
+                            .map(|r| (r.record.node, r.epoch_number, r.record.seq));
                         return Ok((out, pos));
                     }
                 }
@@ -305,48 +476,86 @@ impl Vault {
         Ok((out, None))
     }
 
-    /// `GET sys/coffer/audit/verify`: every node's chain in the merged log, and the spool.
+    /// `GET sys/coffer/audit/verify`: every epoch's chain in the merged log (with its
+    /// anchor), and this node's spool.
     pub fn audit_verify(&self, auth: &super::Auth) -> Result<VerifyReport> {
         auth.require("sys/coffer/audit", Capability::Read)?;
         self.keyring()?;
         let mut merged = Vec::new();
-        for (key, entry) in self.engine.scan(b"audit/cursor/", None, 100_000)? {
-            let node: u64 = String::from_utf8_lossy(&key[b"audit/cursor/".len()..])
-                .parse()
-                .unwrap_or(0);
-            merged.push(self.verify_node(node, decode_cursor(&entry.value))?);
+        for cursor in self.epoch_cursors(None)? {
+            merged.push(self.verify_epoch(&cursor)?);
         }
-        let key = self.spool_key()?;
-        let (count, problems) = self
-            .spool
-            .verify(key.as_ref())
-            .map_err(VaultError::internal)?;
-        let spool = NodeChainReport {
-            node: self.spool.node(),
-            records: count,
-            cursor: self.spool.last_seq(),
-            problems,
-        };
+        let spool = self.verify_spool()?;
         let ok = spool.problems.is_empty() && merged.iter().all(|m| m.problems.is_empty());
         Ok(VerifyReport { ok, merged, spool })
     }
 
-    fn verify_node(&self, node: u64, cursor: u64) -> Result<NodeChainReport> {
-        let prefix = log_prefix(Some(node));
+    fn verify_spool(&self) -> Result<NodeChainReport> {
+        let key = self.spool_key()?;
+        let verdict = self
+            .spool
+            .verify(key.as_ref())
+            .map_err(VaultError::internal)?;
+        let node = self.spool.node();
+        let epoch_id = self.spool.epoch().to_string();
+        let anchored = self.anchor(node, &epoch_id)?.map_or(0, |a| a.seq);
+        let mut problems = verdict.problems;
+        let (head, _) = self.spool.head();
+        if anchored > head.max(verdict.head) {
+            problems.push(ChainProblem {
+                node,
+                epoch: 0,
+                seq: anchored,
+                kind: "truncated".into(),
+                detail: format!(
+                    "the spool ends at record {}, but the cluster anchored record {anchored}: records were cut",
+                    head.max(verdict.head)
+                ),
+            });
+        }
+        let epoch = self
+            .engine
+            .get(&cursor_key(node, &epoch_id))?
+            .map_or(0, |e| decode_cursor(&e.value).0);
+        for p in &mut problems {
+            p.epoch = epoch;
+        }
+        Ok(NodeChainReport {
+            node,
+            epoch,
+            epoch_id,
+            records: verdict.records,
+            cursor: head,
+            anchored,
+            unauthenticated: verdict.unauthenticated,
+            problems,
+        })
+    }
+
+    fn verify_epoch(&self, c: &EpochCursor) -> Result<NodeChainReport> {
+        let (node, cursor) = (c.node, c.cursor);
+        let prefix = log_prefix(Some(node), Some(c.epoch));
         let mut problems = Vec::new();
         let mut records: Vec<AuditRecord> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         let mut count = 0u64;
+        let problem = |seq, kind: &str, detail: String| ChainProblem {
+            node,
+            epoch: c.epoch,
+            seq,
+            kind: kind.into(),
+            detail,
+        };
         loop {
             let chunk = match self.engine.scan(&prefix, after.as_deref(), 1024) {
-                Ok(c) => c,
+                Ok(chunk) => chunk,
                 Err(e) => {
-                    problems.push(ChainProblem {
-                        node,
-                        seq: records.last().map_or(1, |r| r.seq + 1),
-                        kind: "unreadable".into(),
-                        detail: format!("storage refused to read on: {e}"),
-                    });
+                    let seq = records.last().map_or(1, |r| r.seq + 1);
+                    problems.push(problem(
+                        seq,
+                        "unreadable",
+                        format!("storage refused to read on: {e}"),
+                    ));
                     break;
                 }
             };
@@ -364,46 +573,72 @@ impl Vault {
                 }
                 count += 1;
                 match self.decode_log(&key, &entry.value) {
-                    Ok(r) if r.node == node && r.seq == seq => records.push(r),
-                    Ok(r) => problems.push(ChainProblem {
-                        node,
+                    Ok(r) if r.node == node && r.seq == seq && r.epoch == c.epoch_id => {
+                        records.push(r)
+                    }
+                    Ok(r) => problems.push(problem(
                         seq,
-                        kind: "tampered".into(),
-                        detail: format!(
-                            "record stored at {seq} claims node {} seq {}",
-                            r.node, r.seq
+                        "tampered",
+                        format!(
+                            "record stored at {seq} claims node {} epoch {} seq {}",
+                            r.node, r.epoch, r.seq
                         ),
-                    }),
-                    Err(_) => problems.push(ChainProblem {
-                        node,
+                    )),
+                    Err(_) => problems.push(problem(
                         seq,
-                        kind: "tampered".into(),
-                        detail: format!(
-                            "record {seq} failed authentication: its ciphertext was altered"
-                        ),
-                    }),
+                        "tampered",
+                        format!("record {seq} failed authentication: its ciphertext was altered"),
+                    )),
                 }
             }
         }
-        problems.extend(verify_chain(
-            node,
-            (0, crate::audit::record::GENESIS),
-            &records,
-        ));
+        let mut chain = verify_chain(node, (0, crate::audit::record::GENESIS), &records);
+        for p in &mut chain {
+            p.epoch = c.epoch;
+        }
+        problems.extend(chain);
         if records.last().map_or(0, |r| r.seq) != cursor && problems.is_empty() {
-            problems.push(ChainProblem {
-                node,
-                seq: cursor,
-                kind: "gap".into(),
-                detail: format!("cursor says {cursor} records were merged, the log ends earlier"),
-            });
+            problems.push(problem(
+                cursor,
+                "gap",
+                format!("cursor says {cursor} records were merged, the log ends earlier"),
+            ));
+        }
+        let anchor = self.anchor(node, &c.epoch_id)?;
+        if let Some(a) = &anchor {
+            if a.seq <= cursor {
+                let at = records.iter().find(|r| r.seq == a.seq);
+                if at.is_some_and(|r| r.hash != a.hash) {
+                    problems.push(problem(
+                        a.seq,
+                        "fork",
+                        format!(
+                            "merged record {} is not the one the node's spool held when it was anchored",
+                            a.seq
+                        ),
+                    ));
+                }
+            }
         }
         problems.sort_by_key(|p| p.seq);
         Ok(NodeChainReport {
             node,
+            epoch: c.epoch,
+            epoch_id: c.epoch_id.clone(),
             records: count,
             cursor,
+            anchored: anchor.map_or(0, |a| a.seq),
+            unauthenticated: 0,
             problems,
         })
     }
+}
+
+/// The epoch number in a log key (`audit/log/<node>/<epoch>/<seq>`).
+fn epoch_of_key(key: &[u8]) -> u32 {
+    String::from_utf8_lossy(key)
+        .split('/')
+        .nth(3)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
 }

@@ -65,7 +65,7 @@ impl Vault {
     pub async fn init(
         &self,
         req: InitRequest,
-        ca: Option<StoredCa>,
+        ca: Option<&StoredCa>,
     ) -> Result<(InitResponse, Key)> {
         if self.is_initialized()? {
             return Err(VaultError::AlreadyInitialized);
@@ -92,6 +92,9 @@ impl Vault {
             parent: None,
             explicit_max_ttl: 0,
             period: 0,
+            owner: "root".into(),
+            owner_method: "token".into(),
+            depth: 0,
         };
         let tk = token_key(&root_token);
         let mut txn = Txn::new()
@@ -110,7 +113,7 @@ impl Vault {
                 accessor_key(&token.accessor),
                 seal_json(&keyring, &accessor_key(&token.accessor), &hex::encode(&tk))?,
             );
-        if let Some(ca) = &ca {
+        if let Some(ca) = ca {
             txn = txn.put(CA_KEY, seal_json(&keyring, CA_KEY, ca)?);
         }
         let spool_key = crate::audit::SpoolKey::generate();
@@ -154,6 +157,7 @@ impl Vault {
                 "unseal failed: the key does not open this vault's keyring".into(),
             )
         })?;
+        self.spool.set_mac_key(Some(Vault::spool_mac_key(&keyring)));
         *self.sealing.write().map_err(VaultError::internal)? = Sealing::Unsealed {
             root,
             keyring: Arc::new(keyring),
@@ -205,6 +209,7 @@ impl Vault {
     pub fn seal(&self, auth: &Auth) -> Result<()> {
         auth.require_sudo("sys/seal", Capability::Update)?;
         *self.sealing.write().map_err(VaultError::internal)? = Sealing::Sealed(Default::default());
+        self.spool.set_mac_key(None);
         tracing::info!("vault sealed");
         Ok(())
     }

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use coffer_raft::{
-    AppHandler, ForwardError, Forwarder, MemberStatus, MembershipChange, NodeAddr, Txn,
+    AppHandler, ForwardError, Forwarder, MemberStatus, MembershipChange, NodeAddr, PeerCaller,
+    Refusal, Txn,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -83,6 +84,8 @@ struct PackRecord {
     peer_addr: String,
     created_at: u64,
     expires_at: u64,
+    /// SHA-256 of the pack's registration certificate: the only one that may register.
+    pack_cert_sha256: String,
     /// Set when a node registered with it.
     used: Option<PackUse>,
 }
@@ -95,6 +98,14 @@ struct PackUse {
     /// The join attempt (random per `operator join`), so the same joining node may repeat
     /// its registration while a second copy of the pack is refused.
     instance: String,
+    /// The member certificate issued for the node's own key, PEM (public; a repeated
+    /// registration gets the same one back).
+    member_cert_pem: String,
+    /// SHA-256 of `member_cert_pem`.
+    member_cert_sha256: String,
+    /// Whether the node was added to the membership. After that the pack never adds it
+    /// again: a node removed later joins again only from a new pack.
+    added: bool,
 }
 
 /// A new node's first message to the cluster.
@@ -110,6 +121,10 @@ pub struct JoinRequest {
     pub api_addr: String,
     /// See `api_addr`.
     pub peer_addr: String,
+    /// A certificate signing request for the key the node made for itself (PEM; empty in
+    /// a `Check`): its member certificate is issued for that key.
+    #[serde(default)]
+    pub csr_pem: String,
 }
 
 /// The leader's answer to a [`JoinRequest`].
@@ -121,6 +136,8 @@ pub struct JoinAnswer {
     pub wants_voter: bool,
     /// What happened, for the node's log.
     pub message: String,
+    /// The node's member certificate (PEM), pinned in the membership.
+    pub cert_pem: String,
 }
 
 /// Messages on the peer channel's application lane.
@@ -178,6 +195,12 @@ impl Vault {
         req: PackRequest,
     ) -> Result<(Vec<u8>, PackSummary)> {
         auth.require_sudo("sys/coffer/packs", Capability::Update)?;
+        if req.include_unseal_key && !auth.is_root() {
+            return Err(VaultError::Forbidden(
+                "a pack with the unseal key hands out the root key: only a root token may make one"
+                    .into(),
+            ));
+        }
         if req.node_id == 0 {
             return Err(VaultError::InvalidRequest(
                 "node_id: must be at least 1".into(),
@@ -213,9 +236,13 @@ impl Vault {
             .map_err(VaultError::internal)?;
         let peer_host = host_of(&req.peer_addr).to_string();
         let api_host = host_of(&req.api_addr).to_string();
+        // The pack's certificate only registers: the member certificate is issued then, for
+        // a key the node makes itself (see `register_join_inner`).
         let node_cert = ca
             .issue_node(req.node_id, &[peer_host])
             .map_err(VaultError::internal)?;
+        let pack_cert_sha256 =
+            coffer_tls::fingerprint_pem(&node_cert.cert_pem).map_err(VaultError::internal)?;
         let mut api_hosts = vec![api_host, "localhost".to_string()];
         api_hosts.dedup();
         let api_cert = ca.issue_server(&api_hosts).map_err(VaultError::internal)?;
@@ -233,6 +260,7 @@ impl Vault {
             peer_addr: req.peer_addr.clone(),
             created_at,
             expires_at: created_at + ttl,
+            pack_cert_sha256,
             used: None,
         };
         let key = pack_key(&pack_id);
@@ -271,6 +299,7 @@ impl Vault {
                     id: *id,
                     api_addr: a.api_addr.clone(),
                     peer_addr: a.peer_addr.clone(),
+                    cert_sha256: a.cert_sha256.clone(),
                 })
                 .collect(),
             unseal_key_hex,
@@ -323,16 +352,21 @@ impl Vault {
                 let vault = vault.upgrade().ok_or("the node is shutting down")?;
                 let message: AppMessage = serde_json::from_slice(&body)
                     .map_err(|e| format!("unreadable message: {e}"))?;
-                match message {
-                    AppMessage::Join(req) => {
-                        let answer = vault.register_join(origin, req).await?;
-                        serde_json::to_vec(&answer).map_err(|e| e.to_string())
-                    }
-                    AppMessage::Check(req) => {
-                        vault.check_pack(origin, &req)?;
-                        Ok(Vec::new())
-                    }
+                let outcome = match message {
+                    AppMessage::Join(req) => match vault.register_join(&origin, req).await {
+                        Ok(answer) => serde_json::to_vec(&answer).map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    },
+                    AppMessage::Check(req) => vault.check_pack(&origin, &req).map(|_| Vec::new()),
+                };
+                if let Err(why) = &outcome {
+                    let peer = format!("node {}", origin.node_id);
+                    vault
+                        .engine
+                        .refusals()
+                        .record(Refusal::Registration, &peer, why);
                 }
+                outcome
             })
         })
     }
@@ -343,45 +377,60 @@ impl Vault {
     /// for its promotion, and survives a leader change.
     async fn register_join(
         &self,
-        origin: u64,
+        caller: &PeerCaller,
         req: JoinRequest,
     ) -> std::result::Result<JoinAnswer, String> {
-        let outcome = self.register_join_inner(origin, &req).await;
-        let (ok, status) = match &outcome {
-            Ok(_) => (true, 200),
-            Err(_) => (false, 403),
-        };
-        let event = AuditEvent {
+        let origin = caller.node_id;
+        let request = AuditEvent {
+            kind: "request".into(),
             actor: format!("node {origin}"),
             auth_method: "bootstrap-pack".into(),
             client_addr: req.peer_addr.clone(),
             operation: "join".into(),
             path: "sys/coffer/join".into(),
-            outcome: if ok { "ok" } else { "denied" }.into(),
-            status,
+            outcome: "pending".into(),
             request_id: uuid::Uuid::new_v4().to_string(),
             ..Default::default()
+        };
+        // Durable before the pack is consumed or the membership changes.
+        if let Err(e) = self.audit(request.clone()).await {
+            return Err(format!("the leader cannot audit the join: {e}"));
+        }
+        let outcome = self.register_join_inner(caller, &req).await;
+        let (ok, status) = match &outcome {
+            Ok(_) => (true, 200),
+            Err(_) => (false, 403),
+        };
+        let event = AuditEvent {
+            kind: "response".into(),
+            outcome: if ok { "ok" } else { "denied" }.into(),
+            status,
+            ..request
         };
         if let Err(e) = self.audit(event).await {
             return Err(format!("the leader cannot audit the join: {e}"));
         }
-        if let Err(why) = &outcome {
-            tracing::warn!(node = origin, "join refused: {why}");
-        }
         outcome
     }
 
-    /// Checks that `origin` may join with this pack, without consuming it.
-    fn check_pack(&self, origin: u64, req: &JoinRequest) -> std::result::Result<(), String> {
-        self.pack_for(origin, req).map(|_| ())
+    /// Checks that `caller` may join with this pack, without consuming it.
+    fn check_pack(
+        &self,
+        caller: &PeerCaller,
+        req: &JoinRequest,
+    ) -> std::result::Result<(), String> {
+        self.pack_for(caller, req).map(|_| ())
     }
 
-    /// The pack record, if `origin` may use it now (unused, or already used by `origin`).
+    /// The pack record, if `caller` may use it now: the pack's own certificate while the
+    /// pack is unused and unexpired; the same join attempt again (with the pack's
+    /// certificate, or the member certificate it was given) once it is used.
     fn pack_for(
         &self,
-        origin: u64,
+        caller: &PeerCaller,
         req: &JoinRequest,
     ) -> std::result::Result<super::records::Record<PackRecord>, String> {
+        let origin = caller.node_id;
         let config = self
             .seal_config()
             .map_err(|e| e.to_string())?
@@ -409,8 +458,15 @@ impl Vault {
                 pack.node_id
             ));
         }
+        let presented = caller.cert_sha256.as_str();
         match &pack.used {
-            Some(used) if used.instance == req.instance => Ok(record),
+            Some(used)
+                if used.instance == req.instance
+                    && (presented == pack.pack_cert_sha256
+                        || presented == used.member_cert_sha256) =>
+            {
+                Ok(record)
+            }
             Some(used) => Err(format!(
                 "pack already used (by a node that joined at {} unix seconds); make a new one",
                 used.at
@@ -419,68 +475,123 @@ impl Vault {
                 "pack expired at {} (unix seconds); make a new one",
                 pack.expires_at
             )),
+            None if presented != pack.pack_cert_sha256 => Err(format!(
+                "the certificate presenting the pack is not the pack's own certificate for node {origin}"
+            )),
             None => Ok(record),
         }
     }
 
     async fn register_join_inner(
         &self,
-        origin: u64,
+        caller: &PeerCaller,
         req: &JoinRequest,
     ) -> std::result::Result<JoinAnswer, String> {
-        let record = self.pack_for(origin, req)?;
+        let origin = caller.node_id;
+        let record = self.pack_for(caller, req)?;
         let key = pack_key(&req.pack_id);
-        let pack = &record.value;
-        match pack.used {
-            Some(_) => {}
+        let pack = record.value.clone();
+        let used = match &pack.used {
+            Some(used) => used.clone(),
             None => {
-                let now = unix_now();
-                let mut used = pack.clone();
-                used.used = Some(PackUse {
-                    at: now,
+                let member_cert_pem = self.issue_member_cert(&pack, origin, &req.csr_pem)?;
+                let used = PackUse {
+                    at: unix_now(),
                     instance: req.instance.clone(),
-                });
-                let sealed = self.seal_record(&key, &used).map_err(|e| e.to_string())?;
-                let txn = Txn::new()
-                    .unchanged(key.clone(), Some(&record.entry))
-                    .put(key.clone(), sealed);
-                let done = self.engine.write(txn).await.map_err(|e| e.to_string())?;
-                if !done.succeeded {
-                    return Err("pack already used (by a concurrent registration)".into());
-                }
+                    member_cert_sha256: coffer_tls::fingerprint_pem(&member_cert_pem)
+                        .map_err(|e| e.to_string())?,
+                    member_cert_pem,
+                    added: false,
+                };
+                self.update_pack(&key, &record, &used).await?;
+                used
             }
-        }
+        };
         let addr = NodeAddr {
             api_addr: pack.api_addr.clone(),
             peer_addr: pack.peer_addr.clone(),
+            cert_sha256: used.member_cert_sha256.clone(),
         };
-        self.engine
-            .change_membership_local(MembershipChange::AddLearner { id: origin, addr })
-            .await
-            .map_err(|e| e.to_string())?;
+        if used.added {
+            if self.engine.member_addrs().get(&origin) != Some(&addr) {
+                return Err(format!(
+                    "node {origin} was removed after it joined with this pack; make a new pack to join again"
+                ));
+            }
+        } else {
+            self.engine
+                .change_membership_local(MembershipChange::AddLearner { id: origin, addr })
+                .await
+                .map_err(|e| e.to_string())?;
+            let current = self
+                .read_record::<PackRecord>(&key)
+                .map_err(|e| e.to_string())?
+                .ok_or("the pack record vanished during registration")?;
+            let added = PackUse {
+                added: true,
+                ..used.clone()
+            };
+            self.update_pack(&key, &current, &added).await?;
+        }
+        let answer = |role: &str, message: String| JoinAnswer {
+            role: role.into(),
+            wants_voter: pack.voter,
+            message,
+            cert_pem: used.member_cert_pem.clone(),
+        };
         if !pack.voter {
-            return Ok(JoinAnswer {
-                role: "learner".into(),
-                wants_voter: false,
-                message: format!("node {origin} is a learner"),
-            });
+            return Ok(answer("learner", format!("node {origin} is a learner")));
         }
         match self
             .engine
             .change_membership_local(MembershipChange::Promote { id: origin })
             .await
         {
-            Ok(_) => Ok(JoinAnswer {
-                role: "voter".into(),
-                wants_voter: true,
-                message: format!("node {origin} is a voter"),
-            }),
-            Err(coffer_raft::EngineError::Membership(why)) => Ok(JoinAnswer {
-                role: "learner".into(),
-                wants_voter: true,
-                message: why,
-            }),
+            Ok(_) => Ok(answer("voter", format!("node {origin} is a voter"))),
+            Err(coffer_raft::EngineError::Membership(why)) => Ok(answer("learner", why)),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The member certificate for node `origin`, issued by the cluster CA for the key in the
+    /// node's signing request (the request's signature proves the node holds that key).
+    fn issue_member_cert(
+        &self,
+        pack: &PackRecord,
+        origin: u64,
+        csr_pem: &str,
+    ) -> std::result::Result<String, String> {
+        if csr_pem.is_empty() {
+            return Err("the registration carries no certificate signing request".into());
+        }
+        let stored = self
+            .cluster_ca()
+            .map_err(|e| e.to_string())?
+            .ok_or("the cluster CA key is not in the replicated state")?;
+        let ca = coffer_tls::CertificateAuthority::from_pem(&stored.cert_pem, &stored.key_pem)
+            .map_err(|e| e.to_string())?;
+        ca.issue_node_for_request(origin, csr_pem, &[host_of(&pack.peer_addr).to_string()])
+            .map_err(|e| format!("the registration's signing request is refused: {e}"))
+    }
+
+    /// Writes the pack record with `used`, guarded on `current` being what is stored.
+    async fn update_pack(
+        &self,
+        key: &[u8],
+        current: &super::records::Record<PackRecord>,
+        used: &PackUse,
+    ) -> std::result::Result<(), String> {
+        let mut next = current.value.clone();
+        next.used = Some(used.clone());
+        let sealed = self.seal_record(key, &next).map_err(|e| e.to_string())?;
+        let txn = Txn::new()
+            .unchanged(key.to_vec(), Some(&current.entry))
+            .put(key.to_vec(), sealed);
+        let done = self.engine.write(txn).await.map_err(|e| e.to_string())?;
+        if done.succeeded {
+            Ok(())
+        } else {
+            Err("pack already used (by a concurrent registration)".into())
         }
     }
 }
@@ -538,6 +649,7 @@ async fn send_app(
         let addr = NodeAddr {
             api_addr: m.api_addr.clone(),
             peer_addr: m.peer_addr.clone(),
+            cert_sha256: m.cert_sha256.clone(),
         };
         match forwarder.app(m.id, &addr, body.clone()).await {
             Ok(answer) => return Ok(answer),

@@ -137,10 +137,13 @@ impl Vault {
             .unwrap_or_default())
     }
 
-    /// Adds a KV v2 mount at `path`.
+    /// Adds a KV v2 mount at `path`. As in Vault: `create` or `update`, with `sudo`, on
+    /// `sys/mounts/<path>` (checked on the normalized path).
     pub async fn mount_kv(&self, auth: &Auth, path: &str, description: &str) -> Result<()> {
-        auth.require_sudo(&format!("sys/mounts/{path}"), Capability::Delete)?;
         let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
+        auth.require_sudo(&acl_path, Capability::Create)
+            .or_else(|_| auth.require_sudo(&acl_path, Capability::Update))?;
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
             let mut table = current
@@ -166,8 +169,9 @@ impl Vault {
 
     /// Removes a mount and every secret under it.
     pub async fn unmount(&self, auth: &Auth, path: &str) -> Result<()> {
-        auth.require_sudo(&format!("sys/mounts/{path}"), Capability::Delete)?;
         let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
+        auth.require_sudo(&acl_path, Capability::Delete)?;
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
             let mut table = current
@@ -550,15 +554,15 @@ impl Vault {
         prefix: &str,
         consistency: Consistency,
     ) -> Result<Vec<String>> {
-        auth.require(&format!("{mount}metadata/{prefix}"), Capability::List)?;
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            kv2::validate_path(prefix)?;
+        if !prefix.is_empty() {
+            kv2::validate_path(prefix.trim_end_matches('/'))?;
         }
         let folder = if prefix.is_empty() || prefix.ends_with('/') {
             prefix.to_string()
         } else {
             format!("{prefix}/")
         };
+        auth.require_list(&format!("{mount}metadata/{folder}"))?;
         self.keyring()?;
         self.read_barrier(consistency).await?;
         let base = meta_key(mount, &folder);

@@ -21,7 +21,7 @@ use coffer_raft::Engine;
 use crate::seal::UnsealProgress;
 
 pub use acl::{Auth, StoredPolicy};
-pub use audit_log::{AuditFilter, NodeChainReport, VerifyReport, SHIP_BATCH};
+pub use audit_log::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport, SHIP_BATCH};
 pub use barrier::{StoredCa, CA_KEY};
 pub use cluster::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary,
@@ -75,6 +75,8 @@ pub struct Vault {
     sessions: sessions::LocalSessions,
     /// Mode changes audited since start.
     mode_changes: AtomicU64,
+    /// Token lifetime limits of this node (its config's `default_lease_ttl`/`max_lease_ttl`).
+    token_limits: crate::tokens::TokenLimits,
 }
 
 impl std::fmt::Debug for Vault {
@@ -97,12 +99,19 @@ impl Vault {
             limiter: Default::default(),
             sessions: Default::default(),
             mode_changes: AtomicU64::new(0),
+            token_limits: Default::default(),
             spool,
         };
         if let Err(e) = vault.load_spool_recipient() {
             tracing::error!("audit spool key unavailable, spool bodies stay in clear: {e}");
         }
         vault
+    }
+
+    /// Sets the token lifetime limits (before the vault is shared).
+    pub fn with_token_limits(mut self, limits: crate::tokens::TokenLimits) -> Self {
+        self.token_limits = limits;
+        self
     }
 
     /// The engine (for status and metrics).

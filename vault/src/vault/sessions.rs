@@ -54,6 +54,59 @@ impl Vault {
         (!entry.expired(clock::now().unix_timestamp())).then(|| entry.clone())
     }
 
+    /// Ends the node-local session with this accessor; false if this node has none.
+    pub(crate) fn revoke_local_session_by_accessor(&self, accessor: &str) -> bool {
+        self.sessions
+            .0
+            .lock()
+            .map(|mut s| {
+                let before = s.len();
+                s.retain(|_, e| e.accessor != accessor);
+                s.len() < before
+            })
+            .unwrap_or(false)
+    }
+
+    /// The live node-local session with this accessor, if this node has one.
+    pub fn local_session_by_accessor(&self, accessor: &str) -> Option<TokenEntry> {
+        let now = clock::now().unix_timestamp();
+        let sessions = self.sessions.0.lock().ok()?;
+        sessions
+            .values()
+            .find(|e| e.accessor == accessor && !e.expired(now))
+            .cloned()
+    }
+
+    /// `GET sys/coffer/sessions`: the node-local sessions this node issued while it was a
+    /// read-only standby (live ones), for an operator to see and revoke by accessor.
+    pub fn list_local_sessions(&self, auth: &super::Auth) -> Result<Vec<TokenEntry>> {
+        auth.require_sudo("sys/coffer/sessions", crate::policy::Capability::Read)?;
+        let now = clock::now().unix_timestamp();
+        let sessions = self.sessions.0.lock().map_err(VaultError::internal)?;
+        let mut live: Vec<TokenEntry> = sessions
+            .values()
+            .filter(|e| !e.expired(now))
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| a.creation_time.cmp(&b.creation_time));
+        Ok(live)
+    }
+
+    /// Accessors of this node's live node-local sessions.
+    pub(crate) fn local_session_accessors(&self) -> Vec<String> {
+        let now = clock::now().unix_timestamp();
+        self.sessions
+            .0
+            .lock()
+            .map(|s| {
+                s.values()
+                    .filter(|e| !e.expired(now))
+                    .map(|e| e.accessor.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Ends the node-local session under `key`; false if there is none.
     pub(crate) fn revoke_local_session(&self, key: &[u8]) -> bool {
         self.sessions

@@ -1,5 +1,11 @@
-//! Token lifecycle: create (with parent and child index), lookup, renew, revoke (with every
-//! descendant, in one transaction).
+//! Token lifecycle: create (with parent and child index), lookup, renew, and revoke.
+//!
+//! Revocation always wins. Revoking a token first deletes it (with its accessor) in one
+//! transaction, which makes it and — through the ancestor check every request makes — its
+//! whole tree unusable at once; the tree is then removed in bounded batches through a
+//! durable queue (`auth/token/revoking/<id>`), which any node that leads finishes after a
+//! crash. A child being created guards on its parent's record, so it cannot be added to a
+//! parent that is already gone, and one added just before is found by the batches.
 
 use std::collections::BTreeMap;
 
@@ -10,16 +16,25 @@ use crate::clock;
 use crate::error::{Result, VaultError};
 use crate::policy::Capability;
 use crate::tokens::{
-    accessor_key, children_prefix, generate_accessor, generate_token, token_id_of_key, token_key,
-    token_key_from_id, TokenEntry,
+    accessor_key, children_prefix, generate_accessor, generate_token, plan_ttl, token_id_of_key,
+    token_key, token_key_from_id, LifetimeRequest, TokenEntry, MAX_TOKEN_DEPTH,
 };
 
 /// TTL of a token created without one (Vault's system default, 32 days).
 pub const DEFAULT_TTL_SECS: u64 = 768 * 3600;
 /// Longest a non-periodic token may live from its creation (Vault's system max).
 pub const MAX_TTL_SECS: u64 = 768 * 3600;
-/// Most tokens one revocation removes (a token tree larger than this is refused).
-const MAX_REVOKE: usize = 10_000;
+/// Tokens one revocation transaction removes.
+const REVOKE_BATCH: usize = 256;
+/// Prefix of the revocation queue: tokens deleted whose descendants are still to remove.
+const REVOKING_PREFIX: &str = "auth/token/revoking/";
+
+/// How often the leader looks for revocations a crash interrupted.
+const REVOCATION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn revoking_key(id: &str) -> Vec<u8> {
+    format!("{REVOKING_PREFIX}{id}").into_bytes()
+}
 
 /// What a new token should be.
 #[derive(Clone, Debug, Default)]
@@ -71,8 +86,21 @@ impl Vault {
     /// `auth/token/create`: a child of `auth` (or an orphan).
     pub async fn create_token(&self, auth: &Auth, req: TokenRequest) -> Result<IssuedToken> {
         auth.require("auth/token/create", Capability::Update)?;
-        if req.no_parent {
-            auth.require_sudo("auth/token/create", Capability::Update)?;
+        let sudo = auth
+            .require_sudo("auth/token/create", Capability::Update)
+            .is_ok();
+        if req.no_parent && !sudo {
+            return Err(VaultError::PermissionDenied);
+        }
+        if auth.is_local_session() && !req.no_parent {
+            return Err(VaultError::InvalidRequest(
+                "a node-local session (issued while this node was read-only) cannot have child tokens".into(),
+            ));
+        }
+        if !req.no_parent && auth.entry.depth >= MAX_TOKEN_DEPTH {
+            return Err(VaultError::InvalidRequest(format!(
+                "token chains are limited to {MAX_TOKEN_DEPTH} generations"
+            )));
         }
         let mut policies: Vec<String> = if req.policies.is_empty() {
             auth.policies.clone()
@@ -96,21 +124,24 @@ impl Vault {
         policies.sort();
         policies.dedup();
         let now = clock::now().unix_timestamp();
-        let ttl = if req.period_secs > 0 {
-            req.period_secs
+        let parent_left = if req.no_parent {
+            None
         } else {
-            match req.ttl_secs {
-                Some(t) if t > 0 => t.min(MAX_TTL_SECS),
-                // A root token created without a TTL does not expire, as in Vault.
-                _ if is_root_token => 0,
-                _ => DEFAULT_TTL_SECS,
-            }
+            auth.entry.expire_time.map(|_| auth.entry.ttl_left(now))
         };
-        let ttl = match req.explicit_max_ttl_secs {
-            0 => ttl,
-            max if ttl == 0 => max,
-            max => ttl.min(max),
-        };
+        let ttl = plan_ttl(
+            LifetimeRequest {
+                ttl_secs: req.ttl_secs,
+                explicit_max_ttl_secs: req.explicit_max_ttl_secs,
+                period_secs: req.period_secs,
+            },
+            self.token_limits,
+            sudo,
+            is_root_token,
+            parent_left,
+        )
+        .map_err(|e| VaultError::InvalidRequest(e.to_string()))?;
+        let limits = self.token_limits;
         let entry = TokenEntry {
             accessor: generate_accessor(),
             policies,
@@ -126,10 +157,18 @@ impl Vault {
             meta: req.meta.clone(),
             renewable: req.renewable,
             parent: (!req.no_parent).then(|| token_id_of_key(&auth.token_key)),
-            explicit_max_ttl: req.explicit_max_ttl_secs,
-            period: req.period_secs,
+            explicit_max_ttl: req.explicit_max_ttl_secs.min(limits.max_ttl_secs),
+            period: req.period_secs.min(limits.max_ttl_secs),
+            owner: auth.entry.actor().to_string(),
+            owner_method: auth.method().to_string(),
+            depth: if req.no_parent {
+                0
+            } else {
+                auth.entry.depth + 1
+            },
         };
-        self.store_token(entry, Some(auth)).await
+        self.store_token(entry, (!req.no_parent).then_some(auth))
+            .await
     }
 
     /// Writes a new token record, its accessor and (with a parent) the child index entry, in
@@ -176,17 +215,80 @@ impl Vault {
             .map(|r| (key, r.value)))
     }
 
+    /// `auth/token/lookup-accessor`: a node-local session of this node, or a replicated
+    /// token (valid ones only).
+    pub fn lookup_accessor(&self, auth: &Auth, accessor: &str) -> Result<Option<TokenEntry>> {
+        auth.require("auth/token/lookup-accessor", Capability::Update)?;
+        if let Some(session) = self.local_session_by_accessor(accessor) {
+            return Ok(Some(session));
+        }
+        match self.token_by_accessor(accessor)? {
+            Some((key, _)) => Ok(self.valid_token(&key).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// `LIST auth/token/accessors` (sudo, as in Vault): every replicated token's accessor,
+    /// and this node's node-local sessions.
+    pub fn list_accessors(&self, auth: &Auth) -> Result<Vec<String>> {
+        auth.require_sudo("auth/token/accessors", Capability::List)?;
+        self.keyring()?;
+        let prefix = accessor_key("");
+        let mut out: Vec<String> = self
+            .engine
+            .scan(&prefix, None, 1_000_000)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect();
+        out.extend(self.local_session_accessors());
+        Ok(out)
+    }
+
     /// `auth/token/lookup` (by token) for callers with `update` on it.
     pub fn lookup_token(&self, auth: &Auth, token: &str) -> Result<TokenEntry> {
         auth.require("auth/token/lookup", Capability::Update)?;
-        let entry = self
-            .read_record::<TokenEntry>(&token_key(token))?
-            .ok_or_else(|| VaultError::InvalidRequest("bad token".into()))?
-            .value;
-        if entry.expired(clock::now().unix_timestamp()) {
-            return Err(VaultError::InvalidRequest("bad token".into()));
+        self.valid_token(&token_key(token))
+            .map_err(|_| VaultError::InvalidRequest("bad token".into()))
+    }
+
+    /// The token stored under `key` (a node-local session or a replicated token), if it
+    /// is valid now: not expired, and every ancestor still there and not expired.
+    pub(crate) fn valid_token(&self, key: &[u8]) -> Result<TokenEntry> {
+        if let Some(session) = self.local_session(key) {
+            return Ok(session);
         }
+        let entry = self
+            .read_record::<TokenEntry>(key)?
+            .ok_or(VaultError::PermissionDenied)?
+            .value;
+        let now = clock::now().unix_timestamp();
+        if entry.expired(now) {
+            tracing::debug!(accessor = %entry.accessor, "expired token refused");
+            return Err(VaultError::PermissionDenied);
+        }
+        self.check_ancestors(&entry, now)?;
         Ok(entry)
+    }
+
+    /// A token is valid only while every ancestor is: revoking or outliving a parent ends
+    /// the whole tree at once, whatever the batches removing it have reached.
+    fn check_ancestors(&self, entry: &TokenEntry, now: i64) -> Result<()> {
+        let mut parent = entry.parent.clone();
+        for _ in 0..=MAX_TOKEN_DEPTH {
+            let Some(id) = parent else {
+                return Ok(());
+            };
+            let ancestor = self
+                .read_record::<TokenEntry>(&token_key_from_id(&id))?
+                .ok_or(VaultError::PermissionDenied)?
+                .value;
+            if ancestor.expired(now) {
+                tracing::debug!(accessor = %entry.accessor, "token refused: an ancestor expired");
+                return Err(VaultError::PermissionDenied);
+            }
+            parent = ancestor.parent;
+        }
+        Err(VaultError::PermissionDenied)
     }
 
     /// `auth/token/renew-self`.
@@ -209,12 +311,17 @@ impl Vault {
                     .filter(|i| *i > 0)
                     .unwrap_or(entry.creation_ttl)
             };
-            let mut expire = now + wanted as i64;
+            let max = self.token_limits.max_ttl_secs;
+            let mut expire = now.saturating_add(wanted.min(max) as i64);
             if entry.period == 0 {
-                expire = expire.min(entry.creation_time + MAX_TTL_SECS as i64);
+                expire = expire.min(entry.creation_time.saturating_add(max as i64));
             }
             if entry.explicit_max_ttl > 0 {
-                expire = expire.min(entry.creation_time + entry.explicit_max_ttl as i64);
+                expire = expire.min(
+                    entry
+                        .creation_time
+                        .saturating_add(entry.explicit_max_ttl.min(max) as i64),
+                );
             }
             entry.expire_time = Some(expire);
             let txn = Txn::new()
@@ -237,50 +344,102 @@ impl Vault {
     /// `auth/token/revoke` (by token).
     pub async fn revoke_token(&self, auth: &Auth, token: &str) -> Result<usize> {
         auth.require("auth/token/revoke", Capability::Update)?;
-        self.revoke_tree(&token_key(token)).await
+        let key = token_key(token);
+        if self.revoke_local_session(&key) {
+            return Ok(1);
+        }
+        self.revoke_tree(&key).await
     }
 
-    /// `auth/token/revoke-accessor`.
+    /// `auth/token/revoke-accessor`: a replicated token and its tree, or a node-local
+    /// session of this node.
     pub async fn revoke_accessor(&self, auth: &Auth, accessor: &str) -> Result<usize> {
         auth.require("auth/token/revoke-accessor", Capability::Update)?;
+        if self.revoke_local_session_by_accessor(accessor) {
+            tracing::info!(%accessor, "node-local session revoked");
+            return Ok(1);
+        }
         match self.token_by_accessor(accessor)? {
             Some((key, _)) => self.revoke_tree(&key).await,
             None => Ok(0),
         }
     }
 
-    /// Revokes a token and all its descendants atomically; returns how many were revoked.
+    /// Revokes a token and all its descendants; returns how many were removed. The token
+    /// itself is deleted first, in one transaction that also queues its descendants for
+    /// removal, so the tree is unusable from that moment; the queue is then drained.
     pub(crate) async fn revoke_tree(&self, root_key: &[u8]) -> Result<usize> {
-        self.transact(|| {
+        let id = token_id_of_key(root_key);
+        let first = self
+            .transact(|| {
+                let Some(record) = self.read_record::<TokenEntry>(root_key)? else {
+                    return Ok((Txn::new(), 0));
+                };
+                let txn = self
+                    .delete_token_ops(Txn::new(), &id, &record.value)
+                    .unchanged(root_key.to_vec(), Some(&record.entry));
+                Ok((txn, 1))
+            })
+            .await?;
+        Ok(first + self.drain_revocations().await?)
+    }
+
+    /// Deletes a token's record, accessor and its link under its parent, and queues it so
+    /// its own children are removed next.
+    fn delete_token_ops(&self, txn: Txn, id: &str, entry: &TokenEntry) -> Txn {
+        let mut txn = txn
+            .delete(token_key_from_id(id))
+            .delete(accessor_key(&entry.accessor))
+            .put(revoking_key(id), b"1".to_vec());
+        if let Some(parent) = &entry.parent {
+            let mut link = children_prefix(parent);
+            link.extend_from_slice(id.as_bytes());
+            txn = txn.delete(link);
+        }
+        txn
+    }
+
+    /// Finishes revocations a crash interrupted: on the leader, drains the queue now and
+    /// then (a request that revokes drains it itself).
+    pub async fn run_revocation_sweeper(self: std::sync::Arc<Self>) {
+        loop {
+            tokio::time::sleep(REVOCATION_SWEEP_INTERVAL).await;
+            if !self.engine.is_leader() || self.is_sealed() {
+                continue;
+            }
+            match self.drain_revocations().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tokens = n, "finished an interrupted token revocation"),
+                Err(e) => tracing::debug!("token revocation sweep paused: {e}"),
+            }
+        }
+    }
+
+    /// Removes queued tokens' descendants, [`REVOKE_BATCH`] per transaction, until the
+    /// queue is empty; returns how many tokens were removed.
+    pub async fn drain_revocations(&self) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let queued = self.engine.scan(REVOKING_PREFIX.as_bytes(), None, 1)?;
+            let Some((qkey, _)) = queued.into_iter().next() else {
+                return Ok(removed);
+            };
+            let parent = String::from_utf8_lossy(&qkey[REVOKING_PREFIX.len()..]).into_owned();
+            let prefix = children_prefix(&parent);
+            let children = self.engine.scan(&prefix, None, REVOKE_BATCH)?;
             let mut txn = Txn::new();
-            let mut queue = vec![token_id_of_key(root_key)];
-            let mut revoked = 0;
-            while let Some(id) = queue.pop() {
-                let key = token_key_from_id(&id);
-                if let Some(record) = self.read_record::<TokenEntry>(&key)? {
-                    txn = txn
-                        .unchanged(key.clone(), Some(&record.entry))
-                        .delete(key)
-                        .delete(accessor_key(&record.value.accessor));
-                    if let Some(parent) = &record.value.parent {
-                        let mut link = children_prefix(parent);
-                        link.extend_from_slice(id.as_bytes());
-                        txn = txn.delete(link);
-                    }
-                    revoked += 1;
-                }
-                let prefix = children_prefix(&id);
-                for (child, _) in self.engine.scan(&prefix, None, MAX_REVOKE)? {
-                    queue.push(String::from_utf8_lossy(&child[prefix.len()..]).into_owned());
-                }
-                if revoked > MAX_REVOKE {
-                    return Err(VaultError::InvalidRequest(
-                        "token tree too large to revoke at once".into(),
-                    ));
+            if children.is_empty() {
+                txn = txn.delete(qkey);
+            }
+            for (link, _) in &children {
+                let child = String::from_utf8_lossy(&link[prefix.len()..]).into_owned();
+                txn = txn.delete(link.clone());
+                if let Some(record) = self.read_record::<TokenEntry>(&token_key_from_id(&child))? {
+                    txn = self.delete_token_ops(txn, &child, &record.value);
+                    removed += 1;
                 }
             }
-            Ok((txn, revoked))
-        })
-        .await
+            self.engine.write(txn).await?;
+        }
     }
 }

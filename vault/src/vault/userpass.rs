@@ -7,7 +7,7 @@ use coffer_raft::Txn;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::token_ops::{IssuedToken, DEFAULT_TTL_SECS, MAX_TTL_SECS};
+use super::token_ops::IssuedToken;
 use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
@@ -108,6 +108,17 @@ async fn verify_password(hash: String, password: Zeroizing<String>) -> bool {
     .unwrap_or(false)
 }
 
+/// Vault's rule: no auth method may issue a token with the `root` policy.
+fn refuse_root(policies: &[String]) -> Result<()> {
+    if policies.iter().any(|p| p == "root") {
+        return Err(VaultError::InvalidRequest(
+            "auth methods cannot create root tokens: the \"root\" policy cannot be given to a user"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_username(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -135,6 +146,21 @@ impl Vault {
             Capability::Create
         };
         auth.require(&format!("auth/userpass/users/{name}"), cap)?;
+        if let Some(policies) = &update.token_policies {
+            refuse_root(policies)?;
+        }
+        let limits = self.token_limits;
+        for (field, value) in [
+            ("token_ttl", update.token_ttl),
+            ("token_max_ttl", update.token_max_ttl),
+        ] {
+            if value.is_some_and(|v| v > limits.max_ttl_secs) {
+                return Err(VaultError::InvalidRequest(format!(
+                    "{field} is longer than this cluster's maximum token TTL ({} s)",
+                    limits.max_ttl_secs
+                )));
+            }
+        }
         let new_hash = match update.password {
             Some(p) if p.is_empty() => {
                 return Err(VaultError::InvalidRequest(
@@ -195,7 +221,7 @@ impl Vault {
 
     /// Lists users.
     pub fn list_users(&self, auth: &Auth) -> Result<Vec<String>> {
-        auth.require("auth/userpass/users", Capability::List)?;
+        auth.require_list("auth/userpass/users")?;
         self.keyring()?;
         let prefix = b"auth/userpass/users/";
         Ok(self
@@ -239,20 +265,23 @@ impl Vault {
             ));
         };
         self.limiter()?.succeeded(name);
+        // A user written before root was refused, or by hand: never a root token.
+        refuse_root(&user.token_policies)?;
         let mut policies = user.token_policies.clone();
         if !policies.iter().any(|p| p == "default") {
             policies.push("default".into());
         }
         policies.sort();
+        let limits = self.token_limits;
         let max = if user.token_max_ttl > 0 {
-            user.token_max_ttl.min(MAX_TTL_SECS)
+            user.token_max_ttl.min(limits.max_ttl_secs)
         } else {
-            MAX_TTL_SECS
+            limits.max_ttl_secs
         };
         let ttl = if user.token_ttl > 0 {
             user.token_ttl
         } else {
-            DEFAULT_TTL_SECS
+            limits.default_ttl_secs
         }
         .min(max);
         let entry = TokenEntry {
@@ -268,6 +297,9 @@ impl Vault {
             parent: None,
             explicit_max_ttl: max,
             period: 0,
+            owner: name.to_string(),
+            owner_method: "userpass".into(),
+            depth: 0,
         };
         if self.engine.mode() == coffer_raft::NodeMode::ReadOnly {
             return self.store_local_session(entry);

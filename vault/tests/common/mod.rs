@@ -22,6 +22,7 @@ pub async fn vault(dir: &Path) -> Vault {
         NodeAddr {
             api_addr: "https://127.0.0.1:1".into(),
             peer_addr: "127.0.0.1:2".into(),
+            cert_sha256: String::new(),
         },
         Duration::from_secs(10),
     )
