@@ -322,10 +322,16 @@ impl Engine {
     /// Whether `caller` presents the certificate pinned for a current member, judged by the
     /// newest membership view this node has (its own, or one learned from members while its
     /// log lags).
+    ///
+    /// A node with no membership at all has never been initialized: it holds nothing to
+    /// protect and takes its first membership from whoever the CA vouches for. Only
+    /// hand-built clusters (tests, `initialize_cluster`) have such nodes: a founder
+    /// initializes itself before its peer port opens, a joiner starts from a pack's snapshot.
     pub fn peer_standing(&self, caller: &PeerCaller) -> Result<(), Refusal> {
         let local = self.roster_local();
         match self.learned_roster.newer_than(local.index) {
             Some(newer) => newer.judge(caller),
+            None if local.members.is_empty() => Ok(()),
             None => local.judge(caller),
         }
     }

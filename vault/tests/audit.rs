@@ -131,7 +131,7 @@ async fn a_tampered_merged_record_is_reported_with_its_position() {
     }
     ship_all(&node.vault).await;
     // Flip one bit of record 7's stored ciphertext, as a disk or an attacker would.
-    let key = format!("audit/log/{:020}/{:020}", 1, 7).into_bytes();
+    let key = format!("audit/log/{:020}/{:010}/{:020}", 1, 1, 7).into_bytes();
     let engine = node.vault.engine();
     let mut value = engine.get(&key).unwrap().unwrap().value;
     let last = value.len() - 1;

@@ -253,7 +253,7 @@ pub fn normalize_path(path: &str, list: bool) -> Result<String, ApiError> {
             "" => {}
             "." | ".." => {
                 return Err(ApiError::BadRequest(
-                    "request path segments '.' and '..' are not allowed".into(),
+                    "invalid request path: '.' and '..' segments are not allowed".into(),
                 ))
             }
             s => segments.push(s),

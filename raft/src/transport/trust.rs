@@ -8,6 +8,10 @@
 //! (`PeerRequest::App`), which the vault layer judges itself: that is how a pack's certificate
 //! registers, once.
 //!
+//! A node that was never initialized (no membership at all) trusts the CA alone: it has
+//! nothing to protect, and production nodes are never in that state with their peer port
+//! open (see `Engine::peer_standing`).
+//!
 //! A node whose log lags (restarted after membership changes, or joined from an older pack)
 //! may not yet know a member that now leads. When it refuses a Raft RPC for that reason it
 //! asks the members it does trust for their view ([`Roster`]), and trusts the newest view
