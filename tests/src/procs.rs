@@ -192,6 +192,20 @@ impl ProcCluster {
         run_cli(&[], &argv)
     }
 
+    /// `operator join` into `<cluster dir>/<dir_name>` (a second machine holding a copy of
+    /// a pack); returns (code, stdout, stderr).
+    pub fn join_into(
+        &self,
+        _id: u64,
+        dir_name: &str,
+        pack: &Path,
+        pass: &Path,
+    ) -> (i32, String, String) {
+        let argv = join_argv(pack, &self.dir.path().join(dir_name), pass, false);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        run_cli(&[], &argv)
+    }
+
     /// `operator join … --start`: joins and becomes the server in the same process.
     pub fn join_and_run(&mut self, id: u64, pack: &Path, pass: &Path) {
         let data = self.data_dir(id);

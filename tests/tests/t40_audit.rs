@@ -136,9 +136,14 @@ async fn refusals_are_audited_and_audit_records_hold_no_secrets() {
     }
     let logins: Vec<&Value> = everything
         .iter()
-        .filter(|r| r["operation"] == "login")
+        .filter(|r| r["operation"] == "login" && r["type"] == "response")
         .collect();
     assert_eq!(logins.len(), 2);
+    let attempts = everything
+        .iter()
+        .filter(|r| r["operation"] == "login" && r["type"] == "request")
+        .count();
+    assert_eq!(attempts, 2, "each login is audited before it runs too");
     assert!(logins
         .iter()
         .all(|r| r["auth_method"] == "userpass" && r["outcome"] == "ok"));
@@ -210,9 +215,10 @@ async fn sigkill_under_32_clients_loses_no_audit_record_and_duplicates_none() {
         let found = records
             .iter()
             .filter(|r| {
-                r["request_id"]
-                    .as_str()
-                    .is_some_and(|id| acked.contains_key(id))
+                r["type"] == "response"
+                    && r["request_id"]
+                        .as_str()
+                        .is_some_and(|id| acked.contains_key(id))
             })
             .count();
         if found >= target {
@@ -224,18 +230,35 @@ async fn sigkill_under_32_clients_loses_no_audit_record_and_duplicates_none() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    // Each request has one response record; each write also one request record, made
+    // durable before the write took effect.
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
     for r in &records {
+        let kind = r["type"].as_str().unwrap_or("");
         *seen
-            .entry(r["request_id"].as_str().unwrap_or(""))
+            .entry((r["request_id"].as_str().unwrap_or(""), kind))
             .or_default() += 1;
     }
     for id in acked.keys() {
         assert_eq!(
-            seen.get(id.as_str()),
+            seen.get(&(id.as_str(), "response")),
             Some(&1),
-            "request {id} audited exactly once"
+            "request {id} audited exactly once: {:?}",
+            records
+                .iter()
+                .filter(|r| r["request_id"] == id.as_str())
+                .collect::<Vec<_>>()
         );
+        let write = records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["operation"] == "write");
+        if write {
+            assert_eq!(
+                seen.get(&(id.as_str(), "request")),
+                Some(&1),
+                "write {id} has its request record"
+            );
+        }
     }
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(

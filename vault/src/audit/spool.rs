@@ -81,9 +81,9 @@ struct Shared {
     mac_key: Mutex<Option<Zeroizing<[u8; 32]>>>,
     /// The durable head: last sequence number and its hash.
     head: Mutex<(u64, String)>,
-    /// Sequence number of the first line with a sealed body or a MAC (0: none yet). No line
-    /// after it may have a clear body.
-    protected_from: AtomicU64,
+    /// Sequence number of the first line with a sealed body (0: none yet). No line after it
+    /// may have a clear body: once the spool key exists, every body is sealed.
+    sealed_from: AtomicU64,
 }
 
 /// The spool handle.
@@ -161,10 +161,9 @@ impl SpoolLine {
         }
     }
 
-    /// Whether the line is protected (a sealed body or a MAC): after the first such line,
-    /// every line must be.
-    fn protected(&self) -> bool {
-        self.sealed.is_some() || self.mac.is_some()
+    /// Whether the body is sealed: after the first such line, every body must be.
+    fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
     }
 
     /// Checks what can be checked without opening the body: a clear body where none may be,
@@ -174,9 +173,9 @@ impl SpoolLine {
         &self,
         epoch: &str,
         mac_key: Option<&[u8; 32]>,
-        protected_from: u64,
+        sealed_from: u64,
     ) -> Result<bool, String> {
-        if self.event.is_some() && protected_from > 0 && self.seq > protected_from {
+        if self.event.is_some() && sealed_from > 0 && self.seq > sealed_from {
             return Err(format!(
                 "record {} has a clear body after the spool's bodies were sealed",
                 self.seq
@@ -241,9 +240,9 @@ fn load_epoch(dir: &Path) -> Result<String, String> {
     Ok(epoch)
 }
 
-/// The first protected line's sequence number in the first segment (0 if none): clear
-/// bodies exist only at the very start of a spool (before the cluster had keys).
-fn first_protected(segments: &BTreeMap<u64, PathBuf>) -> u64 {
+/// The first sealed line's sequence number in the first segment (0 if none): clear bodies
+/// exist only at the very start of a spool (before the cluster had its spool key).
+fn first_sealed(segments: &BTreeMap<u64, PathBuf>) -> u64 {
     let Some((_, path)) = segments.iter().next() else {
         return 0;
     };
@@ -254,7 +253,7 @@ fn first_protected(segments: &BTreeMap<u64, PathBuf>) -> u64 {
         .split(b'\n')
         .map_while(Result::ok)
         .filter_map(|l| serde_json::from_slice::<SpoolLine>(&l).ok())
-        .find(SpoolLine::protected)
+        .find(SpoolLine::is_sealed)
         .map_or(0, |l| l.seq)
 }
 
@@ -324,7 +323,7 @@ impl Spool {
         let shared = Arc::new(Shared {
             durable: AtomicU64::new(last_seq),
             failure: Mutex::new(None),
-            protected_from: AtomicU64::new(first_protected(&segments)),
+            sealed_from: AtomicU64::new(first_sealed(&segments)),
             segments: Mutex::new(segments),
             notify: tokio::sync::Notify::new(),
             stats: SpoolStats::default(),
@@ -464,7 +463,7 @@ impl Spool {
             },
         };
         let mac_key = self.mac_key();
-        let protected_from = self.shared.protected_from.load(Ordering::Acquire);
+        let sealed_from = self.shared.sealed_from.load(Ordering::Acquire);
         let mut out = Vec::new();
         while let Some(path) = segments.get(&first) {
             let mut file =
@@ -489,7 +488,7 @@ impl Spool {
                 }
                 offset += n as u64;
                 if rec.seq >= seq {
-                    rec.authenticate(&self.epoch, mac_key.as_deref(), protected_from)
+                    rec.authenticate(&self.epoch, mac_key.as_deref(), sealed_from)
                         .map_err(|e| format!("audit spool record failed authentication: {e}"))?;
                     out.push(rec.record(&self.epoch, key)?);
                     if out.len() >= max {
@@ -545,7 +544,7 @@ impl Spool {
         let mut count = 0;
         let mut unauthenticated = 0;
         let mut seen_mac = false;
-        let mut protected_from = 0;
+        let mut sealed_from = 0;
         let mac_key = self.mac_key();
         let mut prev: Option<(u64, String)> = None;
         let problem = |seq, kind: &str, detail: String| ChainProblem {
@@ -591,14 +590,14 @@ impl Spool {
                         ));
                     }
                 }
-                match line.authenticate(&self.epoch, mac_key.as_deref(), protected_from) {
+                match line.authenticate(&self.epoch, mac_key.as_deref(), sealed_from) {
                     Ok(true) => seen_mac = true,
                     Ok(false) if seen_mac => unauthenticated += 1,
                     Ok(false) => {}
                     Err(e) => problems.push(problem(seq, "tampered", e)),
                 }
-                if protected_from == 0 && line.protected() {
-                    protected_from = seq;
+                if sealed_from == 0 && line.is_sealed() {
+                    sealed_from = seq;
                 }
                 match line.record(&self.epoch, key) {
                     Ok(r) if r.intact() => {}
@@ -716,13 +715,9 @@ impl Writer {
             .lock()
             .map_err(|e| e.to_string())?
             .clone();
-        if (sealer.is_some() || mac_key.is_some())
-            && self.shared.protected_from.load(Ordering::Acquire) == 0
-        {
+        if sealer.is_some() && self.shared.sealed_from.load(Ordering::Acquire) == 0 {
             if let Some(first) = records.first() {
-                self.shared
-                    .protected_from
-                    .store(first.seq, Ordering::Release);
+                self.shared.sealed_from.store(first.seq, Ordering::Release);
             }
         }
         let mut buf = Vec::new();

@@ -122,7 +122,7 @@ struct EpochCursor {
 pub struct AuditFilter {
     /// Origin node.
     pub node: Option<u64>,
-    /// Exact actor.
+    /// Exact actor (the person, e.g. `alice`), or a token display name (`userpass-alice`).
     pub actor: Option<String>,
     /// Exact operation.
     pub operation: Option<String>,
@@ -147,7 +147,10 @@ impl AuditFilter {
         let e = &r.event;
         let time = crate::clock::parse(&e.time);
         // One person, one name: a query by user finds her login and her token's requests.
-        self.actor.as_ref().is_none_or(|a| *a == e.actor)
+        // The token's display name (`userpass-alice`) is accepted too.
+        self.actor
+            .as_ref()
+            .is_none_or(|a| *a == e.actor || *a == e.display_name)
             && self.operation.as_ref().is_none_or(|o| *o == e.operation)
             && self
                 .path_prefix
