@@ -1,130 +1,13 @@
 //! The HTTP surface driven in-process with `oneshot` (no socket): Vault shapes, status codes,
 //! and bad input refused with the exact message while the node keeps serving.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
-use coffer_api::routes::{app, AppState};
-use coffer_raft::{Engine, EngineConfig, NoPeers, NodeAddr, RaftTuning};
-use coffer_vault::{InitRequest, NodeInfo, Vault};
+use common::{node, LIMIT};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-const LIMIT: usize = 64 * 1024;
-
-struct Node {
-    app: Router,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn node(init: bool) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open_single(
-        EngineConfig {
-            node_id: 1,
-            data_dir: dir.path().to_path_buf(),
-            tuning: RaftTuning::default(),
-        },
-        NoPeers,
-        NodeAddr {
-            api_addr: "https://127.0.0.1:1".into(),
-            peer_addr: "127.0.0.1:2".into(),
-            cert_sha256: String::new(),
-        },
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let vault = Arc::new(Vault::new(
-        engine,
-        NodeInfo {
-            node_id: 1,
-            api_addr: "https://127.0.0.1:1".into(),
-            cluster_name: "t".into(),
-        },
-        std::sync::Arc::new(
-            coffer_vault::audit::Spool::open(&dir.path().join("audit"), 1).unwrap(),
-        ),
-    ));
-    let mut token = String::new();
-    if init {
-        let ca = coffer_tls::CertificateAuthority::generate("t").unwrap();
-        let stored = coffer_vault::StoredCa {
-            cert_pem: ca.cert_pem().to_string(),
-            key_pem: ca.key_pem().to_string(),
-        };
-        let (resp, root) = vault
-            .init(
-                InitRequest {
-                    secret_shares: 1,
-                    secret_threshold: 1,
-                    root_token_id: None,
-                },
-                Some(&stored),
-            )
-            .await
-            .unwrap();
-        vault.unseal_with_root(root).unwrap();
-        token = resp.root_token.clone();
-    }
-    let state = AppState {
-        vault,
-        max_request_bytes: LIMIT,
-        pending_ca: Arc::new(tokio::sync::Mutex::new(None)),
-        seal_key_file: None,
-        tls_dir: dir.path().join("tls"),
-        body_read_timeout: Duration::from_secs(30),
-        connections: Default::default(),
-    };
-    Node {
-        app: app(state),
-        token,
-        _dir: dir,
-    }
-}
-
-impl Node {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: impl Into<Body>,
-        token: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("X-Vault-Token", t);
-        }
-        let resp = self
-            .app
-            .clone()
-            .oneshot(req.body(body.into()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn root(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        let token = self.token.clone();
-        self.call(method, path, body, Some(&token)).await
-    }
-}
 
 #[tokio::test]
 async fn kv_v2_round_trip_in_vault_shapes() {

@@ -40,7 +40,11 @@ impl Credential {
 }
 
 /// Opens a pack file (whatever its expiry) and returns its registration credential.
-fn pack_credential(name: &'static str, pack: &std::path::Path, pass: &std::path::Path) -> Credential {
+fn pack_credential(
+    name: &'static str,
+    pack: &std::path::Path,
+    pass: &std::path::Path,
+) -> Credential {
     let bytes = std::fs::read(pack).unwrap();
     let pass = std::fs::read_to_string(pass).unwrap();
     let contents = coffer_vault::pack::open_pack(&bytes, pass.trim(), 0).unwrap();
@@ -75,7 +79,9 @@ fn attack(cred: &Credential, target: u64, addr: &NodeAddr) -> Vec<(&'static str,
         let mut out = Vec::new();
         let option = || RPCOption::new(Duration::from_secs(5));
         let vote = Vote::new_committed(1000, id);
-        let mut raft = PeerNetwork::new(identity.clone()).new_client(target, &addr).await;
+        let mut raft = PeerNetwork::new(identity.clone())
+            .new_client(target, &addr)
+            .await;
         let append = AppendEntriesRequest {
             vote,
             prev_log_id: None,
@@ -86,10 +92,14 @@ fn attack(cred: &Credential, target: u64, addr: &NodeAddr) -> Vec<(&'static str,
             "append_entries",
             format!("{:?}", raft.append_entries(append, option()).await),
         ));
-        let mut raft = PeerNetwork::new(identity.clone()).new_client(target, &addr).await;
+        let mut raft = PeerNetwork::new(identity.clone())
+            .new_client(target, &addr)
+            .await;
         let ballot = VoteRequest::new(Vote::new(1000, id), None);
         out.push(("vote", format!("{:?}", raft.vote(ballot, option()).await)));
-        let mut raft = PeerNetwork::new(identity.clone()).new_client(target, &addr).await;
+        let mut raft = PeerNetwork::new(identity.clone())
+            .new_client(target, &addr)
+            .await;
         let snapshot = InstallSnapshotRequest {
             vote,
             meta: SnapshotMeta {
@@ -107,8 +117,14 @@ fn attack(cred: &Credential, target: u64, addr: &NodeAddr) -> Vec<(&'static str,
         ));
         let fw = Forwarder::new(identity.clone());
         let wipe = Txn::new().delete_prefix("kv/").delete_prefix("audit/");
-        out.push(("forward", format!("{:?}", fw.write(target, &addr, wipe).await)));
-        out.push(("read_index", format!("{:?}", fw.read_index(target, &addr).await)));
+        out.push((
+            "forward",
+            format!("{:?}", fw.write(target, &addr, wipe).await),
+        ));
+        out.push((
+            "read_index",
+            format!("{:?}", fw.read_index(target, &addr).await),
+        ));
         out.push(("members", format!("{:?}", fw.members(target, &addr).await)));
         let change = MembershipChange::Remove { id: target };
         out.push((
@@ -121,11 +137,17 @@ fn attack(cred: &Credential, target: u64, addr: &NodeAddr) -> Vec<(&'static str,
         };
         out.push((
             "app_relayed",
-            format!("{:?}", fw.app_relayed(target, &addr, origin, b"{}".to_vec()).await),
+            format!(
+                "{:?}",
+                fw.app_relayed(target, &addr, origin, b"{}".to_vec()).await
+            ),
         ));
         out.push((
             "roster",
-            format!("{:?}", fw.roster(target, &addr, Duration::from_secs(5)).await),
+            format!(
+                "{:?}",
+                fw.roster(target, &addr, Duration::from_secs(5)).await
+            ),
         ));
         out
     })

@@ -41,7 +41,10 @@ fn req(policies: &[&str]) -> TokenRequest {
 }
 
 fn denied(v: &Vault, token: &str) -> bool {
-    matches!(v.authenticate(Some(token)), Err(VaultError::PermissionDenied))
+    matches!(
+        v.authenticate(Some(token)),
+        Err(VaultError::PermissionDenied)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,8 +76,15 @@ async fn a_tree_of_any_size_is_revoked_whole_and_its_root_dies_first() {
     let grandchild = v.create_token(&child_auth, req(&[])).await.unwrap().token;
 
     let started = Instant::now();
-    let revoked = v.revoke_accessor(&root, &parent.entry.accessor).await.unwrap();
-    assert_eq!(revoked, children + 2, "the parent, every child and the grandchild");
+    let revoked = v
+        .revoke_accessor(&root, &parent.entry.accessor)
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked,
+        children + 2,
+        "the parent, every child and the grandchild"
+    );
     assert!(denied(&v, &parent.token));
     assert!(denied(&v, &grandchild));
     for t in tokens.iter().step_by(97) {
@@ -115,7 +125,10 @@ async fn a_child_created_while_its_parent_is_revoked_never_survives() {
             .unwrap();
         for c in creators {
             for token in c.await.unwrap() {
-                assert!(denied(&v, &token), "round {round}: a child outlived its parent");
+                assert!(
+                    denied(&v, &token),
+                    "round {round}: a child outlived its parent"
+                );
             }
         }
     }
@@ -167,14 +180,19 @@ async fn a_token_dies_with_an_expired_ancestor_and_lifetimes_need_sudo() {
         .unwrap();
     let short_auth = v.authenticate(Some(&short.token)).unwrap();
     let no_sudo = v
-        .create_token(&plain_auth, TokenRequest {
-            ttl_secs: Some(7000),
-            ..req(&[])
-        })
+        .create_token(
+            &plain_auth,
+            TokenRequest {
+                ttl_secs: Some(7000),
+                ..req(&[])
+            },
+        )
         .await
         .unwrap_err();
     assert!(
-        no_sudo.to_string().contains("cannot outlive its parent without sudo"),
+        no_sudo
+            .to_string()
+            .contains("cannot outlive its parent without sudo"),
         "{no_sudo}"
     );
     // With sudo a child may ask for more — and still dies with its parent.
@@ -194,7 +212,10 @@ async fn a_token_dies_with_an_expired_ancestor_and_lifetimes_need_sudo() {
         assert!(Instant::now() < deadline, "the parent never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(denied(&v, &child.token), "a child outlived its expired parent");
+    assert!(
+        denied(&v, &child.token),
+        "a child outlived its expired parent"
+    );
     // The system maximum caps every token, periodic ones included.
     let long = v
         .create_token(
@@ -217,7 +238,10 @@ async fn a_token_dies_with_an_expired_ancestor_and_lifetimes_need_sudo() {
         )
         .await
         .unwrap();
-    assert_eq!((periodic.entry.creation_ttl, periodic.entry.period), (7200, 7200));
+    assert_eq!(
+        (periodic.entry.creation_ttl, periodic.entry.period),
+        (7200, 7200)
+    );
 }
 
 #[tokio::test]

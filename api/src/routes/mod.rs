@@ -83,6 +83,21 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
 /// 3. the handler runs; a panic in it becomes a 500, and the node keeps serving;
 /// 4. the *response* record is made durable before the answer leaves (fail closed).
 async fn handle(state: &AppState, req: &ApiRequest) -> Response {
+    handle_with(state, req, |state, req| Box::pin(route(state, req))).await
+}
+
+/// A handler future, as [`handle_with`] takes it.
+pub type RouteFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, ApiError>> + Send + 'a>>;
+
+/// [`handle`] around any routing function: what every request goes through (fail closed on
+/// a broken spool, a request record before a state change, a panic turned into a 500, the
+/// response record before the answer). Public so the guarantees can be tested with a route
+/// of the test's own (one that panics, say).
+pub async fn handle_with<'a, F>(state: &'a AppState, req: &'a ApiRequest, route: F) -> Response
+where
+    F: FnOnce(&'a AppState, &'a ApiRequest) -> RouteFuture<'a>,
+{
     if audit::audited(req) {
         if let Some(why) = state.vault.spool().failure() {
             let e = coffer_vault::VaultError::Unavailable(why);
