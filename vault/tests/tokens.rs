@@ -54,8 +54,13 @@ async fn a_tree_of_any_size_is_revoked_whole_and_its_root_dies_first() {
     v.write_policy(&root, "creator", CREATOR).await.unwrap();
     let parent = v.create_token(&root, req(&["creator"])).await.unwrap();
     let parent_auth = v.authenticate(Some(&parent.token)).unwrap();
-    // More children than the old cap of 10 000, made concurrently.
-    let children = 10_240;
+    // Several revocation batches' worth of children, made concurrently; with
+    // COFFER_LONG_TESTS=1, more than the old cap of 10 000 (slow in a debug build).
+    let children = if std::env::var_os("COFFER_LONG_TESTS").is_some() {
+        25_600
+    } else {
+        1_280
+    };
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let (v, auth) = (v.clone(), parent_auth.clone());
