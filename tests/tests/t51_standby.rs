@@ -226,3 +226,162 @@ async fn standby_audit_is_marked_read_only_and_merges_once() {
     );
     assert!(primary.audit_verify(&auth).unwrap().ok);
 }
+
+/// Someone with disk access to a cut-off standby (which is unsealed) forges a record in its
+/// spool — a body sealed to the cluster's public spool key, a hash that fits the chain. The
+/// forged record fails its MAC: it is never merged, and `audit verify` names it. (A spool cut
+/// short is `vault/tests/audit.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_record_in_a_standby_spool_is_never_merged() {
+    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
+    let init = InitRequest {
+        secret_shares: 1,
+        secret_threshold: 1,
+        root_token_id: None,
+    };
+    let (resp, root) = primary.init(init, None).await.unwrap();
+    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
+    primary.unseal_with_root(root).unwrap();
+    c.wait_applied(&[2], c.engine(1).applied_index()).await;
+    secondary.unseal_with_root(key.clone()).unwrap();
+    let auth = primary.authenticate(Some(&resp.root_token)).unwrap();
+
+    c.cut(1, 2);
+    c.engine(2)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let event = AuditEvent {
+            actor: "reader".into(),
+            operation: "read".into(),
+            path: format!("secret/data/{i}"),
+            ..Default::default()
+        };
+        secondary.audit(event).await.unwrap();
+    }
+    // The forgery: record 3 rewritten to show an innocent path.
+    let spool_dir = dir.path().join("audit2");
+    let segment = spool_dir.join("spool-00000000000000000001.jsonl");
+    let epoch = std::fs::read_to_string(spool_dir.join("epoch")).unwrap();
+    let public: [u8; 32] = c
+        .engine(2)
+        .get(b"core/audit-spool-pub")
+        .unwrap()
+        .unwrap()
+        .value
+        .try_into()
+        .unwrap();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let forged: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut line: serde_json::Value = serde_json::from_str(l).unwrap();
+            if line["seq"] == 3 {
+                let event = AuditEvent {
+                    actor: "reader".into(),
+                    operation: "read".into(),
+                    path: "secret/data/innocent".into(),
+                    ..Default::default()
+                };
+                let prev = line["prev_hash"].as_str().unwrap().to_string();
+                let rec = coffer_vault::audit::chain(2, epoch.trim(), 3, &prev, event.clone());
+                let sealer = coffer_vault::audit::sealing::BatchSealer::new(&public);
+                line["hash"] = rec.hash.clone().into();
+                line["sealed"] = sealer
+                    .seal(2, 3, &serde_json::to_vec(&rec.event).unwrap())
+                    .into();
+                line["mac"] = "00".repeat(32).into();
+            }
+            line.to_string()
+        })
+        .collect();
+    std::fs::write(&segment, forged.join("\n") + "\n").unwrap();
+
+    c.heal();
+    c.engine(2)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::Follower)
+        .await
+        .unwrap();
+    let err = format!("{:?}", secondary.ship_once().await.unwrap_err());
+    assert!(err.contains("record 3 fails its MAC"), "{err}");
+    let verify = secondary.audit_verify(&auth).unwrap();
+    assert!(!verify.ok);
+    assert!(
+        verify
+            .spool
+            .problems
+            .iter()
+            .any(|p| p.seq == 3 && p.detail.contains("fails its MAC")),
+        "{:?}",
+        verify.spool.problems
+    );
+    let filter = AuditFilter {
+        path_prefix: Some("secret/data/innocent".into()),
+        ..Default::default()
+    };
+    assert!(
+        primary.audit_query(&auth, &filter).unwrap().0.is_empty(),
+        "the forgery was merged"
+    );
+}
+
+/// A login on a read-only standby issues a node-local session: an operator lists it on that
+/// node and revokes it by accessor, after which it opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_lists_and_revokes_a_standbys_sessions() {
+    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
+    let init = InitRequest {
+        secret_shares: 1,
+        secret_threshold: 1,
+        root_token_id: None,
+    };
+    let (resp, root) = primary.init(init, None).await.unwrap();
+    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
+    primary.unseal_with_root(root).unwrap();
+    let auth = primary.authenticate(Some(&resp.root_token)).unwrap();
+    primary
+        .write_user(
+            &auth,
+            "alice",
+            coffer_vault::UserUpdate {
+                password: Some(zeroize::Zeroizing::new("pw".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_applied(&[2], c.engine(1).applied_index()).await;
+    secondary.unseal_with_root(key).unwrap();
+    c.cut(1, 2);
+    c.engine(2)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
+        .await
+        .unwrap();
+    let session = secondary
+        .login_userpass("alice", zeroize::Zeroizing::new("pw".into()), "10.0.0.9")
+        .await
+        .unwrap();
+    let operator = secondary.authenticate(Some(&resp.root_token)).unwrap();
+    let listed = secondary.list_local_sessions(&operator).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].accessor.as_str(), listed[0].actor()),
+        (session.entry.accessor.as_str(), "alice")
+    );
+    assert!(secondary.authenticate(Some(&session.token)).is_ok());
+    assert_eq!(
+        secondary
+            .revoke_accessor(&operator, &session.entry.accessor)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(secondary.authenticate(Some(&session.token)).is_err());
+    assert!(secondary.list_local_sessions(&operator).unwrap().is_empty());
+    c.heal();
+}

@@ -148,3 +148,62 @@ async fn a_tampered_merged_record_is_reported_with_its_position() {
         "{problems:?}"
     );
 }
+
+/// A spool cut short below what the cluster anchored (someone deleted records from disk
+/// while the node was down) stops the shipper and is reported by `audit verify`; a spool
+/// started afresh for the same node id (a node removed and joined again) is a new epoch,
+/// merged from its first record, not a fork.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_spool_is_reported_and_a_fresh_spool_is_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = open(dir.path(), None).await;
+        for i in 0..40 {
+            node.vault.audit(event(i)).await.unwrap();
+        }
+        ship_all(&node.vault).await;
+        node.vault.engine().shutdown().await.unwrap();
+    }
+    // Cut the last 10 records off the spool, as someone with disk access would.
+    let segment = dir.path().join("audit/spool-00000000000000000001.jsonl");
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let kept: Vec<&str> = text.lines().take(30).collect();
+    std::fs::write(&segment, kept.join("\n") + "\n").unwrap();
+    {
+        let node = open(dir.path(), Some("hvs.audit-root")).await;
+        let err = format!("{:?}", node.vault.ship_once().await.unwrap_err());
+        assert!(err.contains("the spool was cut short"), "{err}");
+        let auth = node.vault.authenticate(Some(&node.root)).unwrap();
+        let report = node.vault.audit_verify(&auth).unwrap();
+        assert!(!report.ok);
+        assert!(
+            report
+                .spool
+                .problems
+                .iter()
+                .any(|p| p.kind == "truncated" && p.seq == 40),
+            "{:?}",
+            report.spool.problems
+        );
+        node.vault.engine().shutdown().await.unwrap();
+    }
+    // The node's spool is gone entirely (a new machine under the same node id): a new
+    // epoch, merged from record 1.
+    std::fs::remove_dir_all(dir.path().join("audit")).unwrap();
+    let node = open(dir.path(), Some("hvs.audit-root")).await;
+    for i in 0..5 {
+        node.vault.audit(event(i)).await.unwrap();
+    }
+    ship_all(&node.vault).await;
+    let auth = node.vault.authenticate(Some(&node.root)).unwrap();
+    let report = node.vault.audit_verify(&auth).unwrap();
+    assert!(report.ok, "{report:?}");
+    let epochs: Vec<(u32, u64)> = report
+        .merged
+        .iter()
+        .filter(|m| m.node == 1)
+        .map(|m| (m.epoch, m.cursor))
+        .collect();
+    assert_eq!(epochs, [(1, 40), (2, 5)]);
+    assert_eq!(merged(&node).len(), 45, "both epochs, nothing twice");
+}
