@@ -151,3 +151,47 @@ fn key_file_seal_unseals_itself_on_restart() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `sys/init` refused for bad input leaves the node exactly as it was: still uninitialized,
+/// its CA still pending, so the init that follows works and the cluster can make packs.
+#[test]
+fn a_refused_init_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "seal = {{ type = \"file\", path = {:?} }}",
+            dir.path().join("root.key").display().to_string()
+        ),
+    );
+    let server = start(&config, dir.path());
+    for bad in [
+        &["operator", "init", "-key-shares=1", "-key-threshold=3"][..],
+        &["operator", "init", "-key-shares=0", "-key-threshold=0"][..],
+    ] {
+        let (code, _, err) = cli(&server, "", bad);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(status(&server)["initialized"], false);
+        assert!(dir.path().join("node/tls/ca-key.pem").exists(), "the CA is still pending");
+    }
+    let token = server.init_one_share();
+    let pack = dir.path().join("n2.pack");
+    let (code, _, err) = cli(
+        &server,
+        &token,
+        &[
+            "operator",
+            "pack",
+            "create",
+            "--node-id",
+            "2",
+            "--api-addr",
+            "https://127.0.0.12:8200",
+            "--peer-addr",
+            "127.0.0.12:8201",
+            "-o",
+            pack.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "packs still work: {err}");
+}
