@@ -11,6 +11,8 @@
 
 mod db;
 mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 mod log_store;
 mod membership;
 mod mode;
@@ -27,7 +29,7 @@ pub use log_store::LogStore;
 pub use membership::{ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG};
 pub use mode::{ModeChange, NodeMode, DEFAULT_STANDBY_AFTER};
 pub use network::NoPeers;
-pub use snapshot::{SnapshotFiles, SnapshotHeader};
+pub use snapshot::{inspect as inspect_snapshot, SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
 pub use transport::{
     serve_peers, AppFuture, AppHandler, ForwardError, Forwarder, PeerCaller, PeerIdentity,

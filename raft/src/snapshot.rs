@@ -356,40 +356,81 @@ fn clear_cf(db: &DB, kv: &rocksdb::ColumnFamily) -> Result<(), String> {
     db.write(batch).map_err(io("clearing state machine"))
 }
 
-/// Checks magic and checksum of a whole snapshot file; returns its header.
+/// Checks a whole snapshot file before anything is installed from it: magic, header,
+/// every record's framing and bounds, the record count in the trailer, and the checksum,
+/// in one pass; returns its header. Leaves the file positioned at its start.
 fn verify(file: &mut File) -> Result<SnapshotHeader, String> {
-    let len = file.metadata().map_err(io("reading snapshot"))?.len();
-    if len < (MAGIC.len() + 4 + 8 + 32) as u64 {
-        return Err("snapshot file is truncated".into());
-    }
+    let header = inspect(&mut *file)?;
     file.seek(SeekFrom::Start(0))
         .map_err(io("seeking snapshot"))?;
-    let mut hasher = Sha256::new();
-    let mut remaining = len - 32;
-    let mut buf = vec![0u8; 1 << 16];
-    while remaining > 0 {
-        let n = remaining.min(buf.len() as u64) as usize;
-        file.read_exact(&mut buf[..n])
-            .map_err(io("reading snapshot"))?;
-        hasher.update(&buf[..n]);
-        remaining -= n as u64;
-    }
-    let mut trailer = [0u8; 32];
-    file.read_exact(&mut trailer)
+    Ok(header)
+}
+
+/// [`verify`] on any seekable reader: what `snapshot inspect`, packs and restores rely on,
+/// and what the fuzz target drives. Memory stays bounded by the record bounds.
+pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<SnapshotHeader, String> {
+    let len = reader
+        .seek(SeekFrom::End(0))
         .map_err(io("reading snapshot"))?;
-    if hasher.finalize().as_slice() != trailer {
+    let trailer_at = len
+        .checked_sub(8 + 32)
+        .filter(|at| *at >= (MAGIC.len() + 4) as u64)
+        .ok_or("snapshot file is truncated")?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(io("seeking snapshot"))?;
+    let mut hashed = HashingReader {
+        inner: BufReader::with_capacity(1 << 16, &mut *reader),
+        hasher: Sha256::new(),
+        read: 0,
+    };
+    let mut header = read_header(&mut hashed)?;
+    let mut records = 0u64;
+    while hashed.read < trailer_at {
+        read_chunk(&mut hashed, MAX_KEY)?;
+        read_chunk(&mut hashed, MAX_VALUE)?;
+        records += 1;
+    }
+    if hashed.read != trailer_at {
+        return Err("snapshot records overrun the trailer: the file is corrupt".into());
+    }
+    let mut count = [0u8; 8];
+    hashed
+        .read_exact(&mut count)
+        .map_err(io("reading snapshot"))?;
+    let digest = hashed.hasher.finalize();
+    let mut trailer = [0u8; 32];
+    hashed
+        .inner
+        .read_exact(&mut trailer)
+        .map_err(io("reading snapshot"))?;
+    if digest.as_slice() != trailer {
         return Err("snapshot checksum mismatch: the file is corrupt or truncated".into());
     }
-    file.seek(SeekFrom::Start(len - 40))
-        .map_err(io("seeking snapshot"))?;
-    let mut count = [0u8; 8];
-    file.read_exact(&mut count)
-        .map_err(io("reading snapshot"))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(io("seeking snapshot"))?;
-    let mut header = read_header(&mut BufReader::new(&mut *file))?;
-    header.entries = u64::from_be_bytes(count);
+    if u64::from_be_bytes(count) != records {
+        return Err(format!(
+            "snapshot trailer counts {} records, the file holds {records}",
+            u64::from_be_bytes(count)
+        ));
+    }
+    header.entries = records;
     Ok(header)
+}
+
+/// A reader that hashes and counts what passes through it.
+struct HashingReader<R: Read> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 fn read_header(reader: &mut impl Read) -> Result<SnapshotHeader, String> {

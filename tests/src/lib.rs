@@ -3,6 +3,8 @@
 //! restarted on the same data directory. Everything waits on conditions, never on sleeps.
 
 pub mod bench;
+pub mod fuzz;
+pub mod fuzz_seeds;
 pub mod harness;
 pub mod procs;
 

@@ -172,7 +172,10 @@ fn a_refused_init_changes_nothing() {
         let (code, _, err) = cli(&server, "", bad);
         assert_eq!(code, 2, "{err}");
         assert_eq!(status(&server)["initialized"], false);
-        assert!(dir.path().join("node/tls/ca-key.pem").exists(), "the CA is still pending");
+        assert!(
+            dir.path().join("node/tls/ca-key.pem").exists(),
+            "the CA is still pending"
+        );
     }
     let token = server.init_one_share();
     let pack = dir.path().join("n2.pack");

@@ -93,9 +93,14 @@ async fn idle_and_slow_connections_do_not_keep_a_client_out() {
     let client = server.client(&token);
     for _ in 0..5 {
         let started = Instant::now();
-        let resp = client.request("GET", "secret/data/none?stale=true", None).await;
+        let resp = client
+            .request("GET", "secret/data/none?stale=true", None)
+            .await;
         assert!(
-            matches!(resp, Err(coffer_api::client::ClientError::Server { status: 404, .. })),
+            matches!(
+                resp,
+                Err(coffer_api::client::ClientError::Server { status: 404, .. })
+            ),
             "{resp:?}"
         );
         assert!(

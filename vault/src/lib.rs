@@ -6,6 +6,8 @@ pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod kv2;
 pub mod mounts;
 pub mod pack;

@@ -196,8 +196,23 @@ pub fn seal_pack(contents: &PackContents, passphrase: &str) -> Result<Vec<u8>, P
     Ok(out)
 }
 
-/// Decrypts and authenticates a pack, then checks it has not expired at `now` (unix seconds).
-pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents, PackError> {
+/// The cleartext header of a pack file: key-derivation cost, salt, nonce.
+#[derive(Debug)]
+pub struct PackHeader<'a> {
+    /// Argon2id memory cost, KiB.
+    pub m_cost: u32,
+    /// Argon2id passes.
+    pub t_cost: u32,
+    /// Argon2id lanes.
+    pub p_cost: u32,
+    /// The salt.
+    pub salt: &'a [u8],
+    /// The AES-GCM nonce.
+    pub nonce: &'a [u8],
+}
+
+/// Checks a pack file's framing and cost bounds before any key derivation runs.
+pub fn parse_header(file: &[u8]) -> Result<PackHeader<'_>, PackError> {
     if file.len() < HEADER + 16 || !file.starts_with(MAGIC) {
         return Err(PackError::Malformed);
     }
@@ -209,8 +224,32 @@ pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents
     if m > MAX_M_COST || t > MAX_T_COST || p != 1 {
         return Err(PackError::Cost { m, t });
     }
-    let salt = &file[MAGIC.len() + 12..MAGIC.len() + 12 + SALT];
-    let nonce = &file[HEADER - CHECK - NONCE..HEADER - CHECK];
+    Ok(PackHeader {
+        m_cost: m,
+        t_cost: t,
+        p_cost: p,
+        salt: &file[MAGIC.len() + 12..MAGIC.len() + 12 + SALT],
+        nonce: &file[HEADER - CHECK - NONCE..HEADER - CHECK],
+    })
+}
+
+/// Decodes decrypted pack contents and checks they have not expired at `now`.
+pub fn decode_contents(plain: &[u8], now: u64) -> Result<PackContents, PackError> {
+    let contents: PackContents =
+        postcard::from_bytes(plain).map_err(|e| PackError::Contents(e.to_string()))?;
+    if now >= contents.expires_at {
+        return Err(PackError::Expired {
+            expired_at: contents.expires_at,
+        });
+    }
+    Ok(contents)
+}
+
+/// Decrypts and authenticates a pack, then checks it has not expired at `now` (unix seconds).
+pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents, PackError> {
+    let header = parse_header(file)?;
+    let (m, t, p) = (header.m_cost, header.t_cost, header.p_cost);
+    let (salt, nonce) = (header.salt, header.nonce);
     let key = derive(passphrase, salt, m, t, p)?;
     if key_check(&key)[..] != file[HEADER - CHECK..HEADER] {
         return Err(PackError::WrongPassphrase);
@@ -227,14 +266,7 @@ pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents
             )
             .map_err(|_| PackError::Tampered)?,
     );
-    let contents: PackContents =
-        postcard::from_bytes(&plain).map_err(|e| PackError::Contents(e.to_string()))?;
-    if now >= contents.expires_at {
-        return Err(PackError::Expired {
-            expired_at: contents.expires_at,
-        });
-    }
-    Ok(contents)
+    decode_contents(&plain, now)
 }
 
 /// A fresh one-time passphrase: 25 characters from a 31-character alphabet without
