@@ -366,8 +366,10 @@ fn verify(file: &mut File) -> Result<SnapshotHeader, String> {
     Ok(header)
 }
 
-/// [`verify`] on any seekable reader: what `snapshot inspect`, packs and restores rely on,
-/// and what the fuzz target drives. Memory stays bounded by the record bounds.
+/// Checks a whole snapshot (magic, header, every record's framing and bounds, the trailer's
+/// record count, the checksum) from any seekable reader, in one pass; returns its header.
+/// What installing, packs and restores rely on, and what the fuzz target drives. Memory
+/// stays bounded by the record bounds.
 pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<SnapshotHeader, String> {
     let len = reader
         .seek(SeekFrom::End(0))

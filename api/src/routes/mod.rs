@@ -90,9 +90,9 @@ async fn handle(state: &AppState, req: &ApiRequest) -> Response {
 pub type RouteFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, ApiError>> + Send + 'a>>;
 
-/// [`handle`] around any routing function: what every request goes through (fail closed on
-/// a broken spool, a request record before a state change, a panic turned into a 500, the
-/// response record before the answer). Public so the guarantees can be tested with a route
+/// The request handling around any routing function: what every request goes through
+/// (fail closed on a broken spool, a request record before a state change, a panic turned
+/// into a 500, the response record before the answer). Public so the guarantees can be tested with a route
 /// of the test's own (one that panics, say).
 pub async fn handle_with<'a, F>(state: &'a AppState, req: &'a ApiRequest, route: F) -> Response
 where

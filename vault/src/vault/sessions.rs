@@ -88,7 +88,7 @@ impl Vault {
             .filter(|e| !e.expired(now))
             .cloned()
             .collect();
-        live.sort_by(|a, b| a.creation_time.cmp(&b.creation_time));
+        live.sort_by_key(|e| e.creation_time);
         Ok(live)
     }
 

@@ -415,7 +415,7 @@ impl Vault {
         }
     }
 
-    /// Removes queued tokens' descendants, [`REVOKE_BATCH`] per transaction, until the
+    /// Removes queued tokens' descendants, a bounded batch per transaction, until the
     /// queue is empty; returns how many tokens were removed.
     pub async fn drain_revocations(&self) -> Result<usize> {
         let mut removed = 0;
