@@ -185,6 +185,10 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
+/// Largest input tried (libFuzzer's default `-max_len`): bigger inputs only repeat the
+/// same paths more slowly.
+const MAX_INPUT: usize = 4096;
+
 fn mutate(rng: &mut StdRng, input: &mut Vec<u8>, pool: &[Vec<u8>], dictionary: &[&str]) {
     const INTERESTING: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, b'"', b'\\', b'\n', b'{', b'}', b'/'];
     for _ in 0..rng.gen_range(1..=4) {
@@ -239,7 +243,7 @@ fn mutate(rng: &mut StdRng, input: &mut Vec<u8>, pool: &[Vec<u8>], dictionary: &
             _ => input.push(rng.gen()),
         }
     }
-    input.truncate(1 << 16);
+    input.truncate(MAX_INPUT);
 }
 
 /// Runs `target` on its corpus, then on `iterations` mutated inputs from `seed`.

@@ -387,6 +387,27 @@ impl Cluster {
         }
     }
 
+    /// Starts a new node `id` and adds it as a learner through the current leader.
+    pub async fn add_learner(&mut self, id: NodeId) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.addrs
+            .insert(id, listener.local_addr().expect("addr").to_string());
+        let member = self.start_member(id, listener).await;
+        self.members.insert(id, Some(member));
+        let running = self.running();
+        let voters: Vec<NodeId> = running.iter().copied().filter(|n| *n != id).collect();
+        let leader = self.wait_leader(&voters, None).await;
+        let addr = NodeAddr {
+            api_addr: String::new(),
+            peer_addr: self.addrs[&id].clone(),
+            cert_sha256: self.pin(id),
+        };
+        self.engine(leader)
+            .change_membership(coffer_raft::MembershipChange::AddLearner { id, addr })
+            .await
+            .expect("add learner");
+    }
+
     /// Restarts a stopped member from its data directory on its old address.
     pub async fn restart(&mut self, id: NodeId) {
         let listener = TcpListener::bind(&self.addrs[&id])

@@ -288,6 +288,14 @@ async fn step_down_hands_leadership_to_another_voter() {
         .unwrap();
     let next = c.wait_leader(&all, Some(leader)).await;
     assert_ne!(next, leader);
+    // The old leader turned read-only while it stayed silent; it follows again once the
+    // new leader has reached it.
+    c.engine(leader)
+        .wait_mode(std::time::Duration::from_secs(10), |m| {
+            *m != coffer_raft::NodeMode::ReadOnly
+        })
+        .await
+        .unwrap();
     let r = c
         .engine(leader)
         .write(Txn::new().put("after-step-down", "v"))
@@ -325,4 +333,65 @@ async fn delayed_messages_slow_commits_but_keep_the_leader() {
         "a 60 ms link delay is below the election timeout: no election"
     );
     c.heal();
+}
+
+/// A member down while the membership changed comes back to a leader it has never heard of:
+/// it refuses the stranger's first messages (the certificate is pinned nowhere it knows),
+/// asks the members it trusts for their view, learns the new member's pinned certificate,
+/// and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_missed_a_membership_change_learns_the_new_leader_from_its_peers() {
+    use coffer_raft::MembershipChange;
+    let mut c = Cluster::start(3, RaftTuning::default()).await;
+    c.stop(3).await;
+    c.add_learner(4).await;
+    let voters = [1, 2];
+    let leader = c.wait_leader(&voters, None).await;
+    let index = c.engine(leader).applied_index();
+    c.wait_applied(&[4], index).await;
+    c.engine(leader)
+        .change_membership(MembershipChange::Promote { id: 4 })
+        .await
+        .unwrap();
+    // Make node 4 the leader: the leader falls silent and node 4 calls an election.
+    for _ in 0..20 {
+        let l = c.wait_leader(&[1, 2, 4], None).await;
+        if l == 4 {
+            break;
+        }
+        c.engine(l).raft().runtime_config().heartbeat(false);
+        let _ = c.engine(4).raft().trigger().elect().await;
+        let _ = c
+            .engine(4)
+            .raft()
+            .wait(Some(std::time::Duration::from_secs(2)))
+            .metrics(|m| m.current_leader.is_some_and(|x| x != l), "a new leader")
+            .await;
+        c.engine(l).raft().runtime_config().heartbeat(true);
+    }
+    assert_eq!(c.wait_leader(&[1, 2, 4], None).await, 4, "node 4 leads");
+    c.engine(4)
+        .write(Txn::new().put("after-4-leads", "v"))
+        .await
+        .unwrap();
+    let index = c.engine(4).applied_index();
+
+    c.restart(3).await;
+    c.wait_applied(&[3], index).await;
+    assert_eq!(
+        value(&c, 3, "after-4-leads").as_deref(),
+        Some(b"v".as_slice())
+    );
+    let refused: u64 = c
+        .engine(3)
+        .refusals()
+        .snapshot()
+        .into_iter()
+        .filter(|(r, _)| *r == "not_member")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        refused > 0,
+        "node 3 first refused the leader it did not know"
+    );
 }
