@@ -68,7 +68,15 @@ pub struct Engine {
     refusals: Arc<Refusals>,
     /// A newer membership view learned from members, while the local log lags.
     learned_roster: Arc<LearnedRoster>,
+    /// The node held no Raft state when it opened (never initialized, never joined). Only
+    /// such a node may trust the CA alone while it has no membership: a node with state
+    /// whose metrics do not show its membership yet (the first moments after a restart)
+    /// refuses instead.
+    blank_at_open: bool,
 }
+
+/// How long opening waits for the core to publish the membership it loaded.
+const MEMBERSHIP_LOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a lagging node waits for each member's membership view.
 const ROSTER_ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,6 +125,18 @@ impl Engine {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(storage)?;
+        let blank_at_open = !raft.is_initialized().await.map_err(storage)?;
+        if !blank_at_open {
+            // Peers are judged against the membership in the metrics: wait for the core to
+            // publish the one it loaded (a moment) so that no peer meets an empty view.
+            let _ = raft
+                .wait(Some(MEMBERSHIP_LOAD_WAIT))
+                .metrics(
+                    |m| m.membership_config.membership().nodes().next().is_some(),
+                    "membership loaded",
+                )
+                .await;
+        }
         let tracker = ModeTracker::new(raft.clone(), config.node_id, applied.clone());
         let (mode_tx, mode) = tokio::sync::watch::channel(NodeMode::Follower);
         let (mode_changes, _) = tokio::sync::broadcast::channel(64);
@@ -141,6 +161,7 @@ impl Engine {
             app: Arc::new(OnceLock::new()),
             refusals: Arc::default(),
             learned_roster: Arc::default(),
+            blank_at_open,
         })
     }
 
@@ -331,7 +352,7 @@ impl Engine {
         let local = self.roster_local();
         match self.learned_roster.newer_than(local.index) {
             Some(newer) => newer.judge(caller),
-            None if local.members.is_empty() => Ok(()),
+            None if local.members.is_empty() && self.blank_at_open => Ok(()),
             None => local.judge(caller),
         }
     }

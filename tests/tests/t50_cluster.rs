@@ -370,13 +370,22 @@ async fn a_member_that_missed_a_membership_change_learns_the_new_leader_from_its
         c.engine(l).raft().runtime_config().heartbeat(true);
     }
     assert_eq!(c.wait_leader(&[1, 2, 4], None).await, 4, "node 4 leads");
+    // Keep it leading while node 3 comes back (no one else calls an election).
+    for id in [1, 2] {
+        c.engine(id).raft().runtime_config().elect(false);
+    }
     c.engine(4)
         .write(Txn::new().put("after-4-leads", "v"))
         .await
         .unwrap();
     let index = c.engine(4).applied_index();
 
+    // Only node 4 reaches node 3 with Raft messages (the members it knows could otherwise
+    // hand it the new membership themselves); asking 1 and 2 for their view still works.
+    c.cut(1, 3);
+    c.cut(2, 3);
     c.restart(3).await;
+    c.engine(3).raft().runtime_config().elect(false);
     c.wait_applied(&[3], index).await;
     assert_eq!(
         value(&c, 3, "after-4-leads").as_deref(),
