@@ -322,10 +322,25 @@ async fn a_write_is_audited_before_it_runs_and_one_person_has_one_name() {
         };
         n.vault.audit_query(&auth, &filter).unwrap().0.len()
     };
-    assert_eq!(
-        by_query, 4,
-        "the login's request record, and the three responses"
-    );
+    assert_eq!(by_query, 3, "her login, her read and her refusal");
+    // A failed login is never recorded under the name it tried.
+    let (s, _) = n
+        .call(
+            "POST",
+            "/v1/auth/userpass/login/alice",
+            Body::from(r#"{"password": "wrong"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let records = merged(&n).await;
+    let failed = records
+        .iter()
+        .filter(|r| r["outcome"] == "refused" && r["operation"] == "login")
+        .collect::<Vec<_>>();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["actor"], "anonymous");
+    assert_eq!(failed[0]["path"], "auth/userpass/login/alice");
 }
 
 #[cfg(target_os = "linux")]
@@ -433,4 +448,149 @@ async fn operators_list_token_accessors_and_node_local_sessions() {
         let (s, _) = as_token(&n, &plain, method, path, Value::Null).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{path} needs sudo");
     }
+}
+
+#[tokio::test]
+async fn each_route_is_checked_on_the_path_it_names() {
+    let n = node(true).await;
+    n.root(
+        "POST",
+        "/v1/auth/userpass/users/bob",
+        json!({"password": "old-pw"}),
+    )
+    .await;
+    // May manage users, but not set passwords, nor step down, nor remove node 1.
+    let token = token_with(
+        &n,
+        "admin",
+        r#"
+path "auth/userpass/users/*" { capabilities = ["create", "read", "update", "delete"] }
+path "auth/userpass/users/+/password" { capabilities = ["deny"] }
+path "sys/*" { capabilities = ["create", "read", "update", "delete", "sudo"] }
+path "sys/step-down" { capabilities = ["deny"] }
+path "sys/coffer/members/1" { capabilities = ["deny"] }
+"#,
+    )
+    .await;
+    let (s, _) = as_token(
+        &n,
+        &token,
+        "POST",
+        "/v1/auth/userpass/users/bob/password",
+        json!({"password": "new-pw"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A password change is a write: asked with GET it changes nothing.
+    let (s, _) = n
+        .root(
+            "GET",
+            "/v1/auth/userpass/users/bob/password",
+            json!({"password": "new-pw"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _) = n
+        .call(
+            "POST",
+            "/v1/auth/userpass/login/bob",
+            Body::from(r#"{"password": "old-pw"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the password is unchanged");
+    for (method, path) in [
+        ("PUT", "/v1/sys/step-down"),
+        ("DELETE", "/v1/sys/coffer/members/1"),
+    ] {
+        let (s, _) = as_token(&n, &token, method, path, Value::Null).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    // With the right to it, the password changes (checked on its own path).
+    let (s, _) = n
+        .root(
+            "POST",
+            "/v1/auth/userpass/users/bob/password",
+            json!({"password": "new-pw"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // Names the audit log uses for its own actors cannot be users.
+    for name in ["root", "system", "anonymous"] {
+        let (s, b) = n
+            .root(
+                "POST",
+                &format!("/v1/auth/userpass/users/{name}"),
+                json!({"password": "pw"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {b}");
+    }
+}
+
+/// Two packs for one node id: the second, refused while the id is taken, is not consumed
+/// by the refusal (no half-used pack is left to be finished later, after its expiry); once
+/// the id is free it is an ordinary unused pack.
+#[tokio::test]
+async fn a_pack_refused_for_a_taken_id_is_not_consumed() {
+    use base64::Engine as _;
+    let n = node(true).await;
+    let pack = |ttl: u64| {
+        json!({
+            "node_id": 4,
+            "api_addr": "https://127.0.0.14:8200",
+            "peer_addr": "127.0.0.14:8201",
+            "ttl_secs": ttl,
+            "passphrase": "correct horse battery staple",
+        })
+    };
+    let open = |b: &Value| {
+        let file = base64::engine::general_purpose::STANDARD
+            .decode(b["data"]["pack"].as_str().unwrap())
+            .unwrap();
+        coffer_vault::pack::open_pack(&file, "correct horse battery staple", 0).unwrap()
+    };
+    let (_, a) = n.root("POST", "/v1/sys/coffer/packs", pack(3600)).await;
+    let (_, b) = n.root("POST", "/v1/sys/coffer/packs", pack(3600)).await;
+    let (a, b) = (open(&a), open(&b));
+    let handler = n.vault.peer_app_handler();
+    let join = |p: &coffer_vault::pack::PackContents, instance: &str| {
+        let caller = coffer_raft::PeerCaller {
+            node_id: 4,
+            cert_sha256: coffer_tls::fingerprint_pem(&p.node_cert_pem).unwrap(),
+        };
+        let body = json!({"Join": {
+            "pack_id": p.pack_id, "cluster_id": p.cluster_id, "instance": instance,
+            "api_addr": p.api_addr, "peer_addr": p.peer_addr,
+            "csr_pem": coffer_tls::node_key_request(4).unwrap().csr_pem,
+        }});
+        (caller, serde_json::to_vec(&body).unwrap())
+    };
+    let (caller, body) = join(&a, "join-a");
+    assert!(handler(caller, body).await.is_ok(), "pack A joins node 4");
+    let (caller, body) = join(&b, "join-b");
+    let err = handler(caller, body).await.unwrap_err();
+    assert!(err.contains("node 4 is already a member"), "{err}");
+    let root = n.vault.authenticate(Some(&n.token)).unwrap();
+    n.vault
+        .change_members(
+            &root,
+            "sys/coffer/members/4",
+            coffer_raft::MembershipChange::Remove { id: 4 },
+        )
+        .await
+        .unwrap();
+    // The refused attempt left pack B unused: the same join attempt now completes.
+    let (caller, body) = join(&b, "join-b");
+    assert!(handler(caller, body).await.is_ok());
+    let pinned = n.vault.engine().member_addrs()[&4].cert_sha256.clone();
+    assert_ne!(
+        pinned,
+        coffer_tls::fingerprint_pem(&b.node_cert_pem).unwrap(),
+        "the member certificate is issued at registration, never the pack's"
+    );
+    // And it is used now: a second attempt (another machine with a copy) is refused.
+    let (caller, body) = join(&b, "join-b-copy");
+    let err = handler(caller, body).await.unwrap_err();
+    assert!(err.contains("pack already used"), "{err}");
 }

@@ -16,7 +16,9 @@ use crate::membership::Contacts;
 use crate::mode::{run_mode_task, ModeChange, ModeTracker, NodeMode};
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{read_entry, scan_prefix, StateMachine};
-use crate::transport::trust::{LearnedRoster, PeerCaller, Refusal, Refusals, Roster};
+use crate::transport::trust::{
+    LearnedRoster, PeerCaller, Refusal, Refusals, RegistrationLimiter, Roster,
+};
 use crate::transport::{AppHandler, ForwardError};
 use crate::tuning::RaftTuning;
 use crate::txn::{KvEntry, Op, Txn, TxnResult};
@@ -68,6 +70,8 @@ pub struct Engine {
     refusals: Arc<Refusals>,
     /// A newer membership view learned from members, while the local log lags.
     learned_roster: Arc<LearnedRoster>,
+    /// Registration attempts per certificate (non-members' one kind of request).
+    registrations: Arc<RegistrationLimiter>,
     /// The node held no Raft state when it opened (never initialized, never joined). Only
     /// such a node may trust the CA alone while it has no membership: a node with state
     /// whose metrics do not show its membership yet (the first moments after a restart)
@@ -161,6 +165,7 @@ impl Engine {
             app: Arc::new(OnceLock::new()),
             refusals: Arc::default(),
             learned_roster: Arc::default(),
+            registrations: Arc::default(),
             blank_at_open,
         })
     }
@@ -324,6 +329,11 @@ impl Engine {
         &self.refusals
     }
 
+    /// Registration attempts per certificate, for the peer server's rate limit.
+    pub fn registrations(&self) -> &RegistrationLimiter {
+        &self.registrations
+    }
+
     /// This node's membership view: members with their pinned certificates, and the log
     /// index of the membership entry it comes from.
     pub fn roster_local(&self) -> Roster {
@@ -368,25 +378,50 @@ impl Engine {
         tokio::spawn(async move { engine.refresh_roster().await });
     }
 
+    /// Asks the other voters of this node's view for theirs, and learns a newer view only if
+    /// a majority of those voters give exactly that view: one member — say one removed while
+    /// this node was down, which this node still trusts — cannot make it trust strangers.
     async fn refresh_roster(&self) {
         let Some(fw) = &self.forwarder else { return };
         let local = self.roster_local();
-        let mut newest = local.index;
-        for (id, addr) in local.members.iter().filter(|(id, _)| **id != self.node_id) {
+        let voters: Vec<NodeId> = {
+            let m = self.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .filter(|id| *id != self.node_id)
+                .collect()
+        };
+        if voters.is_empty() {
+            return;
+        }
+        let mut answers: Vec<(Roster, usize)> = Vec::new();
+        for id in &voters {
+            let Some(addr) = local.members.get(id) else {
+                continue;
+            };
             match fw.roster(*id, addr, ROSTER_ASK_TIMEOUT).await {
-                Ok(roster) if roster.index > newest => {
-                    newest = roster.index;
-                    tracing::info!(
-                        from = id,
-                        index = roster.index,
-                        local = local.index,
-                        "learned a newer membership view from a member"
-                    );
-                    self.learned_roster.offer(roster);
-                }
-                Ok(_) => {}
+                Ok(roster) => match answers.iter_mut().find(|(r, _)| *r == roster) {
+                    Some((_, n)) => *n += 1,
+                    None => answers.push((roster, 1)),
+                },
                 Err(e) => tracing::debug!(node = id, "membership view unavailable: {e}"),
             }
+        }
+        let majority = voters.len() / 2 + 1;
+        let agreed = answers
+            .into_iter()
+            .filter(|(r, n)| *n >= majority && r.index > local.index)
+            .max_by_key(|(r, _)| r.index);
+        if let Some((roster, n)) = agreed {
+            tracing::info!(
+                index = roster.index,
+                local = local.index,
+                voters = n,
+                "learned a newer membership view from a majority of the voters"
+            );
+            self.learned_roster.offer(roster);
         }
     }
 

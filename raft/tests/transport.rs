@@ -278,3 +278,50 @@ async fn strangers_and_impostors_are_refused() {
     assert_eq!(counts["revoked_certificate"], 1, "{counts:?}");
     assert!(counts["tls_handshake"] >= 1, "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranger_gets_one_small_request_per_connection_and_few_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("t").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = start(&ca, 1, listener, dir.path()).await;
+    let addr = NodeAddr {
+        api_addr: String::new(),
+        peer_addr: node.addr.clone(),
+        cert_sha256: node.pin.clone(),
+    };
+    node.engine
+        .initialize_cluster(BTreeMap::from([(1, addr.clone())]))
+        .await
+        .unwrap();
+    // A certificate from the CA that is no member's (a pack's).
+    let stranger = coffer_raft::Forwarder::new(Arc::new(identity(&ca, 9)));
+    // A registration-sized message is heard (the vault would judge it)…
+    let small = stranger.app(1, &addr, vec![0u8; 1024]).await;
+    assert!(
+        !format!("{small:?}").contains("too many"),
+        "the first attempt is heard: {small:?}"
+    );
+    // …a large one is cut off before anything is allocated for it.
+    let large = stranger.app(1, &addr, vec![0u8; 1 << 20]).await;
+    assert!(large.is_err(), "{large:?}");
+    // Attempts beyond the per-minute budget are refused. (Some calls fail before reaching
+    // the server: the dialer reuses a connection the server has just closed.)
+    let (mut heard, mut refused) = (0, false);
+    let identity = Arc::new(identity(&ca, 9));
+    for _ in 0..200 {
+        // A fresh dialer each time: the server closes a stranger's connection after one
+        // request, and a pooled one may not know it yet.
+        let fresh = coffer_raft::Forwarder::new(identity.clone());
+        match fresh.app(1, &addr, b"{}".to_vec()).await {
+            Err(e) if e.to_string().contains("too many registration attempts") => {
+                refused = true;
+                break;
+            }
+            Err(e) if e.to_string().contains("still starting") => heard += 1,
+            _ => {}
+        }
+    }
+    assert!(refused, "never refused ({heard} heard)");
+    assert_eq!(heard, 30, "the budget is 30 a minute");
+}

@@ -207,3 +207,61 @@ async fn a_cut_spool_is_reported_and_a_fresh_spool_is_a_new_epoch() {
     assert_eq!(epochs, [(1, 40), (2, 5)]);
     assert_eq!(merged(&node).len(), 45, "both epochs, nothing twice");
 }
+
+/// Records the cluster anchored but had not merged yet are held to their anchored hash: a
+/// spool rewritten there (by someone who stopped the node) stops the shipper; and a spool
+/// lost with anchored records still unmerged is reported when the node starts afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn anchored_records_cannot_be_rewritten_or_lost_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = open(dir.path(), None).await;
+        for i in 0..300 {
+            node.vault.audit(event(i)).await.unwrap();
+        }
+        // One batch: records 1..=256 merged, the head (300) anchored.
+        assert_eq!(node.vault.ship_once().await.unwrap(), 256);
+        node.vault.engine().shutdown().await.unwrap();
+    }
+    // Record 280 rewritten (its MAC dropped, as if written while sealed), the rest re-chained.
+    let segment = dir.path().join("audit/spool-00000000000000000001.jsonl");
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut line: serde_json::Value = serde_json::from_str(l).unwrap();
+            if line["seq"] == 280 {
+                line["hash"] = "f".repeat(64).into();
+                line.as_object_mut().unwrap().remove("mac");
+            }
+            line.to_string()
+        })
+        .collect();
+    std::fs::write(&segment, lines.join("\n") + "\n").unwrap();
+    {
+        let node = open(dir.path(), Some("hvs.audit-root")).await;
+        let err = format!("{:?}", node.vault.ship_once().await.unwrap_err());
+        assert!(
+            err.contains("record 280 does not continue the merged chain"),
+            "{err}"
+        );
+        node.vault.engine().shutdown().await.unwrap();
+    }
+    // The spool is gone: records 257..=300 were anchored, never merged.
+    std::fs::remove_dir_all(dir.path().join("audit")).unwrap();
+    let node = open(dir.path(), Some("hvs.audit-root")).await;
+    node.vault.audit(event(1)).await.unwrap();
+    ship_all(&node.vault).await;
+    let auth = node.vault.authenticate(Some(&node.root)).unwrap();
+    let report = node.vault.audit_verify(&auth).unwrap();
+    assert!(!report.ok);
+    let lost = &report.merged[0];
+    assert_eq!((lost.epoch, lost.cursor, lost.anchored), (1, 256, 300));
+    assert!(
+        lost.problems
+            .iter()
+            .any(|p| p.kind == "truncated" && p.seq == 257 && p.detail.contains("lost")),
+        "{:?}",
+        lost.problems
+    );
+}

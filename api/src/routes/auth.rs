@@ -261,12 +261,23 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
     }
 }
 
-/// A login is done by the person logging in (named as her tokens will name her).
-pub(super) fn set_login_actor(req: &ApiRequest, user: &str) {
+/// Until a login succeeds its caller is anonymous (the name it claims is in the path): a
+/// failed attempt is never recorded under the name of the person it tried to be.
+pub(super) fn set_login_attempt(req: &ApiRequest) {
     req.set_actor(super::request::Actor {
-        name: user.to_string(),
+        name: "anonymous".into(),
         display_name: String::new(),
         accessor: None,
+        method: "userpass".into(),
+    });
+}
+
+/// A successful login was done by the person who logged in (named as her tokens name her).
+fn set_login_actor(req: &ApiRequest, user: &str, issued: &IssuedToken) {
+    req.set_actor(super::request::Actor {
+        name: user.to_string(),
+        display_name: issued.entry.display_name.clone(),
+        accessor: Some(issued.entry.accessor.clone()),
         method: "userpass".into(),
     });
 }
@@ -277,7 +288,7 @@ async fn userpass(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<R
         if req.op != Op::Write {
             return Err(ApiError::Method(req.path.clone()));
         }
-        set_login_actor(req, user);
+        set_login_attempt(req);
         let body: LoginBody = req.json()?;
         let addr = req
             .client
@@ -286,6 +297,7 @@ async fn userpass(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<R
         let issued = v
             .login_userpass(user, Zeroizing::new(body.password), &addr)
             .await?;
+        set_login_actor(req, user, &issued);
         return Ok(auth_block(req, &issued));
     }
     let auth = authenticate(state, req)?;
@@ -305,15 +317,15 @@ async fn userpass(state: &AppState, req: &ApiRequest, rest: &str) -> ApiResult<R
         return Err(ApiError::NoRoute(req.path.clone()));
     };
     if let Some(user) = user_path.strip_suffix("/password") {
+        if req.op != Op::Write {
+            return Err(ApiError::Method(req.path.clone()));
+        }
         let body: UserBody = req.json()?;
         let password = body
             .password
             .ok_or_else(|| ApiError::BadRequest("missing password".into()))?;
-        let update = UserUpdate {
-            password: Some(Zeroizing::new(password)),
-            ..Default::default()
-        };
-        v.write_user(&auth, user, update).await?;
+        v.set_password(&auth, user, Zeroizing::new(password))
+            .await?;
         return Ok(no_content());
     }
     let user = user_path;
@@ -370,6 +382,17 @@ pub(super) async fn policies(
     let auth = authenticate(state, req)?;
     let v = &state.vault;
     let name = name.trim_matches('/');
+    // The legacy `sys/policy/:name` is also checked on the path it was asked by, so a
+    // policy written for either spelling holds.
+    if req.path.starts_with("sys/policy") && !req.path.starts_with("sys/policies") {
+        use coffer_vault::policy::Capability;
+        match req.op {
+            Op::List => auth.require_list(&req.path)?,
+            Op::Write => auth.require(&req.path, Capability::Update)?,
+            Op::Delete => auth.require(&req.path, Capability::Delete)?,
+            _ => auth.require(&req.path, Capability::Read)?,
+        }
+    }
     if name.is_empty() {
         return match req.op {
             Op::List | Op::Read => {
@@ -420,7 +443,7 @@ pub(super) fn auth_methods(state: &AppState, req: &ApiRequest, path: &str) -> Ap
         // Enabling what is always enabled succeeds, so `vault auth enable userpass` works.
         ("userpass" | "token", Op::Write) => {
             auth.require_sudo(
-                &format!("sys/auth/{path}"),
+                &format!("sys/auth/{}", path.trim_matches('/')),
                 coffer_vault::policy::Capability::Update,
             )?;
             Ok(no_content())

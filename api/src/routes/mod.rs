@@ -105,8 +105,8 @@ where
         }
         if audit::changes_state(req) {
             // Who is asking, for the record (a token is resolved once; handlers reuse it).
-            if let Some(user) = req.path.strip_prefix("auth/userpass/login/") {
-                auth::set_login_actor(req, user);
+            if req.path.starts_with("auth/userpass/login/") {
+                auth::set_login_attempt(req);
             } else if req.token.is_some() {
                 let _ = sys::authenticate(state, req);
             }

@@ -66,7 +66,7 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
             let auth = authenticate(state, req)?;
             state
                 .vault
-                .change_members(&auth, MembershipChange::StepDown)
+                .change_members(&auth, &req.path, MembershipChange::StepDown)
                 .await?;
             Ok(no_content())
         }
@@ -81,7 +81,7 @@ pub(super) async fn route(state: &AppState, rest: &str, req: &ApiRequest) -> Api
             let auth = authenticate(state, req)?;
             state
                 .vault
-                .change_members(&auth, MembershipChange::Remove { id })
+                .change_members(&auth, &req.path, MembershipChange::Remove { id })
                 .await?;
             Ok(no_content())
         }
@@ -337,7 +337,7 @@ async fn member_change(state: &AppState, req: &ApiRequest, rest: &str) -> ApiRes
         _ => return Err(ApiError::NoRoute(format!("sys/coffer/members/{rest}"))),
     };
     let auth = authenticate(state, req)?;
-    state.vault.change_members(&auth, change).await?;
+    state.vault.change_members(&auth, &req.path, change).await?;
     Ok(no_content())
 }
 

@@ -3,6 +3,11 @@
 //! membership pins for that node (an application message excepted: the vault judges it; see
 //! [`super::trust`]). Each refusal is counted and logged with its reason; a connection whose
 //! request was refused is closed, so every further attempt costs a new handshake.
+//!
+//! A certificate that is not a member's (a pack's, before registration) gets one small
+//! request per connection, a short deadline, a few connections at a time and a few attempts
+//! a minute: anyone the CA ever vouched for cannot tie up the peer port or the descriptors
+//! RocksDB and the spool share with it. Members' connections close when idle.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::codec::{read_frame, write_frame, CodecError};
+use super::codec::{read_frame_max, write_frame, CodecError, MAX_FRAME};
 use super::trust::{PeerCaller, Refusal};
 use super::{ForwardError, PeerRequest, PeerResponse};
 use crate::types::Raft;
@@ -19,6 +24,17 @@ use crate::{Engine, EngineError};
 
 /// How long a peer may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A member's connection with no request for this long is closed (Raft heartbeats every
+/// 100 ms keep live ones busy; the dialer redials when it needs one again).
+const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A non-member has this long to send its one request.
+const STRANGER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request a non-member may send (a registration is about 2 KiB).
+const STRANGER_MAX_FRAME: usize = 64 << 10;
+/// Peer connections open at once (members and strangers).
+const MAX_PEER_CONNECTIONS: usize = 512;
+/// Connections open at once from certificates that are not a member's.
+const MAX_STRANGER_CONNECTIONS: usize = 16;
 
 /// Serves Raft RPCs on `listener` until `shutdown` resolves; then closes every open peer
 /// connection too, so peers notice at once and redial whoever serves the address next.
@@ -30,6 +46,8 @@ pub async fn serve_peers(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let (closing, closed) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+    let stranger_slots = Arc::new(tokio::sync::Semaphore::new(MAX_STRANGER_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -46,11 +64,17 @@ pub async fn serve_peers(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "peer connection refused: {MAX_PEER_CONNECTIONS} are open");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let engine = engine.clone();
+        let stranger_slots = stranger_slots.clone();
         let mut closed = closed.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let refusals = engine.refusals();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -77,8 +101,21 @@ pub async fn serve_peers(
                 refusals.record(Refusal::NoNodeId, &addr.to_string(), why);
                 return;
             };
+            let member = engine.peer_standing(&caller).is_ok();
+            let _stranger_slot = if member {
+                None
+            } else {
+                match stranger_slots.try_acquire_owned() {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        let why = "too many connections from non-members";
+                        refusals.record(Refusal::Registration, &addr.to_string(), why);
+                        return;
+                    }
+                }
+            };
             tokio::select! {
-                result = serve_connection(tls, caller, addr, &engine) => {
+                result = serve_connection(tls, caller, member, addr, &engine) => {
                     if let Err(e) = result {
                         let eof = matches!(&e, CodecError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
                         if !eof {
@@ -96,15 +133,39 @@ pub async fn serve_peers(
 async fn serve_connection<S>(
     mut stream: S,
     caller: PeerCaller,
+    member: bool,
     addr: std::net::SocketAddr,
     engine: &Engine,
 ) -> Result<(), CodecError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let (max_frame, deadline) = if member {
+        (MAX_FRAME, MEMBER_IDLE_TIMEOUT)
+    } else {
+        (STRANGER_MAX_FRAME, STRANGER_TIMEOUT)
+    };
     loop {
-        let request: PeerRequest = read_frame(&mut stream).await?;
+        let request: PeerRequest =
+            match tokio::time::timeout(deadline, read_frame_max(&mut stream, max_frame)).await {
+                Ok(read) => read?,
+                Err(_) => return Ok(()),
+            };
         match admit(engine, &caller, &request) {
+            Ok(()) if !member => {
+                // A stranger's one request: a registration, a few a minute per certificate.
+                let response = if engine.registrations().allow(&caller.cert_sha256) {
+                    dispatch(engine, &caller, request).await
+                } else {
+                    let why =
+                        "too many registration attempts from this certificate; retry in a minute";
+                    let peer = format!("node {} at {addr}", caller.node_id);
+                    engine.refusals().record(Refusal::Registration, &peer, why);
+                    PeerResponse::Refused(why.into())
+                };
+                write_frame(&mut stream, &response).await?;
+                return Ok(());
+            }
             Ok(()) => {
                 let response = dispatch(engine, &caller, request).await;
                 write_frame(&mut stream, &response).await?;

@@ -101,7 +101,8 @@ pub struct Refusals {
 }
 
 impl Refusals {
-    /// Counts a refusal and logs it (at most once a second per reason; the count is exact).
+    /// Counts a refusal and logs it: every one at `debug`, and at `warn` at most once a second
+    /// per reason with the running total (a flood of refused attempts cannot flood the log).
     pub fn record(&self, reason: Refusal, peer: &str, why: &str) {
         let i = reason.index();
         let n = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
@@ -114,6 +115,8 @@ impl Refusals {
         });
         if log.unwrap_or(true) {
             tracing::warn!(reason = reason.label(), %peer, total = n, "peer refused: {why}");
+        } else {
+            tracing::debug!(reason = reason.label(), %peer, total = n, "peer refused: {why}");
         }
     }
 
@@ -147,6 +150,38 @@ impl Roster {
             }
             Some(_) => Err(Refusal::RevokedCertificate),
         }
+    }
+}
+
+/// Registration attempts one certificate may make per minute (a joining node retries every
+/// few seconds; a stranger hammering the leader fills no disk with audit records).
+pub const REGISTRATIONS_PER_MINUTE: u32 = 30;
+
+/// Counts registration attempts per certificate, per minute.
+#[derive(Debug, Default)]
+pub struct RegistrationLimiter {
+    /// Fingerprint -> (window start, attempts in it).
+    seen: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+}
+
+impl RegistrationLimiter {
+    /// Whether `cert_sha256` may make one more attempt now (and counts it).
+    pub fn allow(&self, cert_sha256: &str) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        let minute = Duration::from_secs(60);
+        if seen.len() > 10_000 {
+            seen.retain(|_, (start, _)| start.elapsed() < minute);
+        }
+        let entry = seen
+            .entry(cert_sha256.to_string())
+            .or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= minute {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1 <= REGISTRATIONS_PER_MINUTE
     }
 }
 
@@ -249,6 +284,19 @@ mod tests {
         );
         assert!(learned.refresh_due());
         assert!(!learned.refresh_due(), "rate limited");
+    }
+
+    #[test]
+    fn registrations_are_rate_limited_per_certificate() {
+        let limiter = RegistrationLimiter::default();
+        for _ in 0..REGISTRATIONS_PER_MINUTE {
+            assert!(limiter.allow("aa"));
+        }
+        assert!(!limiter.allow("aa"));
+        assert!(
+            limiter.allow("bb"),
+            "another certificate has its own budget"
+        );
     }
 
     #[test]

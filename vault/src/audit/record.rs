@@ -62,6 +62,11 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// This record's hash over everything above.
     pub hash: String,
+    /// The spool's MAC over (node, epoch, seq, hash) under the keyring-derived key, if the
+    /// node was unsealed when it wrote the record; kept in the merged log so that anyone
+    /// unsealed can check it. Not part of the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 fn digest(node: u64, epoch: &str, seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
@@ -89,6 +94,7 @@ pub fn chain(node: u64, epoch: &str, seq: u64, prev_hash: &str, event: AuditEven
         event,
         prev_hash: prev_hash.to_string(),
         hash,
+        mac: None,
     }
 }
 

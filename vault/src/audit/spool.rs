@@ -127,7 +127,7 @@ struct SpoolLine {
 const MAC_LABEL: &[u8] = b"coffer audit spool mac v1";
 
 /// The MAC of record `seq` of `node`'s epoch `epoch` with hash `hash`.
-fn line_mac(key: &[u8; 32], node: u64, epoch: &str, seq: u64, hash: &str) -> String {
+pub fn line_mac(key: &[u8; 32], node: u64, epoch: &str, seq: u64, hash: &str) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         return String::new();
     };
@@ -212,6 +212,7 @@ impl SpoolLine {
             event,
             prev_hash: self.prev_hash,
             hash: self.hash,
+            mac: self.mac,
         })
     }
 }

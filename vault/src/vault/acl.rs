@@ -108,6 +108,15 @@ impl Auth {
     /// `secret/metadata/team`); only if no rule matches that form at all is the form
     /// without the slash asked (so `list` on `sys/policies/acl` keeps working).
     pub fn require_list(&self, path: &str) -> Result<()> {
+        self.require_list_with(path, false)
+    }
+
+    /// [`Auth::require_list`] with `sudo` too (root-protected lists).
+    pub fn require_list_sudo(&self, path: &str) -> Result<()> {
+        self.require_list_with(path, true)
+    }
+
+    fn require_list_with(&self, path: &str, sudo: bool) -> Result<()> {
         let bare = path.trim_end_matches('/');
         let refs: Vec<(&str, &Policy)> = self
             .acl
@@ -118,7 +127,7 @@ impl Auth {
             Some(caps) => caps,
             None => policy::capabilities(&refs, bare),
         };
-        if caps.contains(&Capability::List) {
+        if caps.contains(&Capability::List) && (!sudo || caps.contains(&Capability::Sudo)) {
             Ok(())
         } else {
             Err(VaultError::PermissionDenied)

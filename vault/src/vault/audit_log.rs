@@ -34,6 +34,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use super::Vault;
+use crate::audit::spool::line_mac;
 use crate::audit::{verify_chain, AuditEvent, AuditRecord, ChainProblem, SpoolKey};
 use crate::error::{Result, VaultError};
 use crate::policy::Capability;
@@ -332,6 +333,40 @@ impl Vault {
         Ok(out)
     }
 
+    /// The hash of the merged record `seq` of `node`'s epoch `epoch` (the genesis hash for 0).
+    fn merged_hash(&self, node: u64, epoch: u32, seq: u64) -> Result<String> {
+        if seq == 0 {
+            return Ok(crate::audit::record::GENESIS.to_string());
+        }
+        let key = log_key(node, epoch, seq);
+        let entry = self.engine.get(&key)?.ok_or_else(|| {
+            VaultError::internal(format!(
+                "merged audit record {seq} of node {node} is missing"
+            ))
+        })?;
+        Ok(self.decode_log(&key, &entry.value)?.hash)
+    }
+
+    /// A node starting a new epoch while an earlier one has anchored records that were never
+    /// merged: those records are lost (their spool is gone). Said loudly; `audit verify`
+    /// reports it too.
+    fn warn_lost_epochs(&self, node: u64) -> Result<()> {
+        for c in self.epoch_cursors(Some(node))? {
+            if let Some(a) = self.anchor(node, &c.epoch_id)? {
+                if a.seq > c.cursor {
+                    tracing::error!(
+                        node,
+                        epoch = c.epoch,
+                        "audit records {}..={} of an earlier spool of this node were anchored but never merged: that spool is gone",
+                        c.cursor + 1,
+                        a.seq
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn anchor(&self, node: u64, epoch_id: &str) -> Result<Option<Anchor>> {
         Ok(self
             .read_record::<Anchor>(&anchor_key(node, epoch_id))?
@@ -347,12 +382,27 @@ impl Vault {
         let current = self.engine.get(&ckey)?;
         let (known_epoch, cursor) = current.as_ref().map_or((0, 0), |e| decode_cursor(&e.value));
         let (last, head_hash) = self.spool.head();
+        let key = self.spool_key()?;
         if let Some(anchor) = self.anchor(node, &epoch_id)? {
             if last < anchor.seq {
                 return Err(VaultError::internal(format!(
                     "the local audit spool ends at record {last}, but the cluster anchored record {} of it: the spool was cut short",
                     anchor.seq
                 )));
+            }
+            // Whatever was anchored and not merged yet must still be there as it was: the
+            // anchored record's hash commits to every record before it.
+            if anchor.seq > cursor {
+                let held = self
+                    .spool
+                    .read_from(anchor.seq, 1, key.as_ref())
+                    .map_err(VaultError::internal)?;
+                if held.first().map(|r| r.hash.as_str()) != Some(anchor.hash.as_str()) {
+                    return Err(VaultError::internal(format!(
+                        "the local audit spool's record {} is not the one the cluster anchored: the spool was rewritten",
+                        anchor.seq
+                    )));
+                }
             }
         }
         if last < cursor {
@@ -364,7 +414,6 @@ impl Vault {
             let _ = self.spool.prune_through(cursor);
             return Ok(0);
         }
-        let key = self.spool_key()?;
         let records = self
             .spool
             .read_from(cursor + 1, SHIP_BATCH, key.as_ref())
@@ -379,10 +428,26 @@ impl Vault {
                 cursor + 1
             )));
         }
+        // Every record must be intact and continue the merged chain: with the anchor check
+        // above, a record rewritten anywhere up to the anchor cannot be merged.
+        let mut prev = match current {
+            Some(_) => self.merged_hash(node, known_epoch, cursor)?,
+            None => crate::audit::record::GENESIS.to_string(),
+        };
+        for r in &records {
+            if !r.intact() || r.prev_hash != prev {
+                return Err(VaultError::internal(format!(
+                    "audit spool record {} does not continue the merged chain (rewritten or corrupt)",
+                    r.seq
+                )));
+            }
+            prev = r.hash.clone();
+        }
         let mut txn = Txn::new().unchanged(ckey.clone(), current.as_ref());
         let epoch = if current.is_some() {
             known_epoch
         } else {
+            self.warn_lost_epochs(node)?;
             // A new epoch of this node: the next number, guarded on the count.
             let count_key = epoch_count_key(node);
             let count = self.engine.get(&count_key)?;
@@ -485,8 +550,12 @@ impl Vault {
         auth.require("sys/coffer/audit", Capability::Read)?;
         self.keyring()?;
         let mut merged = Vec::new();
-        for cursor in self.epoch_cursors(None)? {
-            merged.push(self.verify_epoch(&cursor)?);
+        let cursors = self.epoch_cursors(None)?;
+        let mac_key = Self::spool_mac_key(&*self.keyring()?);
+        for (i, cursor) in cursors.iter().enumerate() {
+            // A later epoch of the same node exists: this one's spool is gone for good.
+            let superseded = cursors[i + 1..].iter().any(|c| c.node == cursor.node);
+            merged.push(self.verify_epoch(cursor, superseded, &mac_key)?);
         }
         let spool = self.verify_spool()?;
         let ok = spool.problems.is_empty() && merged.iter().all(|m| m.problems.is_empty());
@@ -535,13 +604,19 @@ impl Vault {
         })
     }
 
-    fn verify_epoch(&self, c: &EpochCursor) -> Result<NodeChainReport> {
+    fn verify_epoch(
+        &self,
+        c: &EpochCursor,
+        superseded: bool,
+        mac_key: &[u8; 32],
+    ) -> Result<NodeChainReport> {
         let (node, cursor) = (c.node, c.cursor);
         let prefix = log_prefix(Some(node), Some(c.epoch));
         let mut problems = Vec::new();
         let mut records: Vec<AuditRecord> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         let mut count = 0u64;
+        let mut unauthenticated = 0u64;
         let problem = |seq, kind: &str, detail: String| ChainProblem {
             node,
             epoch: c.epoch,
@@ -577,6 +652,19 @@ impl Vault {
                 count += 1;
                 match self.decode_log(&key, &entry.value) {
                     Ok(r) if r.node == node && r.seq == seq && r.epoch == c.epoch_id => {
+                        match &r.mac {
+                            Some(mac)
+                                if *mac != line_mac(mac_key, node, &r.epoch, seq, &r.hash) =>
+                            {
+                                problems.push(problem(
+                                    seq,
+                                    "tampered",
+                                    format!("record {seq} fails its MAC"),
+                                ))
+                            }
+                            Some(_) => {}
+                            None => unauthenticated += 1,
+                        }
                         records.push(r)
                     }
                     Ok(r) => problems.push(problem(
@@ -609,6 +697,17 @@ impl Vault {
         }
         let anchor = self.anchor(node, &c.epoch_id)?;
         if let Some(a) = &anchor {
+            if a.seq > cursor && superseded {
+                problems.push(problem(
+                    cursor + 1,
+                    "truncated",
+                    format!(
+                        "records {}..={} were anchored but never merged, and the node has started a new spool since: they are lost",
+                        cursor + 1,
+                        a.seq
+                    ),
+                ));
+            }
             if a.seq <= cursor {
                 let at = records.iter().find(|r| r.seq == a.seq);
                 if at.is_some_and(|r| r.hash != a.hash) {
@@ -631,7 +730,7 @@ impl Vault {
             records: count,
             cursor,
             anchored: anchor.map_or(0, |a| a.seq),
-            unauthenticated: 0,
+            unauthenticated,
             problems,
         })
     }

@@ -337,9 +337,22 @@ impl Vault {
         Ok(self.engine.members().await?)
     }
 
-    /// Removes, promotes, or steps down (`operator remove-node|promote|step-down`).
-    pub async fn change_members(&self, auth: &Auth, change: MembershipChange) -> Result<u64> {
-        auth.require_sudo("sys/coffer/members", Capability::Update)?;
+    /// Removes, promotes, or steps down (`operator remove-node|promote|step-down`). The ACL
+    /// is checked on `acl_path`, the path the request names (`sys/step-down`,
+    /// `sys/coffer/members/3`, …), with `sudo`: `delete` to remove, `update` otherwise.
+    pub async fn change_members(
+        &self,
+        auth: &Auth,
+        acl_path: &str,
+        change: MembershipChange,
+    ) -> Result<u64> {
+        let cap = match change {
+            MembershipChange::Remove { .. } if acl_path.starts_with("sys/coffer/members/") => {
+                Capability::Delete
+            }
+            _ => Capability::Update,
+        };
+        auth.require_sudo(acl_path, cap)?;
         Ok(self.engine.change_membership(change).await?)
     }
 
@@ -459,7 +472,13 @@ impl Vault {
             ));
         }
         let presented = caller.cert_sha256.as_str();
+        let expired = unix_now() >= pack.expires_at;
         match &pack.used {
+            // A registration cut short (the node was never added) cannot finish after expiry.
+            Some(used) if used.instance == req.instance && !used.added && expired => Err(format!(
+                "pack expired at {} (unix seconds) before the node was added; make a new one",
+                pack.expires_at
+            )),
             Some(used)
                 if used.instance == req.instance
                     && (presented == pack.pack_cert_sha256
@@ -471,7 +490,7 @@ impl Vault {
                 "pack already used (by a node that joined at {} unix seconds); make a new one",
                 used.at
             )),
-            None if unix_now() >= pack.expires_at => Err(format!(
+            None if expired => Err(format!(
                 "pack expired at {} (unix seconds); make a new one",
                 pack.expires_at
             )),
@@ -494,6 +513,13 @@ impl Vault {
         let used = match &pack.used {
             Some(used) => used.clone(),
             None => {
+                // Never consume a pack for a node id that is taken: the pack stays usable
+                // once the id is free, and cannot add a second node under it later.
+                if let Some(addr) = self.engine.member_addrs().get(&origin) {
+                    return Err(format!(
+                        "node {origin} is already a member ({addr}); remove it first"
+                    ));
+                }
                 let member_cert_pem = self.issue_member_cert(&pack, origin, &req.csr_pem)?;
                 let used = PackUse {
                     at: unix_now(),

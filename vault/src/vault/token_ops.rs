@@ -231,7 +231,7 @@ impl Vault {
     /// `LIST auth/token/accessors` (sudo, as in Vault): every replicated token's accessor,
     /// and this node's node-local sessions.
     pub fn list_accessors(&self, auth: &Auth) -> Result<Vec<String>> {
-        auth.require_sudo("auth/token/accessors", Capability::List)?;
+        auth.require_list_sudo("auth/token/accessors")?;
         self.keyring()?;
         let prefix = accessor_key("");
         let mut out: Vec<String> = self

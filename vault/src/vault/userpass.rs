@@ -119,7 +119,15 @@ fn refuse_root(policies: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Names the audit log gives to actors that are not users.
+const RESERVED_USERNAMES: [&str; 3] = ["root", "system", "anonymous"];
+
 fn validate_username(name: &str) -> Result<()> {
+    if RESERVED_USERNAMES.contains(&name) || name.starts_with("node ") {
+        return Err(VaultError::InvalidRequest(format!(
+            "invalid username {name:?}: reserved for the audit log's own actors"
+        )));
+    }
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -196,6 +204,43 @@ impl Vault {
             }
             let txn = Txn::new()
                 .unchanged(key.clone(), current.as_ref().map(|r| &r.entry))
+                .put(key.clone(), self.seal_record(&key, &user)?);
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    /// `auth/userpass/users/:user/password`: a new password for an existing user, checked
+    /// against that path (as Vault does), so a policy can allow or deny it on its own.
+    pub async fn set_password(
+        &self,
+        auth: &Auth,
+        name: &str,
+        password: Zeroizing<String>,
+    ) -> Result<()> {
+        validate_username(name)?;
+        auth.require(
+            &format!("auth/userpass/users/{name}/password"),
+            Capability::Update,
+        )?;
+        if self.read_record::<UserRecord>(&user_key(name))?.is_none() {
+            return Err(VaultError::NotFound(format!("no user {name:?}")));
+        }
+        if password.is_empty() {
+            return Err(VaultError::InvalidRequest(
+                "password must not be empty".into(),
+            ));
+        }
+        let hash = hash_password(password).await?;
+        let key = user_key(name);
+        self.transact(|| {
+            let current = self
+                .read_record::<UserRecord>(&key)?
+                .ok_or_else(|| VaultError::NotFound(format!("no user {name:?}")))?;
+            let mut user = current.value.clone();
+            user.password_hash = hash.clone();
+            let txn = Txn::new()
+                .unchanged(key.clone(), Some(&current.entry))
                 .put(key.clone(), self.seal_record(&key, &user)?);
             Ok((txn, ()))
         })
