@@ -145,6 +145,39 @@ async fn a_voter_whose_peers_are_gone_turns_read_only() {
     write_is_refused_at_once(&c, survivor).await;
 }
 
+/// A primary (voter) and a secondary (learner), each with its vault, initialized and both
+/// unsealed.
+struct Pair {
+    c: Cluster,
+    _dir: tempfile::TempDir,
+    primary: Arc<Vault>,
+    secondary: Arc<Vault>,
+    root_token: String,
+}
+
+async fn unsealed_pair() -> Pair {
+    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
+    let init = InitRequest {
+        secret_shares: 1,
+        secret_threshold: 1,
+        root_token_id: None,
+    };
+    let (resp, root) = primary.init(init, None).await.unwrap();
+    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
+    primary.unseal_with_root(root).unwrap();
+    c.wait_applied(&[2], c.engine(1).applied_index()).await;
+    secondary.unseal_with_root(key).unwrap();
+    Pair {
+        c,
+        _dir: dir,
+        primary,
+        secondary,
+        root_token: resp.root_token,
+    }
+}
+
 fn vault_on(c: &Cluster, id: u64, dir: &std::path::Path) -> Arc<Vault> {
     let spool = Spool::open(&dir.join(format!("audit{id}")), id).unwrap();
     Arc::new(Vault::new(
@@ -163,19 +196,13 @@ fn vault_on(c: &Cluster, id: u64, dir: &std::path::Path) -> Arc<Vault> {
 /// exactly once after heal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn standby_audit_is_marked_read_only_and_merges_once() {
-    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
-    let init = InitRequest {
-        secret_shares: 1,
-        secret_threshold: 1,
-        root_token_id: None,
-    };
-    let (resp, root) = primary.init(init, None).await.unwrap();
-    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
-    primary.unseal_with_root(root).unwrap();
-    c.wait_applied(&[2], c.engine(1).applied_index()).await;
-    secondary.unseal_with_root(key).unwrap();
+    let Pair {
+        c,
+        _dir,
+        primary,
+        secondary,
+        root_token,
+    } = unsealed_pair().await;
     tokio::spawn(secondary.clone().run_shipper());
 
     c.cut(1, 2);
@@ -199,7 +226,7 @@ async fn standby_audit_is_marked_read_only_and_merges_once() {
         .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::Follower)
         .await
         .unwrap();
-    let auth = primary.authenticate(Some(&resp.root_token)).unwrap();
+    let auth = primary.authenticate(Some(&root_token)).unwrap();
     let filter = AuditFilter {
         node: Some(2),
         mode: Some("read-only".into()),
@@ -233,20 +260,14 @@ async fn standby_audit_is_marked_read_only_and_merges_once() {
 /// short is `vault/tests/audit.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_record_in_a_standby_spool_is_never_merged() {
-    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
-    let init = InitRequest {
-        secret_shares: 1,
-        secret_threshold: 1,
-        root_token_id: None,
-    };
-    let (resp, root) = primary.init(init, None).await.unwrap();
-    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
-    primary.unseal_with_root(root).unwrap();
-    c.wait_applied(&[2], c.engine(1).applied_index()).await;
-    secondary.unseal_with_root(key.clone()).unwrap();
-    let auth = primary.authenticate(Some(&resp.root_token)).unwrap();
+    let Pair {
+        c,
+        _dir,
+        primary,
+        secondary,
+        root_token,
+    } = unsealed_pair().await;
+    let auth = primary.authenticate(Some(&root_token)).unwrap();
 
     c.cut(1, 2);
     c.engine(2)
@@ -263,7 +284,7 @@ async fn a_forged_record_in_a_standby_spool_is_never_merged() {
         secondary.audit(event).await.unwrap();
     }
     // The forgery: record 3 rewritten to show an innocent path.
-    let spool_dir = dir.path().join("audit2");
+    let spool_dir = _dir.path().join("audit2");
     let segment = spool_dir.join("spool-00000000000000000001.jsonl");
     let epoch = std::fs::read_to_string(spool_dir.join("epoch")).unwrap();
     let public: [u8; 32] = c
@@ -332,18 +353,14 @@ async fn a_forged_record_in_a_standby_spool_is_never_merged() {
 /// node and revokes it by accessor, after which it opens nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_lists_and_revokes_a_standbys_sessions() {
-    let c = Cluster::start_with_learners(1, 1, RaftTuning::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (primary, secondary) = (vault_on(&c, 1, dir.path()), vault_on(&c, 2, dir.path()));
-    let init = InitRequest {
-        secret_shares: 1,
-        secret_threshold: 1,
-        root_token_id: None,
-    };
-    let (resp, root) = primary.init(init, None).await.unwrap();
-    let key = coffer_vault::crypto::Key::from_slice(root.expose()).unwrap();
-    primary.unseal_with_root(root).unwrap();
-    let auth = primary.authenticate(Some(&resp.root_token)).unwrap();
+    let Pair {
+        c,
+        _dir,
+        primary,
+        secondary,
+        root_token,
+    } = unsealed_pair().await;
+    let auth = primary.authenticate(Some(&root_token)).unwrap();
     primary
         .write_user(
             &auth,
@@ -356,7 +373,6 @@ async fn an_operator_lists_and_revokes_a_standbys_sessions() {
         .await
         .unwrap();
     c.wait_applied(&[2], c.engine(1).applied_index()).await;
-    secondary.unseal_with_root(key).unwrap();
     c.cut(1, 2);
     c.engine(2)
         .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
@@ -366,7 +382,7 @@ async fn an_operator_lists_and_revokes_a_standbys_sessions() {
         .login_userpass("alice", zeroize::Zeroizing::new("pw".into()), "10.0.0.9")
         .await
         .unwrap();
-    let operator = secondary.authenticate(Some(&resp.root_token)).unwrap();
+    let operator = secondary.authenticate(Some(&root_token)).unwrap();
     let listed = secondary.list_local_sessions(&operator).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(

@@ -4,26 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use coffer_vault::{InitRequest, TokenRequest, UserUpdate, Vault, VaultError};
+use coffer_vault::{TokenRequest, UserUpdate, VaultError};
 use zeroize::Zeroizing;
 
-async fn unsealed(dir: &std::path::Path) -> (Vault, coffer_vault::Auth) {
-    let v = common::vault(dir).await;
-    let (resp, root) = v
-        .init(
-            InitRequest {
-                secret_shares: 1,
-                secret_threshold: 1,
-                root_token_id: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    v.unseal_with_root(root).unwrap();
-    let auth = v.authenticate(Some(&resp.root_token)).unwrap();
-    (v, auth)
-}
+use common::unsealed;
 
 fn req(policies: &[&str]) -> TokenRequest {
     TokenRequest {

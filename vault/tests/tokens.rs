@@ -9,25 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_vault::tokens::TokenLimits;
-use coffer_vault::{Auth, InitRequest, TokenRequest, UserUpdate, Vault, VaultError};
+use coffer_vault::{Auth, TokenRequest, UserUpdate, Vault, VaultError};
 use zeroize::Zeroizing;
 
 async fn unsealed(dir: &std::path::Path, limits: TokenLimits) -> (Arc<Vault>, Auth) {
-    let v = common::vault(dir).await.with_token_limits(limits);
-    let (resp, root) = v
-        .init(
-            InitRequest {
-                secret_shares: 1,
-                secret_threshold: 1,
-                root_token_id: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    v.unseal_with_root(root).unwrap();
-    let auth = v.authenticate(Some(&resp.root_token)).unwrap();
-    (Arc::new(v), auth)
+    let (v, auth) = common::unsealed(dir).await;
+    (Arc::new(v.with_token_limits(limits)), auth)
 }
 
 const CREATOR: &str = r#"path "auth/token/create" { capabilities = ["update"] }"#;

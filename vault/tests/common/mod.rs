@@ -39,3 +39,23 @@ pub async fn vault(dir: &Path) -> Vault {
         spool,
     )
 }
+
+/// An initialized, unsealed vault of node 1 over `dir`, and its root token's `Auth`.
+#[allow(dead_code)] // each test binary uses part of this module
+pub async fn unsealed(dir: &Path) -> (Vault, coffer_vault::Auth) {
+    let v = vault(dir).await;
+    let (resp, root) = v
+        .init(
+            coffer_vault::InitRequest {
+                secret_shares: 1,
+                secret_threshold: 1,
+                root_token_id: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    v.unseal_with_root(root).unwrap();
+    let auth = v.authenticate(Some(&resp.root_token)).unwrap();
+    (v, auth)
+}
