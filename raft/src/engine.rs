@@ -251,8 +251,14 @@ impl Engine {
         self.contacts.as_ref()
     }
 
-    /// Records that the leader just reached this node (called by the peer server).
-    pub(crate) fn note_leader_contact(&self) {
+    /// Records that the leader just reached this node, announcing `leader_commit` (called
+    /// by the peer server).
+    pub(crate) fn note_leader_contact(&self, leader_commit: Option<u64>) {
+        if let Some(index) = leader_commit {
+            self.tracker
+                .leader_commit
+                .fetch_max(index, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut t) = self.tracker.leader_contact.lock() {
             *t = Some(std::time::Instant::now());
         }

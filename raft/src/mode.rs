@@ -70,6 +70,9 @@ pub(crate) struct ModeTracker {
     pub node_id: NodeId,
     /// When a leader last reached this node (set by the peer server).
     pub leader_contact: Arc<Mutex<Option<Instant>>>,
+    /// The highest commit index a leader announced to this node: leaving standby waits for
+    /// this too, since the node's own commit index lags the leader's until entries arrive.
+    pub leader_commit: Arc<AtomicU64>,
     /// Last applied index.
     pub applied: tokio::sync::watch::Receiver<u64>,
     /// When the engine started (a node that never heard from a leader counts from here).
@@ -92,6 +95,7 @@ impl ModeTracker {
             raft,
             node_id,
             leader_contact: Arc::default(),
+            leader_commit: Arc::default(),
             applied,
             started: Instant::now(),
             standby_after_ms: Arc::new(AtomicU64::new(millis(DEFAULT_STANDBY_AFTER))),
@@ -177,7 +181,8 @@ impl ModeTracker {
                     .raft
                     .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
                     .await
-                    .unwrap_or(u64::MAX);
+                    .unwrap_or(u64::MAX)
+                    .max(self.leader_commit.load(Ordering::Relaxed));
                 *target = Some(committed);
                 committed
             }

@@ -228,11 +228,12 @@ async fn dispatch(engine: &Engine, caller: &PeerCaller, request: PeerRequest) ->
     let raft = engine.raft();
     match request {
         PeerRequest::AppendEntries(r) => {
+            let leader_commit = r.leader_commit.map(|l| l.index);
             let answer = raft.append_entries(r).await;
             // Any answer but "your term is stale" means a current leader reached us.
             if matches!(&answer, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
             {
-                engine.note_leader_contact();
+                engine.note_leader_contact(leader_commit);
             }
             PeerResponse::AppendEntries(answer)
         }
@@ -240,7 +241,7 @@ async fn dispatch(engine: &Engine, caller: &PeerCaller, request: PeerRequest) ->
         PeerRequest::InstallSnapshot(r) => {
             let answer = raft.install_snapshot(r).await;
             if answer.is_ok() {
-                engine.note_leader_contact();
+                engine.note_leader_contact(None);
             }
             PeerResponse::InstallSnapshot(answer)
         }
