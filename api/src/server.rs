@@ -196,7 +196,7 @@ pub struct JoinState {
     /// The registration sent to the leader (with the signing request for the node's key).
     pub request: coffer_vault::JoinRequest,
     /// Members listed in the pack.
-    pub members: Vec<coffer_vault::pack::PackMember>,
+    pub members: Vec<coffer_vault::rules::pack::PackMember>,
     /// Whether the cluster has made the node a member and issued its member certificate
     /// (`tls/node.pem`); until then the node holds only the pack's registration certificate.
     #[serde(default)]
@@ -446,7 +446,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
             },
             Arc::new(spool),
         )
-        .with_token_limits(coffer_vault::tokens::TokenLimits {
+        .with_token_limits(coffer_vault::rules::token::TokenLimits {
             default_ttl_secs: cfg.default_lease_ttl_secs,
             max_ttl_secs: cfg.max_lease_ttl_secs,
         }),

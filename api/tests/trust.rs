@@ -548,13 +548,13 @@ async fn a_pack_refused_for_a_taken_id_is_not_consumed() {
         let file = base64::engine::general_purpose::STANDARD
             .decode(b["data"]["pack"].as_str().unwrap())
             .unwrap();
-        coffer_vault::pack::open_pack(&file, "correct horse battery staple", 0).unwrap()
+        coffer_vault::rules::pack::open_pack(&file, "correct horse battery staple", 0).unwrap()
     };
     let (_, a) = n.root("POST", "/v1/sys/coffer/packs", pack(3600)).await;
     let (_, b) = n.root("POST", "/v1/sys/coffer/packs", pack(3600)).await;
     let (a, b) = (open(&a), open(&b));
     let handler = n.vault.peer_app_handler();
-    let join = |p: &coffer_vault::pack::PackContents, instance: &str| {
+    let join = |p: &coffer_vault::rules::pack::PackContents, instance: &str| {
         let caller = coffer_raft::PeerCaller {
             node_id: 4,
             cert_sha256: coffer_tls::fingerprint_pem(&p.node_cert_pem).unwrap(),

@@ -58,7 +58,7 @@ secret/data/x"#,
 }
 
 fn pack_seeds() {
-    let contents = coffer_vault::pack::PackContents {
+    let contents = coffer_vault::rules::pack::PackContents {
         pack_id: "00112233445566778899aabbccddeeff".into(),
         cluster_id: "c1".into(),
         cluster_name: "coffer".into(),
@@ -73,7 +73,7 @@ fn pack_seeds() {
         node_key_pem: "key".into(),
         api_cert_pem: "acert".into(),
         api_key_pem: "akey".into(),
-        members: vec![coffer_vault::pack::PackMember {
+        members: vec![coffer_vault::rules::pack::PackMember {
             id: 1,
             api_addr: "https://127.0.0.11:8200".into(),
             peer_addr: "127.0.0.11:8201".into(),
@@ -82,7 +82,7 @@ fn pack_seeds() {
         unseal_key_hex: None,
         snapshot: vec![1, 2, 3],
     };
-    let sealed = coffer_vault::pack::seal_pack(&contents, "correct horse battery staple")
+    let sealed = coffer_vault::rules::pack::seal_pack(&contents, "correct horse battery staple")
         .expect("seal a pack");
     write("pack", "sealed.pack", &sealed);
     write(

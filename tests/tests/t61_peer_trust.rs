@@ -47,7 +47,7 @@ fn pack_credential(
 ) -> Credential {
     let bytes = std::fs::read(pack).unwrap();
     let pass = std::fs::read_to_string(pass).unwrap();
-    let contents = coffer_vault::pack::open_pack(&bytes, pass.trim(), 0).unwrap();
+    let contents = coffer_vault::rules::pack::open_pack(&bytes, pass.trim(), 0).unwrap();
     Credential {
         name,
         id: contents.node_id,
@@ -225,7 +225,7 @@ fn stolen_and_stale_certificates_are_refused_for_every_peer_request() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
-            > coffer_vault::pack::open_pack(
+            > coffer_vault::rules::pack::open_pack(
                 &std::fs::read(&expired_pack).unwrap(),
                 std::fs::read_to_string(&expired_pass).unwrap().trim(),
                 0,

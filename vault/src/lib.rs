@@ -1,6 +1,12 @@
-//! Coffer's product rules: the barrier (root key, keyring, AES-256-GCM envelope), KV v2
-//! semantics, tokens, the mount table, and the vault facade that applies them to the
+//! Coffer's product: the barrier (root key, keyring, AES-256-GCM envelope), KV v2,
+//! identities and policies, audit, packs, and the [`Vault`] facade that applies them to the
 //! replicated engine. No HTTP here.
+//!
+//! - [`rules`]: the product's rules as pure functions, no I/O (one module per concern);
+//! - `ops`: the facade's operations, one module per concern named as its rules;
+//! - [`keys`]: the storage layout, and which values are stored without an envelope;
+//! - [`audit`]: audit records, their chain, and the node's spool;
+//! - [`crypto`]: the barrier's primitives.
 
 pub mod audit;
 pub mod clock;
@@ -8,21 +14,16 @@ pub mod crypto;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod kv2;
-pub mod mounts;
-pub mod pack;
-pub mod policy;
-pub mod ratelimit;
-pub mod seal;
-pub mod tokens;
-mod vault;
+pub mod keys;
+mod ops;
+pub mod rules;
 
 pub use error::{Result, VaultError};
-pub use vault::{
+pub use ops::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary, StoredCa, CA_KEY,
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
-pub use vault::{
+pub use ops::{
     AuditFilter, Auth, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
     KvMetaUpdate, KvRead, KvVersion, MergedRecord, NodeChainReport, NodeInfo, SealStatus,
     StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,

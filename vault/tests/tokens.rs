@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_vault::tokens::TokenLimits;
+use coffer_vault::rules::token::TokenLimits;
 use coffer_vault::{Auth, TokenRequest, UserUpdate, Vault, VaultError};
 use zeroize::Zeroizing;
 

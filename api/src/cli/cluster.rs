@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use clap::Subcommand;
 use coffer_raft::{Forwarder, PeerIdentity};
-use coffer_vault::pack::{generate_passphrase, open_pack, PackContents};
+use coffer_vault::rules::pack::{generate_passphrase, open_pack, PackContents};
 use coffer_vault::JoinRequest;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;

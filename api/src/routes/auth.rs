@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use coffer_vault::tokens::TokenEntry;
+use coffer_vault::rules::token::TokenEntry;
 use coffer_vault::{clock, IssuedToken, TokenRequest, UserUpdate};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -183,7 +183,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             let auth = authenticate(state, req)?;
             auth.require(
                 "auth/token/lookup-self",
-                coffer_vault::policy::Capability::Read,
+                coffer_vault::rules::policy::Capability::Read,
             )?;
             Ok(envelope(
                 req,
@@ -203,7 +203,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             let auth = authenticate(state, req)?;
             auth.require(
                 "auth/token/lookup-accessor",
-                coffer_vault::policy::Capability::Update,
+                coffer_vault::rules::policy::Capability::Update,
             )?;
             let body: TokenBody = req.json()?;
             let accessor = body
@@ -385,7 +385,7 @@ pub(super) async fn policies(
     // The legacy `sys/policy/:name` is also checked on the path it was asked by, so a
     // policy written for either spelling holds.
     if req.path.starts_with("sys/policy") && !req.path.starts_with("sys/policies") {
-        use coffer_vault::policy::Capability;
+        use coffer_vault::rules::policy::Capability;
         match req.op {
             Op::List => auth.require_list(&req.path)?,
             Op::Write => auth.require(&req.path, Capability::Update)?,
@@ -435,7 +435,7 @@ pub(super) fn auth_methods(state: &AppState, req: &ApiRequest, path: &str) -> Ap
     });
     match (path.trim_matches('/'), req.op) {
         ("", Op::Read) => {
-            auth.require("sys/auth", coffer_vault::policy::Capability::Read)?;
+            auth.require("sys/auth", coffer_vault::rules::policy::Capability::Read)?;
             let mut body = methods.as_object().cloned().unwrap_or_default();
             body.insert("data".into(), methods.clone());
             Ok(Json(Value::Object(body)).into_response())
@@ -444,7 +444,7 @@ pub(super) fn auth_methods(state: &AppState, req: &ApiRequest, path: &str) -> Ap
         ("userpass" | "token", Op::Write) => {
             auth.require_sudo(
                 &format!("sys/auth/{}", path.trim_matches('/')),
-                coffer_vault::policy::Capability::Update,
+                coffer_vault::rules::policy::Capability::Update,
             )?;
             Ok(no_content())
         }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use coffer_vault::kv2::SecretMeta;
+use coffer_vault::rules::kv::SecretMeta;
 use coffer_vault::{clock, KvMetaUpdate, KvRead};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -74,7 +74,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
     }
     let auth = authenticate(state, req)?;
     let table = state.vault.mount_table()?;
-    let (mount, _, rest) = coffer_vault::mounts::resolve(&table, &req.path)
+    let (mount, _, rest) = coffer_vault::rules::mount::resolve(&table, &req.path)
         .ok_or_else(|| ApiError::NoRoute(req.path.clone()))?;
     let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
     let v = &state.vault;

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use coffer_raft::{MemberStatus, MembershipChange};
-use coffer_vault::policy::Capability;
+use coffer_vault::rules::policy::Capability;
 use coffer_vault::{Auth, InitRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -398,7 +398,7 @@ async fn leader(state: &AppState) -> ApiResult<Response> {
     .into_response())
 }
 
-fn mount_json(path: &str, entry: &coffer_vault::mounts::MountEntry) -> Value {
+fn mount_json(path: &str, entry: &coffer_vault::rules::mount::MountEntry) -> Value {
     json!({
         "accessor": entry.accessor,
         "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
@@ -473,7 +473,7 @@ fn ui_mount(state: &AppState, req: &ApiRequest, path: &str) -> ApiResult<Respons
         return Err(ApiError::Method(format!("sys/internal/ui/mounts/{path}")));
     }
     let table = state.vault.mount_table()?;
-    match coffer_vault::mounts::resolve(&table, path) {
+    match coffer_vault::rules::mount::resolve(&table, path) {
         // Vault's pre-flight answers any valid token; the request that follows is checked.
         Some((mount, entry, _)) => {
             let _ = &auth;

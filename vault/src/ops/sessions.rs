@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use super::Vault;
 use crate::clock;
 use crate::error::{Result, VaultError};
-use crate::tokens::{generate_token, token_key, TokenEntry};
+use crate::rules::token::{generate_token, token_key, TokenEntry};
 use crate::IssuedToken;
 
 /// Longest a node-local session lasts.
@@ -80,7 +80,7 @@ impl Vault {
     /// `GET sys/coffer/sessions`: the node-local sessions this node issued while it was a
     /// read-only standby (live ones), for an operator to see and revoke by accessor.
     pub fn list_local_sessions(&self, auth: &super::Auth) -> Result<Vec<TokenEntry>> {
-        auth.require_sudo("sys/coffer/sessions", crate::policy::Capability::Read)?;
+        auth.require_sudo("sys/coffer/sessions", crate::rules::policy::Capability::Read)?;
         let now = clock::now().unix_timestamp();
         let sessions = self.sessions.0.lock().map_err(VaultError::internal)?;
         let mut live: Vec<TokenEntry> = sessions

@@ -1,4 +1,4 @@
-//! KV v2 operations: the rules of [`crate::kv2`] applied to encrypted records, one guarded
+//! KV v2 operations: the rules of [`crate::rules::kv`] applied to encrypted records, one guarded
 //! transaction per write.
 //!
 //! Storage layout under a mount `m/` (keys are plaintext by design, values are envelopes):
@@ -16,9 +16,9 @@ use super::records::Record;
 use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
-use crate::kv2::{self, MountConfig, SecretMeta, VersionMeta};
-use crate::mounts::{MountEntry, MountTable, MOUNTS_KEY};
-use crate::policy::Capability;
+use crate::rules::kv::{self as rules, MountConfig, SecretMeta, VersionMeta};
+use crate::rules::mount::{MountEntry, MountTable, MOUNTS_KEY};
+use crate::rules::policy::Capability;
 
 /// Most keys a LIST returns.
 const LIST_LIMIT: usize = 100_000;
@@ -140,7 +140,7 @@ impl Vault {
     /// Adds a KV v2 mount at `path`. As in Vault: `create` or `update`, with `sudo`, on
     /// `sys/mounts/<path>` (checked on the normalized path).
     pub async fn mount_kv(&self, auth: &Auth, path: &str, description: &str) -> Result<()> {
-        let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        let path = crate::rules::mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
         auth.require_sudo(&acl_path, Capability::Create)
             .or_else(|_| auth.require_sudo(&acl_path, Capability::Update))?;
@@ -169,7 +169,7 @@ impl Vault {
 
     /// Removes a mount and every secret under it.
     pub async fn unmount(&self, auth: &Auth, path: &str) -> Result<()> {
-        let path = crate::mounts::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        let path = crate::rules::mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
         auth.require_sudo(&acl_path, Capability::Delete)?;
         self.transact(|| {
@@ -191,7 +191,7 @@ impl Vault {
     }
 
     fn meta_record(&self, mount: &str, path: &str) -> Result<Option<Record<SecretMeta>>> {
-        kv2::validate_path(path)?;
+        rules::validate_path(path)?;
         self.read_record(&meta_key(mount, path))
     }
 
@@ -255,7 +255,7 @@ impl Vault {
         let Some(meta) = self.meta_record(mount, path)?.map(|r| r.value) else {
             return Ok(None);
         };
-        let version = kv2::resolve_version(&meta, version);
+        let version = rules::resolve_version(&meta, version);
         let Some(vm) = meta.versions.get(&version) else {
             return Ok(None);
         };
@@ -360,7 +360,7 @@ impl Vault {
             };
             let stored = data(current.as_ref().map(|r| (&r.value, current_data)))?;
             let observed: Option<KvEntry> = current.as_ref().map(|r| r.entry.clone());
-            let plan = kv2::plan_write(current.map(|r| r.value), &config, cas, clock::now())?;
+            let plan = rules::plan_write(current.map(|r| r.value), &config, cas, clock::now())?;
             let dkey = data_key(mount, path, plan.version);
             let mut txn = Txn::new()
                 .unchanged(mkey.clone(), observed.as_ref())
@@ -406,7 +406,7 @@ impl Vault {
         auth.require(&format!("{mount}data/{path}"), Capability::Delete)?;
         self.change_meta(mount, path, |m| {
             let current = m.current_version;
-            kv2::soft_delete(m, &[current], clock::now());
+            rules::soft_delete(m, &[current], clock::now());
             Vec::new()
         })
         .await
@@ -422,7 +422,7 @@ impl Vault {
     ) -> Result<()> {
         auth.require(&format!("{mount}delete/{path}"), Capability::Update)?;
         self.change_meta(mount, path, |m| {
-            kv2::soft_delete(m, versions, clock::now());
+            rules::soft_delete(m, versions, clock::now());
             Vec::new()
         })
         .await
@@ -438,7 +438,7 @@ impl Vault {
     ) -> Result<()> {
         auth.require(&format!("{mount}undelete/{path}"), Capability::Update)?;
         self.change_meta(mount, path, |m| {
-            kv2::undelete(m, versions, clock::now());
+            rules::undelete(m, versions, clock::now());
             Vec::new()
         })
         .await
@@ -453,7 +453,7 @@ impl Vault {
         versions: &[u64],
     ) -> Result<()> {
         auth.require(&format!("{mount}destroy/{path}"), Capability::Update)?;
-        self.change_meta(mount, path, |m| kv2::destroy(m, versions, clock::now()))
+        self.change_meta(mount, path, |m| rules::destroy(m, versions, clock::now()))
             .await
     }
 
@@ -523,7 +523,7 @@ impl Vault {
                 }
             }
             meta.updated_time = now;
-            let pruned = kv2::prune(&mut meta, &config);
+            let pruned = rules::prune(&mut meta, &config);
             let mut txn = Txn::new()
                 .unchanged(mkey.clone(), current.as_ref().map(|r| &r.entry))
                 .put(mkey.clone(), self.seal_record(&mkey, &meta)?);
@@ -538,7 +538,7 @@ impl Vault {
     /// `DELETE metadata/:path`: the metadata and every version.
     pub async fn kv_delete_meta(&self, auth: &Auth, mount: &str, path: &str) -> Result<()> {
         auth.require(&format!("{mount}metadata/{path}"), Capability::Delete)?;
-        kv2::validate_path(path)?;
+        rules::validate_path(path)?;
         let mkey = meta_key(mount, path);
         let data_prefix = format!("kv/{mount}data/{path}\0").into_bytes();
         let txn = Txn::new().delete(mkey).delete_prefix(data_prefix);
@@ -555,7 +555,7 @@ impl Vault {
         consistency: Consistency,
     ) -> Result<Vec<String>> {
         if !prefix.is_empty() {
-            kv2::validate_path(prefix.trim_end_matches('/'))?;
+            rules::validate_path(prefix.trim_end_matches('/'))?;
         }
         let folder = if prefix.is_empty() || prefix.ends_with('/') {
             prefix.to_string()

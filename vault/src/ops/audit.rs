@@ -37,7 +37,7 @@ use super::Vault;
 use crate::audit::spool::line_mac;
 use crate::audit::{verify_chain, AuditEvent, AuditRecord, ChainProblem, SpoolKey};
 use crate::error::{Result, VaultError};
-use crate::policy::Capability;
+use crate::rules::policy::Capability;
 
 /// Records per shipping transaction.
 pub const SHIP_BATCH: usize = 256;

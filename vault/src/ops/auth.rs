@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Vault;
 use crate::error::{Result, VaultError};
-use crate::policy::{self, Capability, Policy};
-use crate::tokens::{token_key, TokenEntry};
+use crate::rules::policy::{self, Capability, Policy};
+use crate::rules::token::{token_key, TokenEntry};
 
 /// A stored policy: its name and source text, exactly as written (Vault returns the text).
 #[derive(Clone, Debug, Serialize, Deserialize)]

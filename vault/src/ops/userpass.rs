@@ -7,12 +7,12 @@ use coffer_raft::Txn;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::token_ops::IssuedToken;
+use super::token::IssuedToken;
 use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
-use crate::policy::Capability;
-use crate::tokens::{generate_accessor, TokenEntry};
+use crate::rules::policy::Capability;
+use crate::rules::token::{generate_accessor, TokenEntry};
 
 /// A stored user. The hash is a PHC string; it never leaves the vault.
 #[derive(Clone, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| {
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         hasher()
-            .hash_password(crate::tokens::generate_token().as_bytes(), &salt)
+            .hash_password(crate::rules::token::generate_token().as_bytes(), &salt)
             .map(|h| h.to_string())
             .unwrap_or_default()
     })
@@ -352,7 +352,7 @@ impl Vault {
         self.store_token(entry, None).await
     }
 
-    fn limiter(&self) -> Result<std::sync::MutexGuard<'_, crate::ratelimit::LoginLimiter>> {
+    fn limiter(&self) -> Result<std::sync::MutexGuard<'_, crate::rules::ratelimit::LoginLimiter>> {
         self.limiter.lock().map_err(VaultError::internal)
     }
 }

@@ -2,15 +2,15 @@
 //! and keyring in memory only while unsealed), reads and writes encrypted records, and turns
 //! every API write into one guarded transaction retried on conflict.
 
-mod acl;
-mod audit_log;
-mod barrier;
+mod audit;
+mod auth;
 mod cluster;
 mod kv;
 mod records;
+mod seal;
 mod sessions;
-mod sys;
-mod token_ops;
+mod shapes;
+mod token;
 mod userpass;
 
 use std::sync::atomic::AtomicU64;
@@ -18,19 +18,19 @@ use std::sync::{Arc, RwLock};
 
 use coffer_raft::Engine;
 
-use crate::seal::UnsealProgress;
+use crate::rules::seal::UnsealProgress;
 
-pub use acl::{Auth, StoredPolicy};
-pub use audit_log::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport, SHIP_BATCH};
-pub use barrier::{StoredCa, CA_KEY};
+pub use audit::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport, SHIP_BATCH};
+pub use auth::{Auth, StoredPolicy};
+pub use seal::{StoredCa, CA_KEY};
 pub use cluster::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary,
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use kv::{Consistency, KvMetaUpdate, KvRead, KvVersion};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
-pub use sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
-pub use token_ops::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
+pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
+pub use token::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};
 
 /// Seal state of this node.
@@ -66,17 +66,17 @@ pub struct Vault {
     /// Unseal shares refused since start (wrong or foreign shares, failed combinations).
     unseal_failures: AtomicU64,
     /// Parsed ACL policies, by name and revision.
-    policy_cache: acl::PolicyCache,
+    policy_cache: auth::PolicyCache,
     /// This node's audit spool.
     spool: Arc<crate::audit::Spool>,
     /// Failed-login counters (node-local by design: each node limits what it sees).
-    limiter: std::sync::Mutex<crate::ratelimit::LoginLimiter>,
+    limiter: std::sync::Mutex<crate::rules::ratelimit::LoginLimiter>,
     /// Tokens issued by logins while this node was a read-only standby.
     sessions: sessions::LocalSessions,
     /// Mode changes audited since start.
     mode_changes: AtomicU64,
     /// Token lifetime limits of this node (its config's `default_lease_ttl`/`max_lease_ttl`).
-    token_limits: crate::tokens::TokenLimits,
+    token_limits: crate::rules::token::TokenLimits,
 }
 
 impl std::fmt::Debug for Vault {
@@ -109,7 +109,7 @@ impl Vault {
     }
 
     /// Sets the token lifetime limits (before the vault is shared).
-    pub fn with_token_limits(mut self, limits: crate::tokens::TokenLimits) -> Self {
+    pub fn with_token_limits(mut self, limits: crate::rules::token::TokenLimits) -> Self {
         self.token_limits = limits;
         self
     }

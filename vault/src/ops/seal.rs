@@ -7,16 +7,16 @@ use base64::Engine as _;
 use coffer_raft::{Check, Txn};
 
 use super::records::seal_json;
-use super::sys::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
+use super::shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 use super::{Auth, Sealing, Vault};
 use crate::clock;
 use crate::crypto::keyring::{Keyring, KEYRING_STORAGE_KEY};
 use crate::crypto::Key;
 use crate::error::{Result, VaultError};
-use crate::mounts::{default_table, MOUNTS_KEY};
-use crate::policy::Capability;
-use crate::seal::{decode_share, init_material, SealConfig, ShareOutcome, SEAL_CONFIG_KEY};
-use crate::tokens::{accessor_key, generate_accessor, generate_token, token_key, TokenEntry};
+use crate::rules::mount::{default_table, MOUNTS_KEY};
+use crate::rules::policy::Capability;
+use crate::rules::seal::{decode_share, init_material, SealConfig, ShareOutcome, SEAL_CONFIG_KEY};
+use crate::rules::token::{accessor_key, generate_accessor, generate_token, token_key, TokenEntry};
 
 /// Storage key of the cluster CA (certificate and key, encrypted).
 pub const CA_KEY: &[u8] = b"core/ca";
@@ -119,10 +119,10 @@ impl Vault {
         let spool_key = crate::audit::SpoolKey::generate();
         let spool_secret = zeroize::Zeroizing::new(hex::encode(*spool_key.to_bytes()));
         txn = txn
-            .put(super::audit_log::SPOOL_PUB_KEY, spool_key.public().to_vec())
+            .put(super::audit::SPOOL_PUB_KEY, spool_key.public().to_vec())
             .put(
-                super::audit_log::SPOOL_SECRET_KEY,
-                seal_json(&keyring, super::audit_log::SPOOL_SECRET_KEY, &*spool_secret)?,
+                super::audit::SPOOL_SECRET_KEY,
+                seal_json(&keyring, super::audit::SPOOL_SECRET_KEY, &*spool_secret)?,
             );
         if !self.engine.write(txn).await?.succeeded {
             return Err(VaultError::AlreadyInitialized);

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::acl::Auth;
+use super::auth::Auth;
 use super::{Sealing, Vault};
 use crate::audit::AuditEvent;
 use crate::error::{Result, VaultError};
-use crate::pack::{seal_pack, PackContents, PackMember};
-use crate::policy::Capability;
+use crate::rules::pack::{seal_pack, PackContents, PackMember};
+use crate::rules::policy::Capability;
 
 /// Shortest pack validity (one second: a pack can be made to expire at once, to rehearse).
 pub const PACK_TTL_MIN_SECS: u64 = 1;

@@ -14,8 +14,8 @@ use coffer_raft::Txn;
 use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
-use crate::policy::Capability;
-use crate::tokens::{
+use crate::rules::policy::Capability;
+use crate::rules::token::{
     accessor_key, children_prefix, generate_accessor, generate_token, plan_ttl, token_id_of_key,
     token_key, token_key_from_id, LifetimeRequest, TokenEntry, MAX_TOKEN_DEPTH,
 };

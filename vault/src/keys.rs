@@ -1,0 +1,1 @@
+//! The storage layout: every key the vault writes, in one place.
