@@ -11,7 +11,7 @@ use super::envelope::{self, EnvelopeError};
 use super::Key;
 
 /// Storage key of the wrapped keyring, also its associated data.
-pub const KEYRING_STORAGE_KEY: &[u8] = b"core/keyring";
+pub const KEYRING_STORAGE_KEY: &[u8] = crate::keys::KEYRING;
 
 /// One installed data key.
 #[derive(Clone)]

@@ -44,40 +44,11 @@ pub const SHIP_BATCH: usize = 256;
 /// Most records one query returns.
 pub const MAX_QUERY: usize = 10_000;
 
-/// The audit spool's public key, in clear: a sealed node seals spool bodies to it.
-pub(crate) const SPOOL_PUB_KEY: &[u8] = b"core/audit-spool-pub";
-/// The audit spool's private key, under the keyring: only an unsealed node opens spool bodies.
-pub(crate) const SPOOL_SECRET_KEY: &[u8] = b"core/audit-spool-key";
-
-const CURSOR_PREFIX: &str = "audit/cursor/";
-
-fn cursor_prefix(node: u64) -> Vec<u8> {
-    format!("{CURSOR_PREFIX}{node:020}/").into_bytes()
-}
-
-fn cursor_key(node: u64, epoch: &str) -> Vec<u8> {
-    format!("{CURSOR_PREFIX}{node:020}/{epoch}").into_bytes()
-}
-
-fn epoch_count_key(node: u64) -> Vec<u8> {
-    format!("audit/epoch-count/{node:020}").into_bytes()
-}
-
-fn anchor_key(node: u64, epoch: &str) -> Vec<u8> {
-    format!("audit/anchor/{node:020}/{epoch}").into_bytes()
-}
-
-fn log_prefix(node: Option<u64>, epoch: Option<u32>) -> Vec<u8> {
-    match (node, epoch) {
-        (Some(n), Some(e)) => format!("audit/log/{n:020}/{e:010}/").into_bytes(),
-        (Some(n), None) => format!("audit/log/{n:020}/").into_bytes(),
-        _ => b"audit/log/".to_vec(),
-    }
-}
-
-fn log_key(node: u64, epoch: u32, seq: u64) -> Vec<u8> {
-    format!("audit/log/{node:020}/{epoch:010}/{seq:020}").into_bytes()
-}
+use crate::keys::{
+    audit_anchor as anchor_key, audit_cursor as cursor_key, audit_cursors as cursor_prefix,
+    audit_epoch_count as epoch_count_key, audit_log as log_key, audit_log_prefix as log_prefix,
+    AUDIT_CURSORS as CURSOR_PREFIX, SPOOL_PUBLIC_KEY as SPOOL_PUB_KEY, SPOOL_SECRET_KEY,
+};
 
 /// A cursor value: (epoch number, highest merged seq).
 fn decode_cursor(raw: &[u8]) -> (u32, u64) {
@@ -528,7 +499,7 @@ impl Vault {
                 let record = self.decode_log(&key, &entry.value)?;
                 if filter.accepts(&record) {
                     out.push(MergedRecord {
-                        epoch_number: epoch_of_key(&key),
+                        epoch_number: crate::keys::audit_log_epoch(&key),
                         record,
                     });
                     if out.len() == limit {
@@ -736,11 +707,3 @@ impl Vault {
     }
 }
 
-/// The epoch number in a log key (`audit/log/<node>/<epoch>/<seq>`).
-fn epoch_of_key(key: &[u8]) -> u32 {
-    String::from_utf8_lossy(key)
-        .split('/')
-        .nth(3)
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(0)
-}

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::Vault;
 use crate::error::{Result, VaultError};
 use crate::rules::policy::{self, Capability, Policy};
-use crate::rules::token::{token_key, TokenEntry};
+use crate::keys::token as token_key;
+use crate::rules::token::TokenEntry;
 
 /// A stored policy: its name and source text, exactly as written (Vault returns the text).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -21,9 +22,7 @@ pub struct StoredPolicy {
     pub text: String,
 }
 
-fn policy_key(name: &str) -> Vec<u8> {
-    format!("sys/policy/{name}").into_bytes()
-}
+use crate::keys::policy as policy_key;
 
 /// Parsed policies by name with the revision they were parsed at, so a request does not
 /// re-parse unchanged policies.
@@ -260,8 +259,9 @@ impl Vault {
         auth.require_list("sys/policies/acl")?;
         self.keyring()?;
         let mut names = vec!["default".to_string(), "root".to_string()];
-        for (key, _) in self.engine.scan(b"sys/policy/", None, 100_000)? {
-            names.push(String::from_utf8_lossy(&key["sys/policy/".len()..]).into_owned());
+        let prefix = crate::keys::POLICIES;
+        for (key, _) in self.engine.scan(prefix.as_bytes(), None, 100_000)? {
+            names.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         names.sort();
         Ok(names)

@@ -9,7 +9,6 @@ use coffer_raft::{
     Refusal, Txn,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::auth::Auth;
@@ -25,8 +24,6 @@ pub const PACK_TTL_MIN_SECS: u64 = 1;
 pub const PACK_TTL_MAX_SECS: u64 = 30 * 24 * 3600;
 /// Default pack validity: 24 h.
 pub const PACK_TTL_DEFAULT_SECS: u64 = 24 * 3600;
-/// Storage prefix of pack records.
-const PACKS_PREFIX: &str = "core/packs/";
 
 /// What `operator pack create` asks for.
 #[derive(Clone, Deserialize)]
@@ -149,10 +146,7 @@ enum AppMessage {
     Check(JoinRequest),
 }
 
-fn pack_key(pack_id: &str) -> Vec<u8> {
-    let digest = Sha256::digest(pack_id.as_bytes());
-    format!("{PACKS_PREFIX}{}", hex::encode(digest)).into_bytes()
-}
+use crate::keys::pack as pack_key;
 
 fn unix_now() -> u64 {
     u64::try_from(crate::clock::now().unix_timestamp()).unwrap_or(0)

@@ -23,19 +23,7 @@ use crate::rules::policy::Capability;
 /// Most keys a LIST returns.
 const LIST_LIMIT: usize = 100_000;
 
-fn meta_key(mount: &str, path: &str) -> Vec<u8> {
-    format!("kv/{mount}meta/{path}").into_bytes()
-}
-
-fn data_key(mount: &str, path: &str, version: u64) -> Vec<u8> {
-    let mut key = format!("kv/{mount}data/{path}\0").into_bytes();
-    key.extend_from_slice(&version.to_be_bytes());
-    key
-}
-
-fn config_key(mount: &str) -> Vec<u8> {
-    format!("kv/{mount}config").into_bytes()
-}
+use crate::keys::{kv_config as config_key, kv_data as data_key, kv_meta as meta_key};
 
 /// One version's data as stored.
 #[derive(Serialize, Deserialize)]
@@ -184,7 +172,7 @@ impl Vault {
             let txn = Txn::new()
                 .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
                 .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?)
-                .delete_prefix(format!("kv/{path}"));
+                .delete_prefix(crate::keys::kv_mount(&path));
             Ok((txn, ()))
         })
         .await
@@ -540,7 +528,7 @@ impl Vault {
         auth.require(&format!("{mount}metadata/{path}"), Capability::Delete)?;
         rules::validate_path(path)?;
         let mkey = meta_key(mount, path);
-        let data_prefix = format!("kv/{mount}data/{path}\0").into_bytes();
+        let data_prefix = crate::keys::kv_data_prefix(mount, path);
         let txn = Txn::new().delete(mkey).delete_prefix(data_prefix);
         self.engine.write(txn).await?;
         Ok(())
@@ -643,10 +631,4 @@ mod tests {
         assert_eq!(doc, serde_json::json!({"a": "z", "c": {"d": "e"}, "n": 1}));
     }
 
-    #[test]
-    fn data_keys_of_different_paths_never_collide() {
-        assert_ne!(data_key("secret/", "a", 1), data_key("secret/", "a\0", 1));
-        // Deleting every version of "a" (prefix "…/a\0") must not touch "a/b".
-        assert!(!data_key("secret/", "a/b", 1).starts_with(b"kv/secret/data/a\0"));
-    }
 }

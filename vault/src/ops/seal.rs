@@ -19,7 +19,7 @@ use crate::rules::seal::{decode_share, init_material, SealConfig, ShareOutcome, 
 use crate::rules::token::{accessor_key, generate_accessor, generate_token, token_key, TokenEntry};
 
 /// Storage key of the cluster CA (certificate and key, encrypted).
-pub const CA_KEY: &[u8] = b"core/ca";
+pub const CA_KEY: &[u8] = crate::keys::CA;
 
 /// The cluster CA as kept in the replicated state.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -119,10 +119,10 @@ impl Vault {
         let spool_key = crate::audit::SpoolKey::generate();
         let spool_secret = zeroize::Zeroizing::new(hex::encode(*spool_key.to_bytes()));
         txn = txn
-            .put(super::audit::SPOOL_PUB_KEY, spool_key.public().to_vec())
+            .put(crate::keys::SPOOL_PUBLIC_KEY, spool_key.public().to_vec())
             .put(
-                super::audit::SPOOL_SECRET_KEY,
-                seal_json(&keyring, super::audit::SPOOL_SECRET_KEY, &*spool_secret)?,
+                crate::keys::SPOOL_SECRET_KEY,
+                seal_json(&keyring, crate::keys::SPOOL_SECRET_KEY, &*spool_secret)?,
             );
         if !self.engine.write(txn).await?.succeeded {
             return Err(VaultError::AlreadyInitialized);

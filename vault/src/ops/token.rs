@@ -26,15 +26,11 @@ pub const DEFAULT_TTL_SECS: u64 = 768 * 3600;
 pub const MAX_TTL_SECS: u64 = 768 * 3600;
 /// Tokens one revocation transaction removes.
 const REVOKE_BATCH: usize = 256;
-/// Prefix of the revocation queue: tokens deleted whose descendants are still to remove.
-const REVOKING_PREFIX: &str = "auth/token/revoking/";
 
 /// How often the leader looks for revocations a crash interrupted.
 const REVOCATION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn revoking_key(id: &str) -> Vec<u8> {
-    format!("{REVOKING_PREFIX}{id}").into_bytes()
-}
+use crate::keys::{token_revoking as revoking_key, TOKEN_REVOKING as REVOKING_PREFIX};
 
 /// What a new token should be.
 #[derive(Clone, Debug, Default)]

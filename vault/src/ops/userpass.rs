@@ -48,9 +48,7 @@ pub struct UserUpdate {
     pub token_max_ttl: Option<u64>,
 }
 
-fn user_key(name: &str) -> Vec<u8> {
-    format!("auth/userpass/users/{name}").into_bytes()
-}
+use crate::keys::user as user_key;
 
 /// OWASP's Argon2id recommendation: 19 MiB, 2 passes, 1 lane.
 fn hasher() -> Argon2<'static> {
@@ -268,7 +266,7 @@ impl Vault {
     pub fn list_users(&self, auth: &Auth) -> Result<Vec<String>> {
         auth.require_list("auth/userpass/users")?;
         self.keyring()?;
-        let prefix = b"auth/userpass/users/";
+        let prefix = crate::keys::USERS.as_bytes();
         Ok(self
             .engine
             .scan(prefix, None, 100_000)?

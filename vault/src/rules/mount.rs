@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Storage key of the mount table.
-pub const MOUNTS_KEY: &[u8] = b"core/mounts";
+pub const MOUNTS_KEY: &[u8] = crate::keys::MOUNTS;
 
 /// One mounted secrets engine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

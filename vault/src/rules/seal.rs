@@ -13,7 +13,7 @@ use crate::crypto::shamir;
 use crate::crypto::Key;
 
 /// Storage key of the seal configuration (plaintext).
-pub const SEAL_CONFIG_KEY: &[u8] = b"core/seal-config";
+pub const SEAL_CONFIG_KEY: &[u8] = crate::keys::SEAL_CONFIG;
 
 /// Persisted seal parameters (Vault's `sys/init` shape plus share fingerprints).
 #[derive(Clone, Debug, Serialize, Deserialize)]

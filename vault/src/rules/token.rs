@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// A stored token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,36 +187,10 @@ fn random_base62(len: usize) -> String {
         .collect()
 }
 
-/// Storage key of a token record: the token's SHA-256, never the token.
-pub fn token_key(token: &str) -> Vec<u8> {
-    format!(
-        "auth/token/id/{}",
-        hex::encode(Sha256::digest(token.as_bytes()))
-    )
-    .into_bytes()
-}
-
-/// The hex id inside a token storage key (what `parent` and the child index hold).
-pub fn token_id_of_key(key: &[u8]) -> String {
-    String::from_utf8_lossy(key)
-        .trim_start_matches("auth/token/id/")
-        .to_string()
-}
-
-/// Storage key of a token record from its hex id.
-pub fn token_key_from_id(id: &str) -> Vec<u8> {
-    format!("auth/token/id/{id}").into_bytes()
-}
-
-/// Prefix of the child index of a parent token.
-pub fn children_prefix(parent_id: &str) -> Vec<u8> {
-    format!("auth/token/children/{parent_id}/").into_bytes()
-}
-
-/// Storage key mapping an accessor to its token record key.
-pub fn accessor_key(accessor: &str) -> Vec<u8> {
-    format!("auth/token/accessor/{accessor}").into_bytes()
-}
+pub use crate::keys::{
+    accessor as accessor_key, token as token_key, token_by_id as token_key_from_id,
+    token_children as children_prefix, token_id as token_id_of_key,
+};
 
 #[cfg(test)]
 mod tests {
