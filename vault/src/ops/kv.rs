@@ -16,8 +16,8 @@ use super::records::Record;
 use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
-use crate::rules::kv::{self as rules, MountConfig, SecretMeta, VersionMeta};
-use crate::rules::mount::{MountEntry, MountTable, MOUNTS_KEY};
+use crate::rules::kv::{self as rules, KvMetaUpdate, MountConfig, SecretMeta, VersionMeta};
+
 use crate::rules::policy::Capability;
 
 /// Most keys a LIST returns.
@@ -80,19 +80,6 @@ impl KvVersion {
     }
 }
 
-/// Fields of `POST/PATCH metadata/:path`; absent fields are left unchanged.
-#[derive(Clone, Debug, Default)]
-pub struct KvMetaUpdate {
-    /// New `max_versions`.
-    pub max_versions: Option<u32>,
-    /// New `cas_required`.
-    pub cas_required: Option<bool>,
-    /// New `delete_version_after` (Go duration string).
-    pub delete_version_after: Option<String>,
-    /// New custom metadata (replaces on POST, merges on PATCH).
-    pub custom_metadata: Option<BTreeMap<String, String>>,
-}
-
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
@@ -115,67 +102,6 @@ impl Vault {
             },
             _ => Ok(()),
         }
-    }
-
-    /// The mount table.
-    pub fn mount_table(&self) -> Result<MountTable> {
-        Ok(self
-            .read_record::<MountTable>(MOUNTS_KEY)?
-            .map(|r| r.value)
-            .unwrap_or_default())
-    }
-
-    /// Adds a KV v2 mount at `path`. As in Vault: `create` or `update`, with `sudo`, on
-    /// `sys/mounts/<path>` (checked on the normalized path).
-    pub async fn mount_kv(&self, auth: &Auth, path: &str, description: &str) -> Result<()> {
-        let path = crate::rules::mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
-        let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
-        auth.require_sudo(&acl_path, Capability::Create)
-            .or_else(|_| auth.require_sudo(&acl_path, Capability::Update))?;
-        self.transact(|| {
-            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
-            let mut table = current
-                .as_ref()
-                .map(|r| r.value.clone())
-                .unwrap_or_default();
-            if table
-                .keys()
-                .any(|m| m.starts_with(&path) || path.starts_with(m.as_str()))
-            {
-                return Err(VaultError::InvalidRequest(format!(
-                    "path is already in use at {path}"
-                )));
-            }
-            table.insert(path.clone(), MountEntry::kv2(description));
-            let txn = Txn::new()
-                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
-                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
-            Ok((txn, ()))
-        })
-        .await
-    }
-
-    /// Removes a mount and every secret under it.
-    pub async fn unmount(&self, auth: &Auth, path: &str) -> Result<()> {
-        let path = crate::rules::mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
-        let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
-        auth.require_sudo(&acl_path, Capability::Delete)?;
-        self.transact(|| {
-            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
-            let mut table = current
-                .as_ref()
-                .map(|r| r.value.clone())
-                .unwrap_or_default();
-            if table.remove(&path).is_none() {
-                return Ok((Txn::new(), ()));
-            }
-            let txn = Txn::new()
-                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
-                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?)
-                .delete_prefix(crate::keys::kv_mount(&path));
-            Ok((txn, ()))
-        })
-        .await
     }
 
     fn meta_record(&self, mount: &str, path: &str) -> Result<Option<Record<SecretMeta>>> {
@@ -204,22 +130,14 @@ impl Vault {
         update: KvMetaUpdate,
     ) -> Result<()> {
         auth.require(&format!("{mount}config"), Capability::Update)?;
-        let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
+        let change = rules::MetaChange::parse(update)?;
         self.transact(|| {
             let current = self.mount_config(mount)?;
             let mut cfg = current
                 .as_ref()
                 .map(|r| r.value.clone())
                 .unwrap_or_default();
-            if let Some(v) = update.max_versions {
-                cfg.max_versions = v;
-            }
-            if let Some(v) = update.cas_required {
-                cfg.cas_required = v;
-            }
-            if let Some(v) = delete_after {
-                cfg.delete_version_after_secs = v;
-            }
+            change.apply_to_config(&mut cfg);
             let key = config_key(mount);
             let txn = Txn::new()
                 .unchanged(key.clone(), current.as_ref().map(|r| &r.entry))
@@ -306,7 +224,7 @@ impl Vault {
                 }
             };
             let mut doc = Value::Object(data);
-            merge_patch(&mut doc, &Value::Object(patch.clone()));
+            rules::merge_patch(&mut doc, &Value::Object(patch.clone()));
             let Value::Object(data) = doc else {
                 return Err(VaultError::internal("merge patch produced a non-object"));
             };
@@ -467,10 +385,7 @@ impl Vault {
         update: KvMetaUpdate,
         merge: bool,
     ) -> Result<()> {
-        let delete_after = parse_delete_after(update.delete_version_after.as_deref())?;
-        if let Some(custom) = &update.custom_metadata {
-            validate_custom_metadata(custom)?;
-        }
+        let change = rules::MetaChange::parse(update)?;
         let mkey = meta_key(mount, path);
         self.transact(|| {
             let config = self
@@ -494,23 +409,7 @@ impl Vault {
                 .as_ref()
                 .map(|r| r.value.clone())
                 .unwrap_or_else(|| SecretMeta::new(&now));
-            if let Some(v) = update.max_versions {
-                meta.max_versions = v;
-            }
-            if let Some(v) = update.cas_required {
-                meta.cas_required = v;
-            }
-            if let Some(v) = delete_after {
-                meta.delete_version_after_secs = v;
-            }
-            if let Some(custom) = &update.custom_metadata {
-                if merge {
-                    meta.custom_metadata.extend(custom.clone());
-                } else {
-                    meta.custom_metadata = custom.clone();
-                }
-            }
-            meta.updated_time = now;
+            change.apply_to_meta(&mut meta, merge, &now);
             let pruned = rules::prune(&mut meta, &config);
             let mut txn = Txn::new()
                 .unchanged(mkey.clone(), current.as_ref().map(|r| &r.entry))
@@ -570,65 +469,3 @@ impl Vault {
     }
 }
 
-fn parse_delete_after(value: Option<&str>) -> Result<Option<u64>> {
-    value
-        .map(|s| {
-            clock::parse_duration_secs(s).ok_or_else(|| {
-                VaultError::InvalidRequest(format!("invalid delete_version_after duration {s:?}"))
-            })
-        })
-        .transpose()
-}
-
-fn validate_custom_metadata(custom: &BTreeMap<String, String>) -> Result<()> {
-    if custom.len() > 64 {
-        return Err(VaultError::InvalidRequest(
-            "custom_metadata holds more than 64 keys".into(),
-        ));
-    }
-    for (k, v) in custom {
-        if k.len() > 128 || v.len() > 512 {
-            return Err(VaultError::InvalidRequest(format!(
-                "custom_metadata key {k:?}: keys are limited to 128 bytes and values to 512"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// RFC 7396 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch_map) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(target_map) = target else {
-        return;
-    };
-    for (k, v) in patch_map {
-        if v.is_null() {
-            target_map.remove(k);
-        } else {
-            merge_patch(target_map.entry(k.clone()).or_insert(Value::Null), v);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_patch_follows_rfc7396() {
-        let mut doc = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
-        merge_patch(
-            &mut doc,
-            &serde_json::json!({"a": "z", "c": {"f": null}, "n": 1}),
-        );
-        assert_eq!(doc, serde_json::json!({"a": "z", "c": {"d": "e"}, "n": 1}));
-    }
-
-}

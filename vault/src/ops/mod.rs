@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod cluster;
 mod kv;
+mod mount;
 mod records;
 mod seal;
 mod sessions;
@@ -27,7 +28,8 @@ pub use cluster::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary,
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
-pub use kv::{Consistency, KvMetaUpdate, KvRead, KvVersion};
+pub use crate::rules::kv::KvMetaUpdate;
+pub use kv::{Consistency, KvRead, KvVersion};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
 pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use token::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};

@@ -15,7 +15,7 @@ use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
 use crate::rules::policy::Capability;
-use crate::rules::token::{
+use crate::rules::token::{child_policies, renewed_expiry, 
     accessor_key, children_prefix, generate_accessor, generate_token, plan_ttl, token_id_of_key,
     token_key, token_key_from_id, LifetimeRequest, TokenEntry, MAX_TOKEN_DEPTH,
 };
@@ -98,27 +98,9 @@ impl Vault {
                 "token chains are limited to {MAX_TOKEN_DEPTH} generations"
             )));
         }
-        let mut policies: Vec<String> = if req.policies.is_empty() {
-            auth.policies.clone()
-        } else {
-            req.policies.clone()
-        };
-        if !auth.is_root() {
-            if let Some(p) = policies
-                .iter()
-                .find(|p| *p != "default" && !auth.policies.contains(p))
-            {
-                return Err(VaultError::InvalidRequest(format!(
-                    "child policies must be a subset of the parent's: {p:?} is not"
-                )));
-            }
-        }
+        let policies = child_policies(&auth.policies, &req.policies, req.no_default_policy)
+            .map_err(VaultError::InvalidRequest)?;
         let is_root_token = policies.iter().any(|p| p == "root");
-        if !is_root_token && !req.no_default_policy && !policies.iter().any(|p| p == "default") {
-            policies.push("default".into());
-        }
-        policies.sort();
-        policies.dedup();
         let now = clock::now().unix_timestamp();
         let parent_left = if req.no_parent {
             None
@@ -300,26 +282,12 @@ impl Vault {
                 return Err(VaultError::InvalidRequest("token is not renewable".into()));
             }
             let now = clock::now().unix_timestamp();
-            let wanted = if entry.period > 0 {
-                entry.period
-            } else {
-                increment_secs
-                    .filter(|i| *i > 0)
-                    .unwrap_or(entry.creation_ttl)
-            };
-            let max = self.token_limits.max_ttl_secs;
-            let mut expire = now.saturating_add(wanted.min(max) as i64);
-            if entry.period == 0 {
-                expire = expire.min(entry.creation_time.saturating_add(max as i64));
-            }
-            if entry.explicit_max_ttl > 0 {
-                expire = expire.min(
-                    entry
-                        .creation_time
-                        .saturating_add(entry.explicit_max_ttl.min(max) as i64),
-                );
-            }
-            entry.expire_time = Some(expire);
+            entry.expire_time = Some(renewed_expiry(
+                &entry,
+                now,
+                increment_secs,
+                self.token_limits,
+            ));
             let txn = Txn::new()
                 .unchanged(key.clone(), Some(&current.entry))
                 .put(key.clone(), self.seal_record(&key, &entry)?);

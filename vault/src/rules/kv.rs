@@ -9,6 +9,133 @@ use serde::{Deserialize, Serialize};
 use crate::clock;
 use crate::error::{Result, VaultError};
 
+/// Fields of `POST/PATCH metadata/:path` and of a mount's `config`; absent fields are left
+/// unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct KvMetaUpdate {
+    /// New `max_versions`.
+    pub max_versions: Option<u32>,
+    /// New `cas_required`.
+    pub cas_required: Option<bool>,
+    /// New `delete_version_after` (Go duration string).
+    pub delete_version_after: Option<String>,
+    /// New custom metadata (replaces on POST, merges on PATCH).
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Most custom metadata keys per secret (Vault's limit).
+pub const CUSTOM_METADATA_MAX_KEYS: usize = 64;
+/// Longest custom metadata key, bytes (Vault's limit).
+pub const CUSTOM_METADATA_MAX_KEY_BYTES: usize = 128;
+/// Longest custom metadata value, bytes (Vault's limit).
+pub const CUSTOM_METADATA_MAX_VALUE_BYTES: usize = 512;
+
+/// A checked [`KvMetaUpdate`]: durations parsed, custom metadata within bounds. One change
+/// applies to a secret's metadata and to a mount's configuration alike.
+#[derive(Clone, Debug)]
+pub struct MetaChange {
+    update: KvMetaUpdate,
+    delete_after_secs: Option<u64>,
+}
+
+impl MetaChange {
+    /// Checks an update; the error names the field.
+    pub fn parse(update: KvMetaUpdate) -> Result<Self> {
+        let delete_after_secs = update
+            .delete_version_after
+            .as_deref()
+            .map(|s| {
+                clock::parse_duration_secs(s).ok_or_else(|| {
+                    VaultError::InvalidRequest(format!(
+                        "invalid delete_version_after duration {s:?}"
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(custom) = &update.custom_metadata {
+            validate_custom_metadata(custom)?;
+        }
+        Ok(Self {
+            update,
+            delete_after_secs,
+        })
+    }
+
+    /// Applies the change to a secret's metadata at `now`: custom metadata replaced, or with
+    /// `merge` (PATCH) merged.
+    pub fn apply_to_meta(&self, meta: &mut SecretMeta, merge: bool, now: &str) {
+        if let Some(v) = self.update.max_versions {
+            meta.max_versions = v;
+        }
+        if let Some(v) = self.update.cas_required {
+            meta.cas_required = v;
+        }
+        if let Some(v) = self.delete_after_secs {
+            meta.delete_version_after_secs = v;
+        }
+        if let Some(custom) = &self.update.custom_metadata {
+            if merge {
+                meta.custom_metadata.extend(custom.clone());
+            } else {
+                meta.custom_metadata = custom.clone();
+            }
+        }
+        meta.updated_time = now.to_string();
+    }
+
+    /// Applies the change to a mount's configuration (custom metadata is not a mount
+    /// setting and is ignored here; the API refuses it).
+    pub fn apply_to_config(&self, cfg: &mut MountConfig) {
+        if let Some(v) = self.update.max_versions {
+            cfg.max_versions = v;
+        }
+        if let Some(v) = self.update.cas_required {
+            cfg.cas_required = v;
+        }
+        if let Some(v) = self.delete_after_secs {
+            cfg.delete_version_after_secs = v;
+        }
+    }
+}
+
+fn validate_custom_metadata(custom: &BTreeMap<String, String>) -> Result<()> {
+    if custom.len() > CUSTOM_METADATA_MAX_KEYS {
+        return Err(VaultError::InvalidRequest(format!(
+            "custom_metadata holds more than {CUSTOM_METADATA_MAX_KEYS} keys"
+        )));
+    }
+    for (k, v) in custom {
+        if k.len() > CUSTOM_METADATA_MAX_KEY_BYTES || v.len() > CUSTOM_METADATA_MAX_VALUE_BYTES {
+            return Err(VaultError::InvalidRequest(format!(
+                "custom_metadata key {k:?}: keys are limited to {CUSTOM_METADATA_MAX_KEY_BYTES} bytes and values to {CUSTOM_METADATA_MAX_VALUE_BYTES}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 7396 JSON merge patch (`PATCH data/:path`).
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::{Map, Value};
+    let Value::Object(patch_map) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(target_map) = target else {
+        return;
+    };
+    for (k, v) in patch_map {
+        if v.is_null() {
+            target_map.remove(k);
+        } else {
+            merge_patch(target_map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
 /// `max_versions` when neither the secret nor the mount sets one (Vault's default).
 pub const DEFAULT_MAX_VERSIONS: u32 = 10;
 
@@ -249,6 +376,45 @@ pub fn validate_path(path: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut doc = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(
+            &mut doc,
+            &serde_json::json!({"a": "z", "c": {"f": null}, "n": 1}),
+        );
+        assert_eq!(doc, serde_json::json!({"a": "z", "c": {"d": "e"}, "n": 1}));
+    }
+
+    #[test]
+    fn one_change_applies_to_a_secret_and_to_a_mount() {
+        let change = MetaChange::parse(KvMetaUpdate {
+            max_versions: Some(3),
+            delete_version_after: Some("1h".into()),
+            custom_metadata: Some(BTreeMap::from([("a".into(), "1".into())])),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut meta = SecretMeta::new("t0");
+        meta.custom_metadata.insert("b".into(), "2".into());
+        change.apply_to_meta(&mut meta, true, "t1");
+        assert_eq!(
+            (meta.max_versions, meta.delete_version_after_secs, meta.custom_metadata.len()),
+            (3, 3600, 2)
+        );
+        change.apply_to_meta(&mut meta, false, "t2");
+        assert_eq!(meta.custom_metadata.len(), 1, "POST replaces");
+        let mut cfg = MountConfig::default();
+        change.apply_to_config(&mut cfg);
+        assert_eq!((cfg.max_versions, cfg.delete_version_after_secs), (3, 3600));
+        let too_many = (0..65).map(|i| (i.to_string(), String::new())).collect();
+        assert!(MetaChange::parse(KvMetaUpdate {
+            custom_metadata: Some(too_many),
+            ..Default::default()
+        })
+        .is_err());
+    }
 
     fn at(secs: i64) -> time::OffsetDateTime {
         time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()

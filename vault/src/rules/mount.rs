@@ -61,6 +61,21 @@ pub fn resolve<'a>(
         .map(|(mount, entry)| (mount.as_str(), entry, path.get(mount.len()..).unwrap_or("")))
 }
 
+/// The table with a new KV v2 mount at `path` (validated), or why not: a mount may not
+/// contain another or sit inside one.
+pub fn add_kv(table: &MountTable, path: &str, description: &str) -> Result<MountTable, String> {
+    let path = validate_mount_path(path)?;
+    if table
+        .keys()
+        .any(|m| m.starts_with(&path) || path.starts_with(m.as_str()))
+    {
+        return Err(format!("path is already in use at {path}"));
+    }
+    let mut next = table.clone();
+    next.insert(path, MountEntry::kv2(description));
+    Ok(next)
+}
+
 /// Validates a mount path given by an operator: segments of `[A-Za-z0-9_.-]`, not reserved.
 pub fn validate_mount_path(path: &str) -> Result<String, String> {
     let trimmed = path.trim_matches('/');
@@ -101,6 +116,17 @@ mod tests {
         let (m, _, rest) = resolve(&table, "secret").unwrap();
         assert_eq!((m, rest), ("secret/", ""));
         assert!(resolve(&table, "nope/data/x").is_none());
+    }
+
+    #[test]
+    fn mounts_never_nest() {
+        let table = default_table();
+        assert!(add_kv(&table, "team", "").unwrap().contains_key("team/"));
+        for nested in ["secret", "secret/team", "secret/"] {
+            assert!(add_kv(&table, nested, "").is_err(), "{nested}");
+        }
+        let with_team = add_kv(&table, "team/a", "").unwrap();
+        assert!(add_kv(&with_team, "team", "").is_err(), "a mount cannot contain one");
     }
 
     #[test]

@@ -89,6 +89,70 @@ impl Default for TokenLimits {
     }
 }
 
+/// The policies of a new token made by a parent holding `parent`: the requested ones (or the
+/// parent's when none are asked), each of which the parent must hold unless it is root, plus
+/// `default` unless asked not to or the token is root; sorted, without repeats.
+pub fn child_policies(
+    parent: &[String],
+    requested: &[String],
+    no_default: bool,
+) -> Result<Vec<String>, String> {
+    let mut policies: Vec<String> = if requested.is_empty() {
+        parent.to_vec()
+    } else {
+        requested.to_vec()
+    };
+    if !parent.iter().any(|p| p == "root") {
+        if let Some(p) = policies
+            .iter()
+            .find(|p| *p != "default" && !parent.contains(p))
+        {
+            return Err(format!(
+                "child policies must be a subset of the parent's: {p:?} is not"
+            ));
+        }
+    }
+    let root = policies.iter().any(|p| p == "root");
+    if !root && !no_default && !policies.iter().any(|p| p == "default") {
+        policies.push("default".into());
+    }
+    policies.sort();
+    policies.dedup();
+    Ok(policies)
+}
+
+/// The expiry (Unix seconds) of `entry` renewed at `now`: its period, or the increment asked
+/// (else its original TTL), capped by the system maximum from its creation (periodic tokens
+/// excepted) and by its explicit maximum.
+pub fn renewed_expiry(
+    entry: &TokenEntry,
+    now: i64,
+    increment_secs: Option<u64>,
+    limits: TokenLimits,
+) -> i64 {
+    let wanted = if entry.period > 0 {
+        entry.period
+    } else {
+        increment_secs
+            .filter(|i| *i > 0)
+            .unwrap_or(entry.creation_ttl)
+    };
+    let max = limits.max_ttl_secs;
+    let secs = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut expire = now.saturating_add(secs(wanted.min(max)));
+    if entry.period == 0 {
+        expire = expire.min(entry.creation_time.saturating_add(secs(max)));
+    }
+    if entry.explicit_max_ttl > 0 {
+        expire = expire.min(
+            entry
+                .creation_time
+                .saturating_add(secs(entry.explicit_max_ttl.min(max))),
+        );
+    }
+    expire
+}
+
 /// What a caller asks of a new child token's lifetime.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LifetimeRequest {

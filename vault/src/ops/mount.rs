@@ -1,0 +1,66 @@
+//! The mount table: reading it, and enabling or disabling a KV v2 mount (the rules are
+//! [`crate::rules::mount`]).
+
+use coffer_raft::Txn;
+
+use super::{Auth, Vault};
+use crate::error::{Result, VaultError};
+use crate::rules::mount::{self, MountTable, MOUNTS_KEY};
+use crate::rules::policy::Capability;
+
+impl Vault {
+    /// The mount table.
+    pub fn mount_table(&self) -> Result<MountTable> {
+        Ok(self
+            .read_record::<MountTable>(MOUNTS_KEY)?
+            .map(|r| r.value)
+            .unwrap_or_default())
+    }
+
+    /// Adds a KV v2 mount at `path`. As in Vault: `create` or `update`, with `sudo`, on
+    /// `sys/mounts/<path>` (checked on the normalized path).
+    pub async fn mount_kv(&self, auth: &Auth, path: &str, description: &str) -> Result<()> {
+        let path = mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
+        auth.require_sudo(&acl_path, Capability::Create)
+            .or_else(|_| auth.require_sudo(&acl_path, Capability::Update))?;
+        self.transact(|| {
+            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
+            let existing = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
+            let table = mount::add_kv(&existing, &path, description)
+                .map_err(VaultError::InvalidRequest)?;
+            let txn = Txn::new()
+                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
+                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+    /// Removes a mount and every secret under it.
+    pub async fn unmount(&self, auth: &Auth, path: &str) -> Result<()> {
+        let path = mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
+        let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
+        auth.require_sudo(&acl_path, Capability::Delete)?;
+        self.transact(|| {
+            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
+            let mut table = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
+            if table.remove(&path).is_none() {
+                return Ok((Txn::new(), ()));
+            }
+            let txn = Txn::new()
+                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
+                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?)
+                .delete_prefix(crate::keys::kv_mount(&path));
+            Ok((txn, ()))
+        })
+        .await
+    }
+
+}
