@@ -13,4 +13,4 @@ pub mod spool;
 
 pub use record::{chain, verify_chain, AuditEvent, AuditRecord, ChainProblem};
 pub use sealing::SpoolKey;
-pub use spool::{Spool, SpoolStats};
+pub use spool::{Spool, SpoolError, SpoolStats};

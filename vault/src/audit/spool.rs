@@ -45,7 +45,43 @@ const SEGMENT_RECORDS: u64 = 10_000;
 /// Most appends one group commit takes.
 const MAX_GROUP: usize = 4096;
 
-type Reply = tokio::sync::oneshot::Sender<Result<AuditRecord, String>>;
+type Reply = tokio::sync::oneshot::Sender<Result<AuditRecord, SpoolError>>;
+
+/// Why the spool could not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    /// A write or fsync failed: the spool refuses every append until the node restarts
+    /// (fail closed); the text says what failed.
+    #[error("audit spool unavailable: {0}")]
+    Unavailable(String),
+    /// The writer thread is gone (the node is shutting down).
+    #[error("audit spool writer has stopped")]
+    Stopped,
+    /// The record asked for was merged and pruned.
+    #[error("audit record {0} is no longer in the spool")]
+    Pruned(u64),
+    /// A sealed body was asked for without the spool key (the vault is sealed).
+    #[error("the audit spool key is needed (the vault is sealed)")]
+    Sealed,
+    /// A line fails its checks: unreadable, a clear body where none may be, a MAC or a
+    /// sealed body that does not verify.
+    #[error("audit spool record {seq} failed authentication: {why}")]
+    Tampered {
+        /// The record's sequence number (0 when the line could not be read at all).
+        seq: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Reading or writing the spool's files failed.
+    #[error("audit spool: {0}")]
+    Io(String),
+}
+
+impl From<String> for SpoolError {
+    fn from(why: String) -> Self {
+        SpoolError::Io(why)
+    }
+}
 
 /// Counters for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -174,19 +210,23 @@ impl SpoolLine {
         epoch: &str,
         mac_key: Option<&[u8; 32]>,
         sealed_from: u64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, SpoolError> {
+        let tampered = |why: String| SpoolError::Tampered {
+            seq: self.seq,
+            why,
+        };
         if self.event.is_some() && sealed_from > 0 && self.seq > sealed_from {
-            return Err(format!(
+            return Err(tampered(format!(
                 "record {} has a clear body after the spool's bodies were sealed",
                 self.seq
-            ));
+            )));
         }
         match (&self.mac, mac_key) {
             (Some(mac), Some(key)) => {
                 if *mac == line_mac(key, self.node, epoch, self.seq, &self.hash) {
                     Ok(true)
                 } else {
-                    Err(format!("record {} fails its MAC", self.seq))
+                    Err(tampered(format!("record {} fails its MAC", self.seq)))
                 }
             }
             (Some(_), None) => Ok(true),
@@ -195,15 +235,18 @@ impl SpoolLine {
     }
 
     /// The record, opening a sealed body with `key`.
-    fn record(self, epoch: &str, key: Option<&SpoolKey>) -> Result<AuditRecord, String> {
+    fn record(self, epoch: &str, key: Option<&SpoolKey>) -> Result<AuditRecord, SpoolError> {
+        let seq = self.seq;
+        let tampered = |why: String| SpoolError::Tampered { seq, why };
         let event = match (self.event, self.sealed) {
             (Some(e), _) => e,
             (None, Some(sealed)) => {
-                let key = key.ok_or("the audit spool key is needed (the vault is sealed)")?;
-                let body = key.open(self.node, self.seq, &sealed)?;
-                serde_json::from_slice(&body).map_err(|e| format!("sealed audit body: {e}"))?
+                let key = key.ok_or(SpoolError::Sealed)?;
+                let body = key.open(self.node, self.seq, &sealed).map_err(tampered)?;
+                serde_json::from_slice(&body)
+                    .map_err(|e| tampered(format!("sealed audit body: {e}")))?
             }
-            (None, None) => return Err("spool line has no body".into()),
+            (None, None) => return Err(tampered("spool line has no body".into())),
         };
         Ok(AuditRecord {
             node: self.node,
@@ -312,7 +355,7 @@ fn recover_tail(path: &Path) -> Result<Option<(u64, String)>, String> {
 
 impl Spool {
     /// Opens (creating) the spool in `dir` for node `node` and starts its writer thread.
-    pub fn open(dir: &Path, node: u64) -> Result<Self, String> {
+    pub fn open(dir: &Path, node: u64) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let segments = list_segments(dir)?;
         let last = match segments.iter().next_back() {
@@ -381,20 +424,18 @@ impl Spool {
     }
 
     /// Appends an event; resolves once its record is durable.
-    pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, String> {
+    pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, SpoolError> {
         if let Some(why) = self.failure() {
-            return Err(why);
+            return Err(SpoolError::Unavailable(why));
         }
         let started = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .lock()
-            .map_err(|_| "audit spool lock poisoned".to_string())?
+            .map_err(|_| SpoolError::Stopped)?
             .send((event, reply))
-            .map_err(|_| "audit spool writer has stopped".to_string())?;
-        let result = rx
-            .await
-            .map_err(|_| "audit spool writer has stopped".to_string())?;
+            .map_err(|_| SpoolError::Stopped)?;
+        let result = rx.await.map_err(|_| SpoolError::Stopped)?;
         let waited = started.elapsed().as_nanos() as u64;
         self.shared
             .stats
@@ -442,7 +483,7 @@ impl Spool {
         seq: u64,
         max: usize,
         key: Option<&SpoolKey>,
-    ) -> Result<Vec<AuditRecord>, String> {
+    ) -> Result<Vec<AuditRecord>, SpoolError> {
         let durable = self.last_seq();
         if seq > durable || max == 0 {
             return Ok(Vec::new());
@@ -460,7 +501,7 @@ impl Spool {
             }
             _ => match segments.range(..=seq).next_back() {
                 Some((first, _)) => (*first, 0),
-                None => return Err(format!("audit record {seq} is no longer in the spool")),
+                None => return Err(SpoolError::Pruned(seq)),
             },
         };
         let mac_key = self.mac_key();
@@ -481,16 +522,16 @@ impl Spool {
                 if n == 0 || line.last() != Some(&b'\n') {
                     break;
                 }
-                let rec: SpoolLine = serde_json::from_slice(&line).map_err(|e| {
-                    format!("unreadable audit spool line in {}: {e}", path.display())
+                let rec: SpoolLine = serde_json::from_slice(&line).map_err(|e| SpoolError::Tampered {
+                    seq: 0,
+                    why: format!("unreadable audit spool line in {}: {e}", path.display()),
                 })?;
                 if rec.seq > durable {
                     break;
                 }
                 offset += n as u64;
                 if rec.seq >= seq {
-                    rec.authenticate(&self.epoch, mac_key.as_deref(), sealed_from)
-                        .map_err(|e| format!("audit spool record failed authentication: {e}"))?;
+                    rec.authenticate(&self.epoch, mac_key.as_deref(), sealed_from)?;
                     out.push(rec.record(&self.epoch, key)?);
                     if out.len() >= max {
                         let next = out.last().map_or(seq, |r| r.seq + 1);
@@ -515,7 +556,7 @@ impl Spool {
 
     /// Deletes segments whose every record is at or below `seq` (merged into the cluster
     /// log), never the segment being written.
-    pub fn prune_through(&self, seq: u64) -> Result<(), String> {
+    pub fn prune_through(&self, seq: u64) -> Result<(), SpoolError> {
         let mut segments = self.shared.segments.lock().map_err(|e| e.to_string())?;
         let firsts: Vec<u64> = segments.keys().copied().collect();
         for pair in firsts.windows(2) {
@@ -534,7 +575,7 @@ impl Spool {
     /// fields, each MAC (with the node unsealed), and each body against its hash (opening
     /// sealed bodies with `key`). Returns the count, the problems, and how many records
     /// after the first MAC'd one carry no MAC (written while sealed: not authenticated).
-    pub fn verify(&self, key: Option<&SpoolKey>) -> Result<SpoolVerdict, String> {
+    pub fn verify(&self, key: Option<&SpoolKey>) -> Result<SpoolVerdict, SpoolError> {
         let segments = self
             .shared
             .segments
@@ -595,7 +636,7 @@ impl Spool {
                     Ok(true) => seen_mac = true,
                     Ok(false) if seen_mac => unauthenticated += 1,
                     Ok(false) => {}
-                    Err(e) => problems.push(problem(seq, "tampered", e)),
+                    Err(e) => problems.push(problem(seq, "tampered", e.to_string())),
                 }
                 if sealed_from == 0 && line.is_sealed() {
                     sealed_from = seq;
@@ -681,7 +722,7 @@ impl Writer {
         let failed = self.shared.failure.lock().ok().and_then(|f| f.clone());
         if let Some(why) = failed {
             for (_, reply) in group {
-                let _ = reply.send(Err(why.clone()));
+                let _ = reply.send(Err(SpoolError::Unavailable(why.clone())));
             }
             return;
         }
@@ -715,14 +756,14 @@ impl Writer {
                 self.shared.notify.notify_waiters();
             }
             Err(why) => {
-                let why = format!("audit spool unavailable: {why}");
-                tracing::error!("{why}; refusing requests until restart (fail closed)");
+                let err = SpoolError::Unavailable(why);
+                tracing::error!("{err}; refusing requests until restart (fail closed)");
                 (self.last_seq, self.last_hash) = (seq0, hash0);
                 if let Ok(mut f) = self.shared.failure.lock() {
-                    *f = Some(why.clone());
+                    *f = Some(err.to_string());
                 }
                 for (_, reply) in group {
-                    let _ = reply.send(Err(why.clone()));
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
@@ -938,11 +979,11 @@ mod tests {
         let spool = Spool::open(dir.path(), 1).unwrap();
         // The first segment is created on the first append; make it a disk that is full.
         std::os::unix::fs::symlink("/dev/full", dir.path().join(segment_name(1))).unwrap();
-        let err = spool.append(ev(1)).await.unwrap_err();
+        let err = spool.append(ev(1)).await.unwrap_err().to_string();
         assert!(err.starts_with("audit spool unavailable: write:"), "{err}");
         assert_eq!(spool.failure().as_deref(), Some(err.as_str()));
         assert_eq!(
-            spool.append(ev(2)).await.unwrap_err(),
+            spool.append(ev(2)).await.unwrap_err().to_string(),
             err,
             "refuses until restart"
         );
@@ -987,7 +1028,7 @@ mod tests {
             *line = SpoolLine::of(&rec, Some(&sealer), None);
             line.mac = Some("00".repeat(32));
         });
-        let err = spool.read_from(1, 10, Some(&key)).unwrap_err();
+        let err = spool.read_from(1, 10, Some(&key)).unwrap_err().to_string();
         assert!(err.contains("record 2 fails its MAC"), "{err}");
         let v = spool.verify(Some(&key)).unwrap();
         assert!(
@@ -1004,7 +1045,7 @@ mod tests {
             line.mac = None;
             line.event = Some(ev(3));
         });
-        let err = spool.read_from(3, 10, Some(&key)).unwrap_err();
+        let err = spool.read_from(3, 10, Some(&key)).unwrap_err().to_string();
         assert!(err.contains("clear body after"), "{err}");
     }
 

@@ -217,7 +217,7 @@ impl Vault {
         self.spool
             .append(event)
             .await
-            .map_err(VaultError::Unavailable)
+            .map_err(|e| VaultError::Unavailable(e.to_string()))
     }
 
     /// The local spool.
