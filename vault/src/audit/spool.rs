@@ -425,7 +425,7 @@ impl Spool {
 
     /// Appends an event; resolves once its record is durable.
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, SpoolError> {
-        if let Some(why) = self.failure() {
+        if let Some(why) = self.failure_reason() {
             return Err(SpoolError::Unavailable(why));
         }
         let started = Instant::now();
@@ -451,8 +451,13 @@ impl Spool {
         }
     }
 
-    /// Why the spool refuses appends, if it does.
+    /// Why the spool refuses appends, if it does (the whole message).
     pub fn failure(&self) -> Option<String> {
+        self.failure_reason()
+            .map(|why| SpoolError::Unavailable(why).to_string())
+    }
+
+    fn failure_reason(&self) -> Option<String> {
         self.shared.failure.lock().ok().and_then(|f| f.clone())
     }
 
@@ -760,7 +765,10 @@ impl Writer {
                 tracing::error!("{err}; refusing requests until restart (fail closed)");
                 (self.last_seq, self.last_hash) = (seq0, hash0);
                 if let Ok(mut f) = self.shared.failure.lock() {
-                    *f = Some(err.to_string());
+                    *f = Some(match &err {
+                        SpoolError::Unavailable(why) => why.clone(),
+                        other => other.to_string(),
+                    });
                 }
                 for (_, reply) in group {
                     let _ = reply.send(Err(err.clone()));
