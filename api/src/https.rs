@@ -52,7 +52,7 @@ pub struct HttpLimits {
     pub idle_timeout_ms: u64,
     /// Longest one request may stay in flight (handler plus writing the answer to a client
     /// that reads slowly), ms. Default 120 000: above every internal wait (a forwarded write,
-    /// a leader change, a read barrier).
+    /// a leader change, a read-index wait).
     pub request_timeout_ms: u64,
     /// Open client connections at most. Default 4096 (lowered at start if the process's
     /// descriptor limit minus `reserved_fds` is smaller).

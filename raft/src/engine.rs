@@ -586,12 +586,12 @@ impl Engine {
     /// Blocks until a read on this node reflects every write acknowledged before the call.
     /// The leader confirms its leadership with a quorum; a follower obtains that read index
     /// from the leader and waits until it has applied it. Waits through a leader change.
-    pub async fn read_barrier(&self) -> Result<(), EngineError> {
-        self.through_leader_changes(true, || self.read_barrier_once())
+    pub async fn await_read_index(&self) -> Result<(), EngineError> {
+        self.through_leader_changes(true, || self.read_index_once())
             .await
     }
 
-    async fn read_barrier_once(&self) -> Attempt<()> {
+    async fn read_index_once(&self) -> Attempt<()> {
         if !self.is_leader() {
             if let Some(fw) = &self.forwarder {
                 let Some((leader, addr)) = self.leader() else {

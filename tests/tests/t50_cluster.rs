@@ -204,7 +204,7 @@ async fn followers_forward_writes_and_serve_linearizable_reads() {
             .write(Txn::new().put("x", v.clone()))
             .await
             .unwrap();
-        c.engine(b).read_barrier().await.unwrap();
+        c.engine(b).await_read_index().await.unwrap();
         assert_eq!(
             value(&c, b, "x"),
             Some(v.into_bytes()),

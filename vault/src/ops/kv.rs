@@ -92,10 +92,10 @@ pub enum Consistency {
 
 impl Vault {
     /// A read-only standby serves reads from local state (the API says so in headers).
-    async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
+    async fn await_consistency(&self, consistency: Consistency) -> Result<()> {
         let standby = self.engine.mode() == coffer_raft::NodeMode::ReadOnly;
         match consistency {
-            Consistency::Linearizable if !standby => match self.engine.read_barrier().await {
+            Consistency::Linearizable if !standby => match self.engine.await_read_index().await {
                 // Turned standby while waiting for a leader: serve the local state.
                 Err(coffer_raft::EngineError::ReadOnly { .. }) => Ok(()),
                 other => Ok(other?),
@@ -157,7 +157,7 @@ impl Vault {
         consistency: Consistency,
     ) -> Result<Option<KvRead>> {
         auth.require(&format!("{mount}data/{path}"), Capability::Read)?;
-        self.read_barrier(consistency).await?;
+        self.await_consistency(consistency).await?;
         let Some(meta) = self.meta_record(mount, path)?.map(|r| r.value) else {
             return Ok(None);
         };
@@ -372,7 +372,7 @@ impl Vault {
         consistency: Consistency,
     ) -> Result<Option<SecretMeta>> {
         auth.require(&format!("{mount}metadata/{path}"), Capability::Read)?;
-        self.read_barrier(consistency).await?;
+        self.await_consistency(consistency).await?;
         Ok(self.meta_record(mount, path)?.map(|r| r.value))
     }
 
@@ -451,7 +451,7 @@ impl Vault {
         };
         auth.require_list(&format!("{mount}metadata/{folder}"))?;
         self.keyring()?;
-        self.read_barrier(consistency).await?;
+        self.await_consistency(consistency).await?;
         let base = meta_key(mount, &folder);
         let entries = self.engine.scan(&base, None, LIST_LIMIT)?;
         let mut keys: Vec<String> = Vec::new();
