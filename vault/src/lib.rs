@@ -6,7 +6,8 @@
 //! - `ops`: the facade's operations, one module per concern named as its rules;
 //! - [`keys`]: the storage layout, and which values are stored without an envelope;
 //! - [`audit`]: audit records, their chain, and the node's spool;
-//! - [`crypto`]: the barrier's primitives.
+//! - [`crypto`]: the barrier's primitives;
+//! - [`node`]: running a node (files, engine, peers, joining from a pack).
 
 pub mod audit;
 pub mod clock;
@@ -15,6 +16,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod keys;
+pub mod node;
 mod ops;
 pub mod rules;
 
@@ -24,8 +26,9 @@ pub use ops::{
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use ops::{
-    AuditFilter, Auth, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
-    KvMetaUpdate, KvRead, KvVersion, MergedRecord, NodeChainReport, NodeInfo, SealStatus,
+    AuditFilter, Auth, Consistency, LeaderStatus, MemberChange, NodeMetrics, NodeStatus,
+    RaftConfiguration, RaftServer, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
+    KvMetaUpdate, KvRead, KvTarget, KvVersion, MergedRecord, NodeChainReport, NodeInfo, SealStatus,
     StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
     LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SHIP_BATCH,
 };

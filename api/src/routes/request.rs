@@ -11,21 +11,7 @@ use crate::error::ApiError;
 use crate::https::ClientAddr;
 
 /// The operation, Vault-style: `LIST` is its own verb (method `LIST`, or GET `?list=true`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// GET.
-    Read,
-    /// HEAD (health only).
-    Head,
-    /// POST or PUT.
-    Write,
-    /// PATCH.
-    Patch,
-    /// DELETE.
-    Delete,
-    /// LIST.
-    List,
-}
+pub use coffer_vault::audit::RequestOp as Op;
 
 /// A parsed API request.
 pub struct ApiRequest {
@@ -160,6 +146,22 @@ impl ApiRequest {
                 })
             })
             .transpose()
+    }
+
+    /// The request's token, resolved once per request (and the caller recorded for audit).
+    pub fn authenticate(&self, vault: &coffer_vault::Vault) -> Result<coffer_vault::Auth, ApiError> {
+        if let Some(auth) = self.auth.get() {
+            return Ok(auth.clone());
+        }
+        let auth = vault.authenticate(self.token.as_deref())?;
+        self.set_actor(Actor {
+            name: auth.actor().to_string(),
+            display_name: auth.display_name.clone(),
+            accessor: Some(auth.accessor.clone()),
+            method: auth.method().to_string(),
+        });
+        let _ = self.auth.set(auth.clone());
+        Ok(auth)
     }
 
     /// Records who the caller is, for the audit record.

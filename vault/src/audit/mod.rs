@@ -8,9 +8,11 @@
 //!   keyring and the engine.
 
 pub mod record;
+pub mod request;
 pub mod sealing;
 pub mod spool;
 
 pub use record::{chain, verify_chain, AuditEvent, AuditRecord, ChainProblem};
+pub use request::{classify, Outcome, RequestAudit, RequestOp, Stage, Who};
 pub use sealing::SpoolKey;
 pub use spool::{Spool, SpoolError, SpoolStats};

@@ -41,6 +41,9 @@ pub struct AuditEvent {
     pub mode: String,
     /// The request id the client saw.
     pub request_id: String,
+    /// What happened, in words, for what the node does by itself (a mode change's reason).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// A chained record.

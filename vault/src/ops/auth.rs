@@ -268,6 +268,49 @@ impl Vault {
     }
 }
 
+/// The auth methods Coffer has, as `sys/auth` lists them.
+pub const AUTH_METHODS: [(&str, &str); 2] = [
+    ("token", "token based credentials"),
+    ("userpass", "username and password"),
+];
+
+impl Vault {
+    /// The legacy `sys/policy/:name` is also checked on the path it was asked by, so a
+    /// policy written for either spelling holds (`op`: what the request does).
+    pub fn check_policy_alias(
+        &self,
+        auth: &Auth,
+        request_path: &str,
+        op: crate::audit::RequestOp,
+    ) -> Result<()> {
+        use crate::audit::RequestOp;
+        match op {
+            RequestOp::List => auth.require_list(request_path),
+            RequestOp::Write => auth.require(request_path, Capability::Update),
+            RequestOp::Delete => auth.require(request_path, Capability::Delete),
+            _ => auth.require(request_path, Capability::Read),
+        }
+    }
+
+    /// `GET sys/auth`: the auth methods (always both; `read` on `sys/auth`).
+    pub fn auth_methods(&self, auth: &Auth) -> Result<&'static [(&'static str, &'static str)]> {
+        auth.require("sys/auth", Capability::Read)?;
+        Ok(&AUTH_METHODS)
+    }
+
+    /// `POST sys/auth/:path`: enabling a method Coffer always has succeeds (so `vault auth
+    /// enable userpass` works), with `update` and `sudo` on the path; others are refused.
+    pub fn enable_auth_method(&self, auth: &Auth, path: &str) -> Result<()> {
+        let path = path.trim_matches('/');
+        if !AUTH_METHODS.iter().any(|(name, _)| *name == path) {
+            return Err(VaultError::InvalidRequest(format!(
+                "auth method at {path:?} is not available: Coffer provides token and userpass"
+            )));
+        }
+        auth.require_sudo(&format!("sys/auth/{path}"), Capability::Update)
+    }
+}
+
 /// The built-in `default` policy, parsed once: nearly every token carries it, so parsing it
 /// per request would sit on the hot path.
 fn default_policy() -> Arc<Policy> {

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::auth::Auth;
 use super::{Sealing, Vault};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Outcome, Stage, Who};
 use crate::error::{Result, VaultError};
 use crate::rules::pack::{seal_pack, PackContents, PackMember};
 use crate::rules::policy::Capability;
@@ -325,31 +325,6 @@ impl Vault {
         ))
     }
 
-    /// The members and their replication progress (`operator members`).
-    pub async fn members(&self, auth: &Auth) -> Result<Vec<MemberStatus>> {
-        auth.require("sys/coffer/members", Capability::Read)?;
-        Ok(self.engine.members().await?)
-    }
-
-    /// Removes, promotes, or steps down (`operator remove-node|promote|step-down`). The ACL
-    /// is checked on `acl_path`, the path the request names (`sys/step-down`,
-    /// `sys/coffer/members/3`, …), with `sudo`: `delete` to remove, `update` otherwise.
-    pub async fn change_members(
-        &self,
-        auth: &Auth,
-        acl_path: &str,
-        change: MembershipChange,
-    ) -> Result<u64> {
-        let cap = match change {
-            MembershipChange::Remove { .. } if acl_path.starts_with("sys/coffer/members/") => {
-                Capability::Delete
-            }
-            _ => Capability::Update,
-        };
-        auth.require_sudo(acl_path, cap)?;
-        Ok(self.engine.change_membership(change).await?)
-    }
-
     /// The handler the peer transport calls on the leader for application messages.
     pub fn peer_app_handler(self: &Arc<Self>) -> AppHandler {
         let vault = Arc::downgrade(self);
@@ -388,30 +363,32 @@ impl Vault {
         req: JoinRequest,
     ) -> std::result::Result<JoinAnswer, String> {
         let origin = caller.node_id;
-        let request = AuditEvent {
-            kind: "request".into(),
-            actor: format!("node {origin}"),
-            auth_method: "bootstrap-pack".into(),
+        let who = Who {
+            name: format!("node {origin}"),
+            method: "bootstrap-pack".into(),
             client_addr: req.peer_addr.clone(),
-            operation: "join".into(),
-            path: "sys/coffer/join".into(),
-            outcome: "pending".into(),
-            request_id: uuid::Uuid::new_v4().to_string(),
             ..Default::default()
         };
+        let request = AuditEvent::new(
+            Stage::Request,
+            who,
+            "join",
+            "sys/coffer/join",
+            Outcome::Pending,
+        );
         // Durable before the pack is consumed or the membership changes.
         if let Err(e) = self.audit(request.clone()).await {
             return Err(format!("the leader cannot audit the join: {e}"));
         }
         let outcome = self.register_join_inner(caller, &req).await;
-        let (ok, status) = match &outcome {
-            Ok(_) => (true, 200),
-            Err(_) => (false, 403),
-        };
         let event = AuditEvent {
             kind: "response".into(),
-            outcome: if ok { "ok" } else { "denied" }.into(),
-            status,
+            outcome: match &outcome {
+                Ok(_) => Outcome::Ok,
+                Err(_) => Outcome::Denied,
+            }
+            .as_str()
+            .into(),
             ..request
         };
         if let Err(e) = self.audit(event).await {

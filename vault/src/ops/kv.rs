@@ -80,6 +80,18 @@ impl KvVersion {
     }
 }
 
+/// Where a KV v2 request goes: its mount, the section (`data`, `metadata`, `delete`,
+/// `undelete`, `destroy`, `config`) and the secret path after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvTarget {
+    /// The mount, with its trailing `/`.
+    pub mount: String,
+    /// The section after the mount.
+    pub section: String,
+    /// The secret path (or folder) after the section.
+    pub path: String,
+}
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
@@ -91,6 +103,28 @@ pub enum Consistency {
 }
 
 impl Vault {
+    /// Resolves a request path to its KV v2 mount (longest prefix), refusing while the node
+    /// is sealed or not initialized; `None` when no mount serves the path.
+    pub fn kv_target(&self, request_path: &str) -> Result<Option<KvTarget>> {
+        if self.is_sealed() {
+            return Err(if self.is_initialized()? {
+                VaultError::Sealed
+            } else {
+                VaultError::NotInitialized
+            });
+        }
+        let table = self.mount_table()?;
+        let Some((mount, _, rest)) = crate::rules::mount::resolve(&table, request_path) else {
+            return Ok(None);
+        };
+        let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
+        Ok(Some(KvTarget {
+            mount: mount.to_string(),
+            section: section.to_string(),
+            path: path.to_string(),
+        }))
+    }
+
     /// A read-only standby serves reads from local state (the API says so in headers).
     async fn await_consistency(&self, consistency: Consistency) -> Result<()> {
         let standby = self.engine.mode() == coffer_raft::NodeMode::ReadOnly;

@@ -11,6 +11,7 @@ mod records;
 mod seal;
 mod sessions;
 mod shapes;
+mod status;
 mod token;
 mod userpass;
 
@@ -29,8 +30,11 @@ pub use cluster::{
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use crate::rules::kv::KvMetaUpdate;
-pub use kv::{Consistency, KvRead, KvVersion};
+pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
+pub use status::{
+    LeaderStatus, MemberChange, NodeMetrics, NodeStatus, RaftConfiguration, RaftServer,
+};
 pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use token::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};
@@ -132,22 +136,21 @@ impl Vault {
     pub async fn audit_mode_change(&self, change: &coffer_raft::ModeChange) -> crate::Result<()> {
         self.mode_changes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let event = crate::audit::AuditEvent {
-            actor: "system".into(),
-            auth_method: "none".into(),
-            client_addr: "local".into(),
-            operation: "mode-change".into(),
-            path: format!("sys/coffer/mode/{}", change.new.as_str()),
-            outcome: format!(
+        use crate::audit::{AuditEvent, Outcome, Stage, Who};
+        let who = Who {
+            name: "system".into(),
+            ..Default::default()
+        };
+        let path = format!("sys/coffer/mode/{}", change.new.as_str());
+        let event = AuditEvent {
+            detail: format!(
                 "{} -> {}: {}",
                 change.old.as_str(),
                 change.new.as_str(),
                 change.reason
             ),
-            status: 200,
             mode: change.new.as_str().into(),
-            request_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
+            ..AuditEvent::new(Stage::Event, who, "mode-change", &path, Outcome::Ok)
         };
         self.audit(event).await.map(|_| ())
     }

@@ -9,6 +9,23 @@ use crate::rules::mount::{self, MountTable, MOUNTS_KEY};
 use crate::rules::policy::Capability;
 
 impl Vault {
+    /// `GET sys/mounts` (`read` on `sys/mounts`).
+    pub fn mounts(&self, auth: &Auth) -> Result<MountTable> {
+        auth.require("sys/mounts", Capability::Read)?;
+        self.mount_table()
+    }
+
+    /// The mount serving `path`, for the Vault CLI's pre-flight
+    /// (`sys/internal/ui/mounts/:path`): any valid token may ask, as in Vault; the request
+    /// that follows is checked. `PermissionDenied` when no mount serves it, as Vault answers.
+    pub fn mount_of(&self, _auth: &Auth, path: &str) -> Result<(String, mount::MountEntry)> {
+        let table = self.mount_table()?;
+        match mount::resolve(&table, path) {
+            Some((m, entry, _)) => Ok((m.to_string(), entry.clone())),
+            None => Err(VaultError::PermissionDenied),
+        }
+    }
+
     /// The mount table.
     pub fn mount_table(&self) -> Result<MountTable> {
         Ok(self

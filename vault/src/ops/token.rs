@@ -222,6 +222,12 @@ impl Vault {
         Ok(out)
     }
 
+    /// `auth/token/lookup-self`.
+    pub fn lookup_self(&self, auth: &Auth) -> Result<TokenEntry> {
+        auth.require("auth/token/lookup-self", Capability::Read)?;
+        Ok(auth.entry.clone())
+    }
+
     /// `auth/token/lookup` (by token) for callers with `update` on it.
     pub fn lookup_token(&self, auth: &Auth, token: &str) -> Result<TokenEntry> {
         auth.require("auth/token/lookup", Capability::Update)?;
