@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use coffer_raft::RaftTuning;
+use coffer_vault::node::RaftTuning;
 use serde::Deserialize;
 
 /// How the node obtains its root key at start.

@@ -470,7 +470,8 @@ async fn packs_and_membership_routes() {
         .decode(b["data"]["pack"].as_str().unwrap())
         .unwrap();
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap();
-    let pack = coffer_vault::rules::pack::open_pack(&file, "correct horse battery staple", now).unwrap();
+    let pack =
+        coffer_vault::rules::pack::open_pack(&file, "correct horse battery staple", now).unwrap();
     assert_eq!((pack.node_id, pack.voter), (4, true));
     assert_eq!(pack.pack_id, b["data"]["pack_id"].as_str().unwrap());
     assert_eq!(

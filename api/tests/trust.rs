@@ -576,14 +576,14 @@ async fn a_pack_refused_for_a_taken_id_is_not_consumed() {
         .change_members(
             &root,
             "sys/coffer/members/4",
-            coffer_raft::MembershipChange::Remove { id: 4 },
+            coffer_vault::MemberChange::Remove(4),
         )
         .await
         .unwrap();
     // The refused attempt left pack B unused: the same join attempt now completes.
     let (caller, body) = join(&b, "join-b");
     assert!(handler(caller, body).await.is_ok());
-    let pinned = n.vault.engine().member_addrs()[&4].cert_sha256.clone();
+    let pinned = n.engine.member_addrs()[&4].cert_sha256.clone();
     assert_ne!(
         pinned,
         coffer_tls::fingerprint_pem(&b.node_cert_pem).unwrap(),

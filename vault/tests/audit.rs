@@ -11,11 +11,13 @@ use coffer_vault::{AuditFilter, InitRequest, Vault};
 
 struct Node {
     vault: Arc<Vault>,
+    engine: coffer_raft::Engine,
     root: String,
 }
 
 async fn open(dir: &std::path::Path, init: Option<&str>) -> Node {
-    let vault = Arc::new(common::vault(dir).await);
+    let (vault, engine) = common::vault_and_engine(dir).await;
+    let vault = Arc::new(vault);
     let root = match init {
         Some(token) => token.to_string(),
         None => {
@@ -33,7 +35,11 @@ async fn open(dir: &std::path::Path, init: Option<&str>) -> Node {
     vault
         .unseal_with_root(coffer_vault::crypto::Key::from_slice(&key).unwrap())
         .unwrap();
-    Node { vault, root }
+    Node {
+        vault,
+        engine,
+        root,
+    }
 }
 
 fn event(i: u64) -> AuditEvent {
@@ -71,7 +77,7 @@ async fn records_merge_exactly_once_across_restarts() {
         for i in 0..300 {
             node.vault.audit(event(i)).await.unwrap();
         }
-        node.vault.engine().shutdown().await.unwrap();
+        node.vault.shutdown().await.unwrap();
     }
     {
         let node = open(dir.path(), Some("hvs.audit-root")).await;
@@ -80,7 +86,7 @@ async fn records_merge_exactly_once_across_restarts() {
         assert_eq!(node.vault.audit_cursor(1).unwrap(), 300);
         // "Crash" after the commit: the spool still holds the records; shipping again must
         // resume from the cluster's cursor, not resend.
-        node.vault.engine().shutdown().await.unwrap();
+        node.vault.shutdown().await.unwrap();
     }
     let node = open(dir.path(), Some("hvs.audit-root")).await;
     ship_all(&node.vault).await;
@@ -132,7 +138,7 @@ async fn a_tampered_merged_record_is_reported_with_its_position() {
     ship_all(&node.vault).await;
     // Flip one bit of record 7's stored ciphertext, as a disk or an attacker would.
     let key = format!("audit/log/{:020}/{:010}/{:020}", 1, 1, 7).into_bytes();
-    let engine = node.vault.engine();
+    let engine = &node.engine;
     let mut value = engine.get(&key).unwrap().unwrap().value;
     let last = value.len() - 1;
     value[last / 2] ^= 0x01;
@@ -162,7 +168,7 @@ async fn a_cut_spool_is_reported_and_a_fresh_spool_is_a_new_epoch() {
             node.vault.audit(event(i)).await.unwrap();
         }
         ship_all(&node.vault).await;
-        node.vault.engine().shutdown().await.unwrap();
+        node.vault.shutdown().await.unwrap();
     }
     // Cut the last 10 records off the spool, as someone with disk access would.
     let segment = dir.path().join("audit/spool-00000000000000000001.jsonl");
@@ -185,7 +191,7 @@ async fn a_cut_spool_is_reported_and_a_fresh_spool_is_a_new_epoch() {
             "{:?}",
             report.spool.problems
         );
-        node.vault.engine().shutdown().await.unwrap();
+        node.vault.shutdown().await.unwrap();
     }
     // The node's spool is gone entirely (a new machine under the same node id): a new
     // epoch, merged from record 1.
@@ -221,7 +227,7 @@ async fn anchored_records_cannot_be_rewritten_or_lost_quietly() {
         }
         // One batch: records 1..=256 merged, the head (300) anchored.
         assert_eq!(node.vault.ship_once().await.unwrap(), 256);
-        node.vault.engine().shutdown().await.unwrap();
+        node.vault.shutdown().await.unwrap();
     }
     // Record 280 rewritten (its MAC dropped, as if written while sealed), the rest re-chained.
     let segment = dir.path().join("audit/spool-00000000000000000001.jsonl");
@@ -245,7 +251,7 @@ async fn anchored_records_cannot_be_rewritten_or_lost_quietly() {
             err.contains("record 280 does not continue the merged chain"),
             "{err}"
         );
-        node.vault.engine().shutdown().await.unwrap();
+        node.vault.shutdown().await.unwrap();
     }
     // The spool is gone: records 257..=300 were anchored, never merged.
     std::fs::remove_dir_all(dir.path().join("audit")).unwrap();

@@ -279,7 +279,7 @@ async fn rotation_keeps_old_data_readable_and_survives_restart() {
         v.kv_write(&root, "secret/", "after", data(json!({"k": "new"})), None)
             .await
             .unwrap();
-        v.engine().shutdown().await.unwrap();
+        v.shutdown().await.unwrap();
         (resp.keys.clone(), "hvs.fixed".to_string())
     };
     let v = vault(dir.path()).await;

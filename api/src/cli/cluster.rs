@@ -2,19 +2,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use base64::Engine as _;
 use clap::Subcommand;
-use coffer_raft::{Forwarder, PeerIdentity};
-use coffer_vault::rules::pack::{generate_passphrase, open_pack, PackContents};
-use coffer_vault::JoinRequest;
+use coffer_vault::node::join;
+use coffer_vault::rules::pack::{generate_passphrase, open_pack};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::{client, exit, print_json, Common};
 use crate::client::ClientError;
-use crate::server::JoinState;
 
 /// `operator pack …`.
 #[derive(Subcommand, Debug)]
@@ -171,24 +168,8 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
     }
     // The node's member key is made here and never leaves the machine: registration sends
     // only a signing request for it.
-    let own_key = coffer_tls::node_key_request(contents.node_id).map_err(local)?;
-    let request = JoinRequest {
-        pack_id: contents.pack_id.clone(),
-        cluster_id: contents.cluster_id.clone(),
-        instance: uuid::Uuid::new_v4().to_string(),
-        api_addr: contents.api_addr.clone(),
-        peer_addr: contents.peer_addr.clone(),
-        csr_pem: own_key.csr_pem.clone(),
-    };
-    let members: Vec<_> = contents.members.clone();
-    let forwarder = Forwarder::new(Arc::new(PeerIdentity {
-        node_id: contents.node_id,
-        ca_pem: contents.ca_cert_pem.clone(),
-        cert_pem: contents.node_cert_pem.clone(),
-        key_pem: Zeroizing::new(contents.node_key_pem.clone()),
-        source_ip: None,
-    }));
-    match coffer_vault::check_join(&forwarder, &members, &request).await {
+    let prepared = join::prepare(&contents).map_err(local)?;
+    match join::check(&contents, &prepared.request).await {
         Ok(None) => eprintln!("The cluster accepts the pack."),
         Ok(Some(why)) => eprintln!(
             "Warning: no member answered ({why}); the node will register when it starts and can reach one."
@@ -198,7 +179,19 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
             return Ok(exit::SERVER);
         }
     }
-    install(dir, &contents, &request, &own_key.key_pem)?;
+    let mut last_percent = u64::MAX;
+    let index = join::install(dir, &contents, &prepared, &mut |done, total| {
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        if percent != last_percent {
+            last_percent = percent;
+            let bar = "#".repeat(usize::try_from(percent / 4).unwrap_or(25));
+            eprint!("\rInstalling snapshot [{bar:<25}] {percent:>3}% ({done}/{total} records)");
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .map_err(local)?;
+    eprintln!();
+    eprintln!("Installed the cluster's state as of log index {index}.");
     let config = dir.join("coffer.toml");
     let command = format!("coffer server --config {}", config.display());
     if args.start {
@@ -214,77 +207,6 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
     eprintln!("Node {} is ready. Start it with:", contents.node_id);
     println!("{command}");
     Ok(exit::OK)
-}
-
-/// Writes the node's state, certificates, config and registration marker under `dir`.
-fn install(
-    dir: &Path,
-    contents: &PackContents,
-    request: &JoinRequest,
-    own_key_pem: &str,
-) -> Result<(), ClientError> {
-    std::fs::create_dir_all(dir.join("tls")).map_err(local)?;
-    let mut last_percent = u64::MAX;
-    let header = coffer_raft::install_seed_snapshot(dir, &contents.snapshot, &mut |done, total| {
-        let percent = (done * 100).checked_div(total).unwrap_or(100);
-        if percent != last_percent {
-            last_percent = percent;
-            let bar = "#".repeat(usize::try_from(percent / 4).unwrap_or(25));
-            eprint!("\rInstalling snapshot [{bar:<25}] {percent:>3}% ({done}/{total} records)");
-            let _ = std::io::stderr().flush();
-        }
-    })
-    .map_err(|e| local(format!("installing the snapshot: {e}")))?;
-    eprintln!();
-    eprintln!(
-        "Installed the cluster's state as of log index {}.",
-        header.last_applied.map_or(0, |l| l.index)
-    );
-    let tls = dir.join("tls");
-    let write_public = |name: &str, text: &str| {
-        std::fs::write(tls.join(name), text).map_err(|e| local(format!("writing {name}: {e}")))
-    };
-    write_public("ca.pem", &contents.ca_cert_pem)?;
-    // The pack's certificate registers the node once; its member certificate (for the key
-    // written below) arrives at registration and becomes node.pem.
-    write_public("pack.pem", &contents.node_cert_pem)?;
-    write_public("api.pem", &contents.api_cert_pem)?;
-    coffer_tls::write_private(&tls.join("pack-key.pem"), contents.node_key_pem.as_bytes())
-        .map_err(local)?;
-    coffer_tls::write_private(&tls.join("node-key.pem"), own_key_pem.as_bytes()).map_err(local)?;
-    coffer_tls::write_private(&tls.join("api-key.pem"), contents.api_key_pem.as_bytes())
-        .map_err(local)?;
-    let abs = std::fs::canonicalize(dir).map_err(local)?;
-    let mut config = format!(
-        "# Written by `coffer operator join` for node {id} of cluster {cluster}.\n\
-         node_id = {id}\n\
-         data_dir = {data:?}\n\
-         api_addr = {api:?}\n\
-         peer_addr = {peer:?}\n\
-         cluster_name = {name:?}\n",
-        id = contents.node_id,
-        cluster = contents.cluster_id,
-        data = abs.display().to_string(),
-        api = contents.api_addr,
-        peer = contents.peer_addr,
-        name = contents.cluster_name,
-    );
-    if let Some(key) = &contents.unseal_key_hex {
-        let path = abs.join("unseal.key");
-        coffer_tls::write_private(&path, key.as_bytes()).map_err(local)?;
-        config.push_str(&format!(
-            "seal = {{ type = \"file\", path = {:?} }}\n",
-            path.display().to_string()
-        ));
-    }
-    std::fs::write(dir.join("coffer.toml"), config).map_err(local)?;
-    let state = JoinState {
-        request: request.clone(),
-        members: contents.members.clone(),
-        registered: false,
-    };
-    state.save(dir).map_err(local)?;
-    Ok(())
 }
 
 /// `operator members`.

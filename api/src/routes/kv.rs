@@ -9,7 +9,7 @@ use coffer_vault::{clock, KvMetaUpdate, KvRead};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::sys::{authenticate, envelope, no_content};
+use super::respond::{envelope, keys, no_content};
 use super::{lenient, ApiRequest, AppState, Op};
 use crate::error::{ApiError, ApiResult};
 
@@ -64,20 +64,17 @@ impl MetaBody {
 }
 
 pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
-    if state.vault.is_sealed() {
-        let err = if state.vault.is_initialized()? {
-            coffer_vault::VaultError::Sealed
-        } else {
-            coffer_vault::VaultError::NotInitialized
-        };
-        return Err(err.into());
-    }
-    let auth = authenticate(state, req)?;
-    let table = state.vault.mount_table()?;
-    let (mount, _, rest) = coffer_vault::rules::mount::resolve(&table, &req.path)
-        .ok_or_else(|| ApiError::NoRoute(req.path.clone()))?;
-    let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
     let v = &state.vault;
+    let target = v.kv_target(&req.path)?;
+    // Authenticated before the mount is looked for: no mount's existence is told to a
+    // caller without a valid token.
+    let auth = req.authenticate(v)?;
+    let target = target.ok_or_else(|| ApiError::NoRoute(req.path.clone()))?;
+    let (mount, section, path) = (
+        target.mount.as_str(),
+        target.section.as_str(),
+        target.path.as_str(),
+    );
     match (section, req.op) {
         ("data", Op::Read) => read(
             req,
@@ -137,11 +134,7 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
             Ok(no_content())
         }
         ("metadata", Op::List) | ("data", Op::List) => {
-            let keys = v.kv_list(&auth, mount, path, req.consistency()).await?;
-            if keys.is_empty() {
-                return Err(ApiError::NotFoundEmpty);
-            }
-            Ok(envelope(req, json!({ "keys": keys })))
+            keys(req, v.kv_list(&auth, mount, path, req.consistency()).await?)
         }
         ("metadata", Op::Read) => match v
             .kv_read_meta(&auth, mount, path, req.consistency())

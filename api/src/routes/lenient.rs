@@ -7,6 +7,8 @@ use serde::de::Error;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use crate::error::ApiError;
+
 fn to_u64<E: Error>(v: &Value) -> Result<u64, E> {
     match v {
         Value::Number(n) => n
@@ -63,6 +65,40 @@ pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
         Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(D::Error::custom("expected a duration")),
+    }
+}
+
+/// A duration field (`"1h"`, `"90m"`, `3600`) in seconds; `field` names it in the error.
+pub fn duration_secs(field: &str, value: Option<String>) -> Result<Option<u64>, ApiError> {
+    value
+        .map(|v| {
+            coffer_vault::clock::parse_duration_secs(&v)
+                .ok_or_else(|| ApiError::BadRequest(format!("{field}: {v:?} is not a duration")))
+        })
+        .transpose()
+}
+
+/// A policy list as Vault accepts it: a list of strings, or one comma-separated string.
+pub fn policy_list(v: Option<Value>) -> Result<Option<Vec<String>>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        )),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::BadRequest("policies must be strings".into())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(ApiError::BadRequest(
+            "policies must be a list or a comma-separated string".into(),
+        )),
     }
 }
 

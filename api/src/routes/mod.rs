@@ -1,14 +1,25 @@
 //! The HTTP surface: one dispatcher for `/v1/*` that parses the request once (method, decoded
-//! path, query, token, bounded body) and routes it to the `sys` or KV v2 handlers, the way
-//! Vault's own router does, so that the non-standard `LIST` method, `?list=true` and mount
-//! resolution are handled in one place.
+//! path, query, token, bounded body), audits it around its effect, and routes it by the
+//! table in `route` (the whole API on one screen) to a handler module per concern. Handlers
+//! parse bodies and shape answers; every rule and check is the vault's.
+//!
+//! To add an endpoint: a line in `route` or `sys`, a handler in the module of its
+//! concern that calls one `Vault` method, and its audit name in
+//! [`coffer_vault::audit::classify`] if it is not a plain read or write.
 
-mod audit;
-mod auth;
+mod audit_log;
+mod cluster;
 mod kv;
 mod lenient;
+mod metrics;
+mod mounts;
+mod policies;
+mod record;
 mod request;
-mod sys;
+mod respond;
+mod seal;
+mod tokens;
+mod userpass;
 
 use std::sync::Arc;
 
@@ -35,8 +46,8 @@ pub struct AppState {
     pub pending_ca: Arc<tokio::sync::Mutex<Option<coffer_vault::StoredCa>>>,
     /// Where `sys/init` writes the root key when the seal is a key file (or dev mode).
     pub seal_key_file: Option<std::path::PathBuf>,
-    /// `<data_dir>/tls`, whose CA key file `sys/init` removes once the CA is in the state.
-    pub tls_dir: std::path::PathBuf,
+    /// The node's TLS files (`sys/init` removes the CA key file once the CA is in the state).
+    pub tls: coffer_vault::node::TlsFiles,
     /// How long a client may take to send a request body.
     pub body_read_timeout: std::time::Duration,
     /// Open client connections (for metrics).
@@ -63,7 +74,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let response =
         match ApiRequest::parse(request, state.max_request_bytes, state.body_read_timeout).await {
             Ok(req) => handle(&state, &req).await,
-            Err(e) => audit::record_unparsed(&state, &raw_path, client, e.into_response()).await,
+            Err(e) => record::record_unparsed(&state, &raw_path, client, e.into_response()).await,
         };
     tracing::info!(
         %method,
@@ -98,19 +109,20 @@ pub async fn handle_with<'a, F>(state: &'a AppState, req: &'a ApiRequest, route:
 where
     F: FnOnce(&'a AppState, &'a ApiRequest) -> RouteFuture<'a>,
 {
-    if audit::audited(req) {
+    let policy = record::policy(req);
+    if policy.audited {
         if let Some(why) = state.vault.spool().failure() {
             let e = coffer_vault::VaultError::Unavailable(why);
             return ApiError::Vault(e).into_response();
         }
-        if audit::changes_state(req) {
+        if policy.changes_state {
             // Who is asking, for the record (a token is resolved once; handlers reuse it).
-            if req.path.starts_with("auth/userpass/login/") {
-                auth::set_login_attempt(req);
+            if userpass::is_login(&req.path) {
+                userpass::set_login_attempt(req);
             } else if req.token.is_some() {
-                let _ = sys::authenticate(state, req);
+                let _ = req.authenticate(&state.vault);
             }
-            if let Err(e) = audit::record_request(state, req).await {
+            if let Err(e) = record::record_request(state, req).await {
                 return ApiError::Vault(e).into_response();
             }
         }
@@ -126,35 +138,118 @@ where
             ApiError::Vault(coffer_vault::VaultError::internal("handler panicked")).into_response()
         }
     };
-    let read_only = state.vault.engine().mode() == coffer_raft::NodeMode::ReadOnly;
-    if read_only {
+    let node = state.vault.node_status();
+    if node.read_only {
         response.headers_mut().insert(
             "x-coffer-read-only",
             axum::http::HeaderValue::from_static("true"),
         );
     }
-    if req.stale || read_only {
-        staleness_headers(state, &mut response);
+    if req.stale || node.read_only {
+        staleness_headers(&node, &mut response);
     }
-    audit::record(state, req, response).await
+    record::record(state, req, response).await
 }
 
 /// A stale read (asked for, or because the node is a read-only standby) says how stale it
 /// may be: the applied index it was served at, and how long since this node last heard from
 /// a leader (on a leader: since a quorum acknowledged it).
-fn staleness_headers(state: &AppState, response: &mut Response) {
-    let engine = state.vault.engine();
+fn staleness_headers(node: &coffer_vault::NodeStatus, response: &mut Response) {
     let headers = response.headers_mut();
-    headers.insert("x-coffer-applied-index", engine.applied_index().into());
-    headers.insert("x-coffer-last-contact-ms", engine.contact_age_ms().into());
+    headers.insert("x-coffer-applied-index", node.applied_index.into());
+    headers.insert("x-coffer-last-contact-ms", node.last_contact_ms.into());
 }
 
+/// The route table: `sys/*` (below), the token and userpass auth methods, and KV v2 under
+/// any other path (its mount decides).
 async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError> {
-    if let Some(rest) = req.path.strip_prefix("sys/") {
-        return sys::route(state, rest, req).await;
+    let path = req.path.as_str();
+    if let Some(rest) = path.strip_prefix("sys/") {
+        return sys(state, req, rest).await;
     }
-    if req.path.starts_with("auth/") {
-        return auth::route(state, req).await;
+    if let Some(rest) = path.strip_prefix("auth/token/") {
+        return tokens::route(state, req, rest).await;
+    }
+    if let Some(rest) = path.strip_prefix("auth/userpass/") {
+        return userpass::route(state, req, rest).await;
+    }
+    if path.starts_with("auth/") {
+        return Err(ApiError::NoRoute(req.path.clone()));
     }
     kv::route(state, req).await
+}
+
+/// `sys/*` paths with an exact route: a known path with another method is a 405.
+const SYS_PATHS: [&str; 18] = [
+    "init",
+    "seal-status",
+    "unseal",
+    "seal",
+    "rotate",
+    "key-status",
+    "health",
+    "leader",
+    "step-down",
+    "storage/raft/configuration",
+    "storage/raft/remove-peer",
+    "coffer/packs",
+    "coffer/members",
+    "coffer/sessions",
+    "coffer/audit",
+    "coffer/audit/verify",
+    "mounts",
+    "metrics",
+];
+
+/// The `sys/*` table.
+async fn sys(state: &AppState, req: &ApiRequest, rest: &str) -> Result<Response, ApiError> {
+    use Op::{Head, List, Read, Write};
+    match (rest, req.op) {
+        // The seal and the node's health.
+        ("init", Read) => seal::init_status(state),
+        ("init", Write) => seal::init(state, req).await,
+        ("seal-status", Read) => seal::status(state),
+        ("unseal", Write) => seal::unseal(state, req),
+        ("seal", Write) => seal::seal(state, req),
+        ("rotate", Write) => seal::rotate(state, req).await,
+        ("key-status", Read) => seal::key_status(state, req),
+        ("health", Read | Head) => seal::health(state, req),
+        // The cluster.
+        ("leader", Read) => cluster::leader(state).await,
+        ("step-down", Write) => cluster::step_down(state, req).await,
+        ("storage/raft/configuration", Read) => cluster::raft_configuration(state, req),
+        ("storage/raft/remove-peer", Write) => cluster::remove_peer(state, req).await,
+        ("coffer/packs", Write) => cluster::create_pack(state, req).await,
+        ("coffer/members", Read | List) => cluster::members(state, req).await,
+        ("coffer/sessions", Read | List) => cluster::sessions(state, req),
+        // The audit log and the figures.
+        ("coffer/audit", Read) => audit_log::query(state, req),
+        ("coffer/audit/verify", Read) => audit_log::verify(state, req),
+        ("metrics", Read) => metrics::export(state, req),
+        // Mounts and auth methods.
+        ("mounts", Read) => mounts::list(state, req),
+        ("auth", _) => mounts::auth_methods(state, req, ""),
+        _ => {
+            if let Some(path) = rest.strip_prefix("mounts/") {
+                return mounts::change(state, req, path).await;
+            }
+            if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
+                return mounts::ui_mount(state, req, path);
+            }
+            if let Some(path) = rest.strip_prefix("auth/") {
+                return mounts::auth_methods(state, req, path);
+            }
+            if let Some(name) = policies::name(rest) {
+                return policies::route(state, req, name).await;
+            }
+            if let Some(rest) = rest.strip_prefix("coffer/members/") {
+                return cluster::member_change(state, req, rest).await;
+            }
+            if SYS_PATHS.contains(&rest) {
+                Err(ApiError::Method(format!("sys/{rest}")))
+            } else {
+                Err(ApiError::NoRoute(format!("sys/{rest}")))
+            }
+        }
+    }
 }

@@ -149,7 +149,10 @@ impl ApiRequest {
     }
 
     /// The request's token, resolved once per request (and the caller recorded for audit).
-    pub fn authenticate(&self, vault: &coffer_vault::Vault) -> Result<coffer_vault::Auth, ApiError> {
+    pub fn authenticate(
+        &self,
+        vault: &coffer_vault::Vault,
+    ) -> Result<coffer_vault::Auth, ApiError> {
         if let Some(auth) = self.auth.get() {
             return Ok(auth.clone());
         }

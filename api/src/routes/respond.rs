@@ -1,4 +1,4 @@
-//! Response shapes: Vault's envelope around `data`, and 204.
+//! Response shapes: Vault's envelope around `data`, its `auth` block, lists, and 204.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -33,4 +33,33 @@ pub fn keys(req: &ApiRequest, keys: Vec<String>) -> crate::error::ApiResult<Resp
         return Err(crate::error::ApiError::NotFoundEmpty);
     }
     Ok(envelope(req, json!({ "keys": keys })))
+}
+
+/// Vault's `auth` block for a token just issued (login, create, renew).
+pub fn auth_block(req: &ApiRequest, issued: &coffer_vault::IssuedToken) -> Response {
+    let e = &issued.entry;
+    Json(json!({
+        "request_id": req.request_id,
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": null,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": {
+            "client_token": issued.token,
+            "accessor": e.accessor,
+            "policies": e.policies,
+            "token_policies": e.policies,
+            "metadata": e.meta,
+            "lease_duration": e.creation_ttl,
+            "renewable": e.renewable,
+            "entity_id": "",
+            "token_type": "service",
+            "orphan": e.parent.is_none(),
+            "mfa_requirement": null,
+            "num_uses": 0,
+        },
+    }))
+    .into_response()
 }

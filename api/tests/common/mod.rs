@@ -24,6 +24,8 @@ pub struct Node {
     pub token: String,
     /// The vault behind the router.
     pub vault: Arc<Vault>,
+    /// The engine under the vault (for a test that plays a peer or a disk).
+    pub engine: Engine,
     /// The router's state.
     pub state: AppState,
     /// The data directory.
@@ -50,7 +52,7 @@ pub async fn node(init: bool) -> Node {
     .await
     .unwrap();
     let vault = Arc::new(Vault::new(
-        engine,
+        engine.clone(),
         NodeInfo {
             node_id: 1,
             api_addr: "https://127.0.0.1:1".into(),
@@ -86,7 +88,7 @@ pub async fn node(init: bool) -> Node {
         max_request_bytes: LIMIT,
         pending_ca: Arc::new(tokio::sync::Mutex::new(None)),
         seal_key_file: None,
-        tls_dir: dir.path().join("tls"),
+        tls: coffer_vault::node::TlsFiles::new(dir.path()),
         body_read_timeout: Duration::from_secs(30),
         connections: Default::default(),
     };
@@ -95,6 +97,7 @@ pub async fn node(init: bool) -> Node {
         state,
         token,
         vault,
+        engine,
         _dir: dir,
     }
 }

@@ -169,9 +169,20 @@ mod tests {
 
     #[test]
     fn events_name_the_anonymous_and_say_how_they_ended() {
-        let e = AuditEvent::new(Stage::Request, Who::default(), "write", "a", Outcome::Pending);
+        let e = AuditEvent::new(
+            Stage::Request,
+            Who::default(),
+            "write",
+            "a",
+            Outcome::Pending,
+        );
         assert_eq!(
-            (e.kind.as_str(), e.actor.as_str(), e.auth_method.as_str(), e.outcome.as_str()),
+            (
+                e.kind.as_str(),
+                e.actor.as_str(),
+                e.auth_method.as_str(),
+                e.outcome.as_str()
+            ),
             ("request", "anonymous", "none", "pending")
         );
         assert_eq!(e.status, 0, "no HTTP status unless the API sets one");

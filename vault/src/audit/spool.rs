@@ -211,10 +211,7 @@ impl SpoolLine {
         mac_key: Option<&[u8; 32]>,
         sealed_from: u64,
     ) -> Result<bool, SpoolError> {
-        let tampered = |why: String| SpoolError::Tampered {
-            seq: self.seq,
-            why,
-        };
+        let tampered = |why: String| SpoolError::Tampered { seq: self.seq, why };
         if self.event.is_some() && sealed_from > 0 && self.seq > sealed_from {
             return Err(tampered(format!(
                 "record {} has a clear body after the spool's bodies were sealed",
@@ -527,10 +524,11 @@ impl Spool {
                 if n == 0 || line.last() != Some(&b'\n') {
                     break;
                 }
-                let rec: SpoolLine = serde_json::from_slice(&line).map_err(|e| SpoolError::Tampered {
-                    seq: 0,
-                    why: format!("unreadable audit spool line in {}: {e}", path.display()),
-                })?;
+                let rec: SpoolLine =
+                    serde_json::from_slice(&line).map_err(|e| SpoolError::Tampered {
+                        seq: 0,
+                        why: format!("unreadable audit spool line in {}: {e}", path.display()),
+                    })?;
                 if rec.seq > durable {
                     break;
                 }

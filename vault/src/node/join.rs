@@ -2,10 +2,10 @@
 //!
 //! `operator join` opens the pack, makes the node's own key pair, asks the cluster whether it
 //! would accept the pack ([`check`]), installs the pack's snapshot and files ([`install`]),
-//! and leaves a [`JoinState`] marker. On the first start the node registers ([`register`]):
+//! and leaves a [`JoinState`] marker. On the first start the node registers (`register`):
 //! it presents the pack's registration certificate with a signing request for its own key,
 //! and receives its member certificate. If the pack asked for a voter, the node then repeats
-//! its registration with its member certificate until it is promoted ([`await_promotion`]).
+//! its registration with its member certificate until it is promoted (`await_promotion`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{write_atomic, TlsFiles};
 use super::NodeError;
-use crate::rules::pack::{PackContents, PackMember};
 use super::NodeKey;
+use crate::rules::pack::{PackContents, PackMember};
 use crate::JoinRequest;
 
 /// Pause after the cluster refused a registration: some refusals pass by themselves (a

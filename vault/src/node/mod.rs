@@ -89,13 +89,14 @@ impl Node {
     /// Starts the node: binds the peer port, registers with the cluster first if it joined
     /// from a pack, opens the engine (a founder initializes its one-voter cluster, pinning
     /// its own certificate), serves peers, and starts the vault and its tasks.
-    pub async fn start(opts: NodeOptions, api_host: &str) -> Result<(Node, String, zeroize::Zeroizing<String>), NodeError> {
+    pub async fn start(
+        opts: NodeOptions,
+        api_host: &str,
+    ) -> Result<(Node, String, zeroize::Zeroizing<String>), NodeError> {
         let peer_listener = match &opts.peer_addr {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| NodeError::Listen(format!("binding the peer listener on {addr}: {e}")))?,
-            ),
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                NodeError::Listen(format!("binding the peer listener on {addr}: {e}"))
+            })?),
             None => None,
         };
         let peer_addr = match &peer_listener {
@@ -111,14 +112,13 @@ impl Node {
             join::register(opts.node_id, &opts.data_dir, &peer_addr, join).await?;
         }
         let pending_join = pending_join.filter(|_| JoinState::path(&opts.data_dir).exists());
-        let (api_cert, api_key) =
-            files.ensure(
-                &opts.cluster_name,
-                opts.node_id,
-                &peer_addr,
-                api_host,
-                opts.api_tls_files.clone(),
-            )?;
+        let (api_cert, api_key) = files.ensure(
+            &opts.cluster_name,
+            opts.node_id,
+            &peer_addr,
+            api_host,
+            opts.api_tls_files.clone(),
+        )?;
 
         let identity = Arc::new(files.identity(opts.node_id, files.node(), &peer_addr)?);
         let own_pin = coffer_tls::fingerprint_pem(&identity.cert_pem)?;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Vault;
 use crate::error::{Result, VaultError};
-use crate::rules::policy::{self, Capability, Policy};
 use crate::keys::token as token_key;
+use crate::rules::policy::{self, Capability, Policy};
 use crate::rules::token::TokenEntry;
 
 /// A stored policy: its name and source text, exactly as written (Vault returns the text).

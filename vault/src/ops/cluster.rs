@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use coffer_raft::{
-    AppHandler, ForwardError, Forwarder, MemberStatus, MembershipChange, NodeAddr, PeerCaller,
-    Refusal, Txn,
+    AppHandler, ForwardError, Forwarder, MembershipChange, NodeAddr, PeerCaller, Refusal, Txn,
 };
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

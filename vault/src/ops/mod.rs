@@ -22,20 +22,20 @@ use coffer_raft::Engine;
 
 use crate::rules::seal::UnsealProgress;
 
+pub use crate::rules::kv::KvMetaUpdate;
 pub use audit::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport, SHIP_BATCH};
 pub use auth::{Auth, StoredPolicy};
-pub use seal::{StoredCa, CA_KEY};
 pub use cluster::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary,
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
-pub use crate::rules::kv::KvMetaUpdate;
 pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
+pub use seal::{StoredCa, CA_KEY};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
+pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use status::{
     LeaderStatus, MemberChange, NodeMetrics, NodeStatus, RaftConfiguration, RaftServer,
 };
-pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use token::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};
 
@@ -120,9 +120,10 @@ impl Vault {
         self
     }
 
-    /// The engine (for status and metrics).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// Stops the replicated engine under the vault (the node's last step, or a test's
+    /// simulated stop). Requests after this fail; the spool stays as it is.
+    pub async fn shutdown(&self) -> crate::Result<()> {
+        Ok(self.engine.shutdown().await?)
     }
 
     /// Facts about this node.

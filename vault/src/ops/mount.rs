@@ -47,8 +47,8 @@ impl Vault {
                 .as_ref()
                 .map(|r| r.value.clone())
                 .unwrap_or_default();
-            let table = mount::add_kv(&existing, &path, description)
-                .map_err(VaultError::InvalidRequest)?;
+            let table =
+                mount::add_kv(&existing, &path, description).map_err(VaultError::InvalidRequest)?;
             let txn = Txn::new()
                 .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
                 .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
@@ -79,5 +79,4 @@ impl Vault {
         })
         .await
     }
-
 }

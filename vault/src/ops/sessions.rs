@@ -80,7 +80,10 @@ impl Vault {
     /// `GET sys/coffer/sessions`: the node-local sessions this node issued while it was a
     /// read-only standby (live ones), for an operator to see and revoke by accessor.
     pub fn list_local_sessions(&self, auth: &super::Auth) -> Result<Vec<TokenEntry>> {
-        auth.require_sudo("sys/coffer/sessions", crate::rules::policy::Capability::Read)?;
+        auth.require_sudo(
+            "sys/coffer/sessions",
+            crate::rules::policy::Capability::Read,
+        )?;
         let now = clock::now().unix_timestamp();
         let sessions = self.sessions.0.lock().map_err(VaultError::internal)?;
         let mut live: Vec<TokenEntry> = sessions

@@ -15,9 +15,10 @@ use super::{Auth, Vault};
 use crate::clock;
 use crate::error::{Result, VaultError};
 use crate::rules::policy::Capability;
-use crate::rules::token::{child_policies, renewed_expiry, 
-    accessor_key, children_prefix, generate_accessor, generate_token, plan_ttl, token_id_of_key,
-    token_key, token_key_from_id, LifetimeRequest, TokenEntry, MAX_TOKEN_DEPTH,
+use crate::rules::token::{
+    accessor_key, child_policies, children_prefix, generate_accessor, generate_token, plan_ttl,
+    renewed_expiry, token_id_of_key, token_key, token_key_from_id, LifetimeRequest, TokenEntry,
+    MAX_TOKEN_DEPTH,
 };
 
 /// TTL of a token created without one (Vault's system default, 32 days).

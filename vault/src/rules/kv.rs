@@ -400,7 +400,11 @@ mod tests {
         meta.custom_metadata.insert("b".into(), "2".into());
         change.apply_to_meta(&mut meta, true, "t1");
         assert_eq!(
-            (meta.max_versions, meta.delete_version_after_secs, meta.custom_metadata.len()),
+            (
+                meta.max_versions,
+                meta.delete_version_after_secs,
+                meta.custom_metadata.len()
+            ),
             (3, 3600, 2)
         );
         change.apply_to_meta(&mut meta, false, "t2");

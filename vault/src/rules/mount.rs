@@ -126,7 +126,10 @@ mod tests {
             assert!(add_kv(&table, nested, "").is_err(), "{nested}");
         }
         let with_team = add_kv(&table, "team/a", "").unwrap();
-        assert!(add_kv(&with_team, "team", "").is_err(), "a mount cannot contain one");
+        assert!(
+            add_kv(&with_team, "team", "").is_err(),
+            "a mount cannot contain one"
+        );
     }
 
     #[test]

@@ -12,6 +12,12 @@ use coffer_vault::{NodeInfo, Vault};
 /// A sealed, possibly uninitialized vault of node 1 over `dir`.
 #[allow(dead_code)] // each test binary uses part of this module
 pub async fn vault(dir: &Path) -> Vault {
+    vault_and_engine(dir).await.0
+}
+
+/// [`vault`], and the engine under it (for a test that plays a disk or a peer).
+#[allow(dead_code)] // each test binary uses part of this module
+pub async fn vault_and_engine(dir: &Path) -> (Vault, Engine) {
     let engine = Engine::open_single(
         EngineConfig {
             node_id: 1,
@@ -29,15 +35,16 @@ pub async fn vault(dir: &Path) -> Vault {
     .await
     .unwrap();
     let spool = Arc::new(Spool::open(&dir.join("audit"), 1).unwrap());
-    Vault::new(
-        engine,
+    let vault = Vault::new(
+        engine.clone(),
         NodeInfo {
             node_id: 1,
             api_addr: "https://127.0.0.1:1".into(),
             cluster_name: "test".into(),
         },
         spool,
-    )
+    );
+    (vault, engine)
 }
 
 /// An initialized, unsealed vault of node 1 over `dir`, and its root token's `Auth`.
