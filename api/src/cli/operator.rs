@@ -1,0 +1,108 @@
+//! `coffer status` and `coffer operator init | unseal | seal | status | rotate`, and the
+//! dispatch to the cluster commands.
+
+use serde_json::json;
+
+use super::args::OperatorCmd;
+use super::{client, cluster, exit, output, print_json, scalar, Common};
+use crate::client::ClientError;
+
+pub(super) async fn status(common: &Common) -> Result<i32, ClientError> {
+    let resp = client(common)?
+        .request("GET", "sys/seal-status", None)
+        .await?;
+    output(common, &resp.body, &resp.body);
+    // As `vault status`: 2 when sealed.
+    Ok(if resp.body["sealed"].as_bool() == Some(true) {
+        exit::SERVER
+    } else {
+        exit::OK
+    })
+}
+
+pub(super) async fn operator(cmd: OperatorCmd) -> Result<i32, ClientError> {
+    match cmd {
+        OperatorCmd::Init {
+            common,
+            key_shares,
+            key_threshold,
+        } => {
+            let body = json!({"secret_shares": key_shares, "secret_threshold": key_threshold});
+            let resp = client(&common)?
+                .request("POST", "sys/init", Some(&body))
+                .await?;
+            if common.format == "json" {
+                print_json(&resp.body);
+                return Ok(exit::OK);
+            }
+            for (i, key) in resp.body["keys_base64"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                println!("Unseal Key {}: {}", i + 1, scalar(key));
+            }
+            println!("\nInitial Root Token: {}", scalar(&resp.body["root_token"]));
+            eprintln!(
+                "\nVault initialized with {key_shares} key shares and a key threshold of {key_threshold}.\n\
+                 Store the shares apart from each other: {key_threshold} of them unseal the vault."
+            );
+            Ok(exit::OK)
+        }
+        OperatorCmd::Unseal { common, key, reset } => {
+            let body = if reset {
+                json!({"reset": true})
+            } else {
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        eprint!("Unseal Key (will be hidden): ");
+                        let mut line = String::new();
+                        std::io::stdin()
+                            .read_line(&mut line)
+                            .map_err(|e| ClientError::Local(e.to_string()))?;
+                        line.trim().to_string()
+                    }
+                };
+                json!({ "key": key })
+            };
+            let resp = client(&common)?
+                .request("POST", "sys/unseal", Some(&body))
+                .await?;
+            output(&common, &resp.body, &resp.body);
+            Ok(exit::OK)
+        }
+        OperatorCmd::Seal(common) => {
+            client(&common)?.request("POST", "sys/seal", None).await?;
+            eprintln!("Success! Vault is sealed.");
+            Ok(exit::OK)
+        }
+        OperatorCmd::Status(common) => status(&common).await,
+        OperatorCmd::Rotate(common) => {
+            let c = client(&common)?;
+            c.request("POST", "sys/rotate", None).await?;
+            let resp = c.request("GET", "sys/key-status", None).await?;
+            eprintln!("Success! Rotated key");
+            output(&common, &resp.body, &resp.body["data"]);
+            Ok(exit::OK)
+        }
+        OperatorCmd::Pack { command } => cluster::pack(command).await,
+        OperatorCmd::Join(args) => cluster::join(args).await,
+        OperatorCmd::Members(common) => cluster::members(&common).await,
+        OperatorCmd::RemoveNode { common, node_id } => {
+            let path = format!("sys/coffer/members/{node_id}");
+            let done = format!("Removed node {node_id}.");
+            cluster::change(&common, "DELETE", &path, &done).await
+        }
+        OperatorCmd::Promote { common, node_id } => {
+            let path = format!("sys/coffer/members/{node_id}/promote");
+            let done = format!("Node {node_id} is a voter.");
+            cluster::change(&common, "POST", &path, &done).await
+        }
+        OperatorCmd::StepDown(common) => {
+            let done = "The leader stepped down; another voter leads now.";
+            cluster::change(&common, "PUT", "sys/step-down", done).await
+        }
+    }
+}
