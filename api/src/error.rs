@@ -79,9 +79,10 @@ fn vault_error(e: VaultError) -> Response {
         VaultError::PermissionDenied | VaultError::Forbidden(_) => StatusCode::FORBIDDEN,
         VaultError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
-        VaultError::Sealed | VaultError::NotInitialized | VaultError::Unavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        VaultError::Sealed
+        | VaultError::NotInitialized
+        | VaultError::Unavailable(_)
+        | VaultError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
         VaultError::Internal(detail) => {
             let id = uuid::Uuid::new_v4();
             tracing::error!(error_id = %id, "internal error: {detail}");

@@ -31,6 +31,13 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+/// How often a connection with a request in flight is looked at again by the watchdog.
+const BUSY_RECHECK: Duration = Duration::from_millis(500);
+/// Pause after a failed accept (out of descriptors, say) instead of spinning.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// How long a connection being closed may finish its exchange (HTTP/2 GOAWAY, HTTP/1 close).
+const GRACEFUL_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// The remote address of the connection a request came on.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
@@ -238,7 +245,7 @@ impl Registry {
             Some(t) if t.elapsed() >= HttpLimits::ms(limits.request_timeout_ms) => {
                 Verdict::Close("request in flight too long")
             }
-            Some(_) => Verdict::Wait(Duration::from_millis(500)),
+            Some(_) => Verdict::Wait(BUSY_RECHECK),
             None => {
                 let idle = HttpLimits::ms(limits.idle_timeout_ms);
                 match idle.checked_sub(s.idle_since.elapsed()) {
@@ -297,7 +304,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of descriptors (or similar): back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },
@@ -403,7 +410,7 @@ async fn serve_one(
     }
     // Ask politely (HTTP/2 GOAWAY, HTTP/1 close after the current exchange), then drop.
     conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+    let _ = tokio::time::timeout(GRACEFUL_CLOSE_WAIT, conn.as_mut()).await;
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// How long a mode-change webhook may take to answer (it is posted in the background; the
+/// audit record is what counts).
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The webhook client and URL, if mode changes are to be posted.
 fn webhook(
     notify: &crate::config::NotifyConfig,
@@ -35,7 +39,7 @@ fn webhook(
     let Some(url) = &notify.webhook_url else {
         return Ok(None);
     };
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    let mut builder = reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT);
     if let Some(ca) = &notify.ca_file {
         let tls = coffer_tls::api_client_config(&read(ca)?)?;
         builder = builder.use_preconfigured_tls((*tls).clone());

@@ -1,5 +1,6 @@
-//! The one RocksDB instance a node keeps: column families, encodings and the durability
-//! contract shared by the log store and the state machine.
+//! The one RocksDB instance a node keeps: column families, the key names and encodings in
+//! each (the whole on-disk layout, in one place), and the durability contract shared by the
+//! log store, the state machine and snapshot installation.
 //!
 //! # Durability contract
 //!
@@ -14,10 +15,13 @@
 //! - Log entries are purged only up to a snapshot's last log id, and the snapshot file is
 //!   fsynced before it is announced, so no applied state exists only in purged entries.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+use crate::txn::KvEntry;
 
 /// Raft log entries, keyed by big-endian index.
 pub const CF_LOG: &str = "log";
@@ -28,8 +32,79 @@ pub const CF_KV: &str = "kv";
 /// State machine metadata: last applied log id, membership, global revision.
 pub const CF_SM: &str = "sm";
 
+/// The databases this process has open, by canonical path: reopening one (an engine
+/// restarted in the same process while openraft's tasks still drop their handles) is told
+/// apart from a lock held by another process without reading RocksDB's error text.
+static OPEN_PATHS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// A node's open RocksDB; its path stays registered in this process until it has closed.
+pub struct Db {
+    /// `Some` until dropped (taken in `drop` so the database closes before the path is
+    /// released).
+    inner: Option<DB>,
+    /// The canonical path, as registered.
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        self.inner
+            .as_ref()
+            .expect("a Db holds its database until it is dropped")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        drop(self.inner.take());
+        if let Ok(mut open) = OPEN_PATHS.lock() {
+            open.remove(&self.path);
+        }
+    }
+}
+
+/// Why a database did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// This process still has it open (an engine being reopened right after `shutdown`).
+    #[error("{0} is still open in this process")]
+    HeldHere(PathBuf),
+    /// The directory could not be created or resolved.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// RocksDB refused (another process holds its lock, corruption, I/O).
+    #[error(transparent)]
+    Rocks(#[from] rocksdb::Error),
+}
+
 /// Opens (creating if needed) the node's RocksDB with all column families.
-pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+pub fn open(path: &Path) -> Result<Arc<Db>, OpenError> {
+    std::fs::create_dir_all(path).map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
+    {
+        let mut open = OPEN_PATHS.lock().unwrap_or_else(|p| p.into_inner());
+        if !open.insert(canonical.clone()) {
+            return Err(OpenError::HeldHere(canonical));
+        }
+    }
+    match open_rocks(&canonical) {
+        Ok(db) => Ok(Arc::new(Db {
+            inner: Some(db),
+            path: canonical,
+        })),
+        Err(e) => {
+            let mut open = OPEN_PATHS.lock().unwrap_or_else(|p| p.into_inner());
+            open.remove(&canonical);
+            Err(e.into())
+        }
+    }
+}
+
+fn open_rocks(path: &Path) -> Result<DB, rocksdb::Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -41,7 +116,45 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
+    DB::open_cf_descriptors(&opts, path, cfs)
+}
+
+/// `raft`: the vote (written synced).
+pub const KEY_VOTE: &[u8] = b"vote";
+/// `raft`: the last committed log id (re-applied from after a crash).
+pub const KEY_COMMITTED: &[u8] = b"committed";
+/// `raft`: the last purged log id.
+pub const KEY_PURGED: &[u8] = b"last_purged";
+/// `sm`: the last applied log id.
+pub const KEY_APPLIED: &[u8] = b"applied";
+/// `sm`: the membership as of the last applied entry.
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// `sm`: the global revision.
+pub const KEY_REVISION: &[u8] = b"revision";
+/// `sm`: set (synced) once a snapshot file is published and while its records load; a node
+/// that finds it at start knows its state is half-replaced and loads the published file
+/// again.
+pub const KEY_INSTALLING: &[u8] = b"installing";
+
+/// Encodes a `kv` record: `mod_revision (8, BE) | create_revision (8, BE) | value`.
+pub fn encode_entry(entry: &KvEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + entry.value.len());
+    out.extend_from_slice(&entry.mod_revision.to_be_bytes());
+    out.extend_from_slice(&entry.create_revision.to_be_bytes());
+    out.extend_from_slice(&entry.value);
+    out
+}
+
+/// Inverse of [`encode_entry`]; `None` if the record is too short to be one.
+pub fn decode_entry(raw: &[u8]) -> Option<KvEntry> {
+    if raw.len() < 16 {
+        return None;
+    }
+    Some(KvEntry {
+        mod_revision: u64::from_be_bytes(raw[0..8].try_into().ok()?),
+        create_revision: u64::from_be_bytes(raw[8..16].try_into().ok()?),
+        value: raw[16..].to_vec(),
+    })
 }
 
 /// Big-endian encoding so that byte order is numeric order.

@@ -11,11 +11,10 @@
 
 mod db;
 mod engine;
+mod errors;
 #[doc(hidden)]
 pub mod fuzz;
 mod log_store;
-mod membership;
-mod mode;
 mod network;
 mod snapshot;
 mod state_machine;
@@ -24,10 +23,14 @@ mod tuning;
 mod txn;
 mod types;
 
+pub use db::Db;
+pub use engine::membership::{
+    ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG,
+};
+pub use engine::mode::{ModeChange, NodeMode, DEFAULT_STANDBY_AFTER};
 pub use engine::{Engine, EngineConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use errors::EngineError;
 pub use log_store::LogStore;
-pub use membership::{ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG};
-pub use mode::{ModeChange, NodeMode, DEFAULT_STANDBY_AFTER};
 pub use network::NoPeers;
 pub use snapshot::{inspect as inspect_snapshot, SnapshotFiles, SnapshotHeader};
 pub use state_machine::StateMachine;
@@ -42,7 +45,7 @@ pub use types::{
 };
 
 /// Opens the RocksDB instance the stores share (for the storage test suite and tools).
-pub fn open_db(path: &std::path::Path) -> Result<std::sync::Arc<rocksdb::DB>, String> {
+pub fn open_db(path: &std::path::Path) -> Result<std::sync::Arc<Db>, String> {
     db::open(path).map_err(|e| e.to_string())
 }
 
@@ -57,39 +60,4 @@ pub fn install_seed_snapshot(
     let db = db::open(&data_dir.join("raft")).map_err(|e| e.to_string())?;
     let files = SnapshotFiles::new(data_dir.join("snapshots"), db.clone())?;
     files.install_seed(&db, bytes, progress)
-}
-
-/// Why an engine operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// This node is not the leader; writes must go to `leader_id`.
-    #[error("not the leader (leader: {leader_id:?})")]
-    NotLeader {
-        /// The leader this node knows of, if any.
-        leader_id: Option<NodeId>,
-        /// Its API address, if known.
-        leader_api_addr: Option<String>,
-    },
-    /// This node is a read-only standby: no leader heard from (or, on a leader, no quorum)
-    /// for longer than `standby_after`. Writes are refused at once.
-    #[error("read-only: no quorum — last contact with leader {last_contact_ms} ms ago")]
-    ReadOnly {
-        /// Milliseconds since the last contact with a leader (or quorum acknowledgement).
-        last_contact_ms: u64,
-    },
-    /// No leader could be confirmed (no quorum, election in progress).
-    #[error("no leader: {0}")]
-    NoLeader(String),
-    /// A transaction that can never be valid (empty prefix delete, oversize key or value).
-    #[error("invalid transaction: {0}")]
-    InvalidTxn(String),
-    /// A membership change (or a request relayed with it) was refused; the message says why.
-    #[error("{0}")]
-    Membership(String),
-    /// The Raft configuration was rejected.
-    #[error("raft configuration: {0}")]
-    Config(String),
-    /// RocksDB, snapshot files or openraft failed.
-    #[error("storage: {0}")]
-    Storage(String),
 }

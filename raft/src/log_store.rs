@@ -14,14 +14,12 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
-use crate::db::{cf, index_from_key, index_key, CF_LOG, CF_RAFT};
+use crate::db::{
+    cf, index_from_key, index_key, Db, CF_LOG, CF_RAFT, KEY_COMMITTED, KEY_PURGED, KEY_VOTE,
+};
 use crate::types::{LogId, NodeId, StorageError, TypeConfig};
-
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_PURGED: &[u8] = b"last_purged";
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -29,7 +27,7 @@ type Entry = openraft::Entry<TypeConfig>;
 #[derive(Clone)]
 pub struct LogStore {
     /// The node's database (shared with the state machine).
-    db: Arc<DB>,
+    db: Arc<Db>,
     /// Callbacks waiting for the next WAL sync.
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
@@ -48,7 +46,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     /// Wraps the database and starts the syncer thread, which exits when the last clone drops.
-    pub fn new(db: Arc<DB>) -> Self {
+    pub fn new(db: Arc<Db>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         // The thread holds the database weakly: the last strong handle belongs to the engine,
         // so the database closes when the engine goes, not whenever this thread next wakes
@@ -65,12 +63,7 @@ impl LogStore {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        let raw = self
-            .db
-            .get_cf(cf(&self.db, CF_RAFT), key)
-            .map_err(read_err)?;
-        raw.map(|bytes| postcard::from_bytes(&bytes).map_err(read_err))
-            .transpose()
+        meta(&self.db, key)
     }
 
     /// Writes `batch` with `sync = true` on the blocking pool, so the caller's task (the Raft
@@ -92,19 +85,43 @@ impl LogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End);
-        match iter.next() {
-            None => Ok(None),
-            Some(item) => {
-                let (_, value) = item.map_err(read_err)?;
-                let entry: Entry = postcard::from_bytes(&value).map_err(read_err)?;
-                Ok(Some(entry.log_id))
-            }
+        last_entry_id(&self.db)
+    }
+}
+
+/// The last log index stored in `db` (or purged into a snapshot), read from disk: entries
+/// only grow past it, and purging stops at a snapshot, so it never falls below the commit
+/// index read before it.
+pub(crate) fn last_index(db: &std::sync::Weak<Db>) -> Option<u64> {
+    let db = db.upgrade()?;
+    let purged: Option<LogId> = meta(&db, KEY_PURGED).ok()?;
+    Some(last_entry_id(&db).ok()?.or(purged).map_or(0, |l| l.index))
+}
+
+/// A value of the `raft` column family.
+fn meta<T: serde::de::DeserializeOwned>(
+    db: &rocksdb::DB,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    let raw = db.get_cf(cf(db, CF_RAFT), key).map_err(read_err)?;
+    raw.map(|bytes| postcard::from_bytes(&bytes).map_err(read_err))
+        .transpose()
+}
+
+/// The id of the last entry in the log column family, if any.
+fn last_entry_id(db: &rocksdb::DB) -> Result<Option<LogId>, StorageError> {
+    let mut iter = db.iterator_cf(cf(db, CF_LOG), IteratorMode::End);
+    match iter.next() {
+        None => Ok(None),
+        Some(item) => {
+            let (_, value) = item.map_err(read_err)?;
+            let entry: Entry = postcard::from_bytes(&value).map_err(read_err)?;
+            Ok(Some(entry.log_id))
         }
     }
 }
 
-fn sync_loop(db: std::sync::Weak<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_loop(db: std::sync::Weak<Db>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         // Everything queued now was written before this sync starts, so one sync covers all.
         let mut waiting = vec![first];

@@ -21,13 +21,11 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::{cf, CF_KV, CF_SM};
-use crate::state_machine::{KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION};
+use crate::db::{cf, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_INSTALLING, KEY_MEMBERSHIP, KEY_REVISION};
 use crate::types::{LogId, NodeAddr, NodeId, StoredMembership, TypeConfig};
 
 const MAGIC: &[u8; 8] = b"CFSNAP02";
 const CURRENT: &str = "current.snap";
-const KEY_INSTALLING: &[u8] = b"installing";
 /// Upper bound of one RocksDB write batch while installing.
 const BATCH_BYTES: usize = 4 << 20;
 /// Sanity bounds on a record, so a corrupt length cannot make us allocate gigabytes.
@@ -67,7 +65,7 @@ pub struct SnapshotFiles {
     /// `<data_dir>/snapshots`.
     dir: PathBuf,
     /// The node's database.
-    db: Arc<DB>,
+    db: Arc<Db>,
 }
 
 fn io<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
@@ -76,7 +74,7 @@ fn io<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
 
 impl SnapshotFiles {
     /// Uses (creating) `dir`, removing leftovers of interrupted builds and receptions.
-    pub fn new(dir: PathBuf, db: Arc<DB>) -> Result<Self, String> {
+    pub fn new(dir: PathBuf, db: Arc<Db>) -> Result<Self, String> {
         std::fs::create_dir_all(&dir).map_err(io("creating snapshot dir"))?;
         for entry in std::fs::read_dir(&dir)
             .map_err(io("listing snapshot dir"))?

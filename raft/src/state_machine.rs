@@ -12,35 +12,12 @@ use openraft::{
 };
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
-use crate::db::{cf, CF_KV, CF_SM};
+use crate::db::{
+    cf, decode_entry, encode_entry, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION,
+};
 use crate::snapshot::{SnapshotFiles, SnapshotHeader};
 use crate::txn::{plan, KvEntry, StateView, TxnResult, Write};
 use crate::types::{Command, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
-
-pub(crate) const KEY_APPLIED: &[u8] = b"applied";
-pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
-pub(crate) const KEY_REVISION: &[u8] = b"revision";
-
-/// Encodes a stored entry: `mod_revision (8, BE) | create_revision (8, BE) | value`.
-pub(crate) fn encode_entry(entry: &KvEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + entry.value.len());
-    out.extend_from_slice(&entry.mod_revision.to_be_bytes());
-    out.extend_from_slice(&entry.create_revision.to_be_bytes());
-    out.extend_from_slice(&entry.value);
-    out
-}
-
-/// Inverse of [`encode_entry`]; `None` if the record is too short to be one.
-pub(crate) fn decode_entry(raw: &[u8]) -> Option<KvEntry> {
-    if raw.len() < 16 {
-        return None;
-    }
-    Some(KvEntry {
-        mod_revision: u64::from_be_bytes(raw[0..8].try_into().ok()?),
-        create_revision: u64::from_be_bytes(raw[8..16].try_into().ok()?),
-        value: raw[16..].to_vec(),
-    })
-}
 
 /// Reads one key of the state machine.
 pub fn read_entry(db: &DB, key: &[u8]) -> Result<Option<KvEntry>, String> {
@@ -133,11 +110,13 @@ fn sm_write_err(e: impl ToString) -> StorageError {
 /// The RocksDB state machine.
 pub struct StateMachine {
     /// The node's database (shared with the log store and with readers).
-    db: Arc<DB>,
+    db: Arc<Db>,
     /// Where snapshots live; also the recovery source for an interrupted install.
     snapshots: SnapshotFiles,
     /// Global revision after the last applied transaction (cached; persisted with each apply).
     revision: u64,
+    /// The last applied log index (`None` before the first entry).
+    last_applied: Option<u64>,
     /// Publishes the last applied index so readers can wait for their read index.
     applied_tx: tokio::sync::watch::Sender<u64>,
 }
@@ -145,7 +124,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine, finishing a snapshot install a crash interrupted.
     pub fn open(
-        db: Arc<DB>,
+        db: Arc<Db>,
         snapshots: SnapshotFiles,
         applied_tx: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, StorageError> {
@@ -162,11 +141,21 @@ impl StateMachine {
             db,
             snapshots,
             revision,
+            last_applied: applied.map(|l| l.index),
             applied_tx,
         })
     }
 
     fn apply_one(&mut self, entry: openraft::Entry<TypeConfig>) -> Result<TxnResult, StorageError> {
+        // Each entry is applied once, in log order: a repeat or a gap would mean the log and
+        // the state disagree, and going on would make replicas differ.
+        assert!(
+            self.last_applied
+                .is_none_or(|last| entry.log_id.index > last),
+            "applying log index {} after {:?}: the applied index must strictly rise",
+            entry.log_id.index,
+            self.last_applied
+        );
         let mut batch = WriteBatch::default();
         let sm = cf(&self.db, CF_SM);
         let result = match entry.payload {
@@ -208,8 +197,16 @@ impl StateMachine {
             KEY_REVISION,
             postcard::to_allocvec(&result.revision).map_err(sm_write_err)?,
         );
+        // Revisions order every change for watchers and compare-and-set: never backwards.
+        assert!(
+            result.revision >= self.revision,
+            "revision {} after {}: the revision must never fall",
+            result.revision,
+            self.revision
+        );
         self.db.write(batch).map_err(sm_write_err)?;
         self.revision = result.revision;
+        self.last_applied = Some(entry.log_id.index);
         self.applied_tx.send_replace(entry.log_id.index);
         Ok(result)
     }
@@ -259,6 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_write_err)?
             .map_err(sm_write_err)?;
         self.revision = header.revision;
+        self.last_applied = header.last_applied.map(|l| l.index);
         self.applied_tx
             .send_replace(header.last_applied.map_or(0, |l| l.index));
         Ok(())

@@ -40,6 +40,10 @@ pub enum VaultError {
     /// Writes cannot be served now: no leader / no quorum (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A write reached the leader but its answer was lost (the leader changed or contact
+    /// was lost in flight): it may or may not have been applied (503). Read before retrying.
+    #[error("the outcome of the write is unknown ({0}); read the current state before retrying")]
+    OutcomeUnknown(String),
     /// Storage, Raft or crypto failure; details are for the log only (500).
     #[error("internal error")]
     Internal(String),
@@ -61,7 +65,8 @@ impl From<EngineError> for VaultError {
             }),
             EngineError::NoLeader(msg) => VaultError::Unavailable(format!("no leader: {msg}")),
             e @ EngineError::ReadOnly { .. } => VaultError::Unavailable(e.to_string()),
-            EngineError::InvalidTxn(msg) | EngineError::Membership(msg) => {
+            EngineError::OutcomeUnknown(msg) => VaultError::OutcomeUnknown(msg),
+            EngineError::InvalidTxn(msg) | EngineError::Refused(msg) => {
                 VaultError::InvalidRequest(msg)
             }
             other => VaultError::Internal(other.to_string()),

@@ -11,6 +11,10 @@ use super::{ApiRequest, AppState};
 use crate::error::ApiError;
 use crate::https::ClientAddr;
 
+/// How much of an unparseable request's path its record keeps (a path is normally far
+/// shorter; this bounds what a hostile client can make the spool hold).
+const UNPARSED_PATH_CHARS: usize = 512;
+
 /// How the request is audited.
 pub(super) fn policy(req: &ApiRequest) -> RequestAudit {
     classify(&req.path, req.op)
@@ -89,7 +93,7 @@ pub(super) async fn record_unparsed(
         ..Default::default()
     };
     // The raw path may be undecodable; keep it as sent, bounded.
-    let path: String = raw_path.chars().take(512).collect();
+    let path: String = raw_path.chars().take(UNPARSED_PATH_CHARS).collect();
     let event = AuditEvent {
         status: response.status().as_u16(),
         ..AuditEvent::new(

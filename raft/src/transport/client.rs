@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::codec::{read_frame, write_frame};
 use super::{ForwardError, PeerIdentity, PeerRequest, PeerResponse};
-use crate::membership::Contacts;
+use crate::engine::membership::Contacts;
 use crate::types::{NodeAddr, NodeId, TypeConfig};
 
 /// How long to wait for a TCP connection to a peer.
@@ -279,7 +279,7 @@ impl PeerClient {
 
     /// Sends one request and returns the answer within `ttl`. Failing to connect or to send
     /// is [`ForwardError::Unreachable`]: the peer never saw the request, so it may be retried
-    /// elsewhere. Losing the connection while waiting for the answer is `Failed`: the outcome
+    /// elsewhere. Losing the connection while waiting for the answer is `OutcomeUnknown`: the outcome
     /// is unknown.
     pub(crate) async fn exchange(
         &mut self,
@@ -320,10 +320,10 @@ impl PeerClient {
                 self.contacts.heard_from(target);
                 Ok(response)
             }
-            Ok(Err(e)) => Err(ForwardError::Failed(format!(
+            Ok(Err(e)) => Err(ForwardError::OutcomeUnknown(format!(
                 "node {target} closed the connection before answering: {e}"
             ))),
-            Err(_) => Err(ForwardError::Failed(format!(
+            Err(_) => Err(ForwardError::OutcomeUnknown(format!(
                 "node {target} did not answer within {ttl:?}"
             ))),
         }

@@ -128,7 +128,7 @@ impl Forwarder {
         &self,
         leader: NodeId,
         addr: &NodeAddr,
-        change: crate::membership::MembershipChange,
+        change: crate::engine::membership::MembershipChange,
     ) -> Result<u64, ForwardError> {
         match self
             .call(leader, addr, PeerRequest::Membership(change))
@@ -144,7 +144,7 @@ impl Forwarder {
         &self,
         leader: NodeId,
         addr: &NodeAddr,
-    ) -> Result<Vec<crate::membership::MemberStatus>, ForwardError> {
+    ) -> Result<Vec<crate::engine::membership::MemberStatus>, ForwardError> {
         match self.call(leader, addr, PeerRequest::Members).await? {
             PeerResponse::Members(r) => r,
             other => Err(unexpected("a members request", other)),
@@ -179,6 +179,6 @@ impl Forwarder {
 fn unexpected(what: &str, answer: PeerResponse) -> ForwardError {
     match answer {
         PeerResponse::Refused(why) => ForwardError::Refused(why),
-        other => ForwardError::Failed(format!("unexpected answer to {what}: {other:?}")),
+        other => ForwardError::OutcomeUnknown(format!("unexpected answer to {what}: {other:?}")),
     }
 }

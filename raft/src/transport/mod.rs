@@ -78,7 +78,7 @@ pub enum PeerRequest {
         body: Vec<u8>,
     },
     /// A membership change for the leader to run.
-    Membership(crate::membership::MembershipChange),
+    Membership(crate::engine::membership::MembershipChange),
     /// The leader's view of the members and their progress.
     Members,
     /// This node's membership view with pinned certificates (asked by a lagging member
@@ -127,7 +127,7 @@ pub enum PeerResponse {
     /// Answer to `Membership`: the log index of the change (0 when nothing changed).
     Membership(Result<u64, ForwardError>),
     /// Answer to `Members`.
-    Members(Result<Vec<crate::membership::MemberStatus>, ForwardError>),
+    Members(Result<Vec<crate::engine::membership::MemberStatus>, ForwardError>),
     /// Answer to `Roster`.
     Roster(trust::Roster),
     /// The server refused the request; the reason is also in its log.
@@ -150,9 +150,13 @@ pub enum ForwardError {
     /// The request never reached the node (connect or send failed): safe to retry.
     #[error("{0}")]
     Unreachable(String),
-    /// No quorum, another Raft failure, or the answer was lost: the outcome is unknown.
+    /// The request reached the node but its answer did not come back (no quorum, another
+    /// Raft failure, the answer lost): a write's outcome is unknown.
     #[error("{0}")]
-    Failed(String),
+    OutcomeUnknown(String),
+    /// A transaction that can never be valid; it was not applied.
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
     /// The request was refused for what it asks (a bad membership change, a rejected
     /// application message); retrying elsewhere would not help.
     #[error("{0}")]

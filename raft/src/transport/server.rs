@@ -17,10 +17,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::codec::{read_frame_max, write_frame, CodecError, MAX_FRAME};
-use super::trust::{PeerCaller, Refusal};
-use super::{ForwardError, PeerRequest, PeerResponse};
-use crate::types::Raft;
-use crate::{Engine, EngineError};
+use super::trust::{PeerCaller, Refusal, Refusals, RegistrationLimiter};
+use super::{PeerRequest, PeerResponse};
 
 /// How long a peer may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,13 +33,36 @@ const STRANGER_MAX_FRAME: usize = 64 << 10;
 const MAX_PEER_CONNECTIONS: usize = 512;
 /// Connections open at once from certificates that are not a member's.
 const MAX_STRANGER_CONNECTIONS: usize = 16;
+/// Pause after a failed accept (out of descriptors, say) instead of spinning.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// What the peer server needs from the node behind it: who is a member, where refusals are
+/// counted, and the answer to an admitted request. The server itself is transport only
+/// (TLS, frames, admission, limits); the engine implements this.
+pub trait PeerService: Clone + Send + Sync + 'static {
+    /// `Ok` if `caller` presents the certificate pinned for a current member.
+    fn standing(&self, caller: &PeerCaller) -> Result<(), Refusal>;
+    /// Peers and requests refused on the peer port, by reason.
+    fn refusals(&self) -> &Refusals;
+    /// Registration attempts per certificate (a non-member's one kind of request).
+    fn registrations(&self) -> &RegistrationLimiter;
+    /// A Raft message came from a certificate this node does not know: its own membership
+    /// view may be behind.
+    fn stranger_sent_raft(&self);
+    /// The answer to an admitted request from `caller`.
+    fn answer(
+        &self,
+        caller: &PeerCaller,
+        request: PeerRequest,
+    ) -> impl Future<Output = PeerResponse> + Send;
+}
 
 /// Serves Raft RPCs on `listener` until `shutdown` resolves; then closes every open peer
 /// connection too, so peers notice at once and redial whoever serves the address next.
-pub async fn serve_peers(
+pub async fn serve_peers<P: PeerService>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    engine: Engine,
+    engine: P,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -59,7 +80,7 @@ pub async fn serve_peers(
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!("peer accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },
@@ -101,7 +122,7 @@ pub async fn serve_peers(
                 refusals.record(Refusal::NoNodeId, &addr.to_string(), why);
                 return;
             };
-            let member = engine.peer_standing(&caller).is_ok();
+            let member = engine.standing(&caller).is_ok();
             let _stranger_slot = if member {
                 None
             } else {
@@ -130,15 +151,16 @@ pub async fn serve_peers(
     }
 }
 
-async fn serve_connection<S>(
+async fn serve_connection<S, P>(
     mut stream: S,
     caller: PeerCaller,
     member: bool,
     addr: std::net::SocketAddr,
-    engine: &Engine,
+    engine: &P,
 ) -> Result<(), CodecError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    P: PeerService,
 {
     let (max_frame, deadline) = if member {
         (MAX_FRAME, MEMBER_IDLE_TIMEOUT)
@@ -155,7 +177,7 @@ where
             Ok(()) if !member => {
                 // A stranger's one request: a registration, a few a minute per certificate.
                 let response = if engine.registrations().allow(&caller.cert_sha256) {
-                    dispatch(engine, &caller, request).await
+                    engine.answer(&caller, request).await
                 } else {
                     let why =
                         "too many registration attempts from this certificate; retry in a minute";
@@ -167,7 +189,7 @@ where
                 return Ok(());
             }
             Ok(()) => {
-                let response = dispatch(engine, &caller, request).await;
+                let response = engine.answer(&caller, request).await;
                 write_frame(&mut stream, &response).await?;
             }
             Err((reason, why)) => {
@@ -183,7 +205,7 @@ where
                     )
                 ) {
                     // Perhaps our own view is behind (we were down while members changed).
-                    engine.refresh_roster_soon();
+                    engine.stranger_sent_raft();
                 }
                 write_frame(&mut stream, &PeerResponse::Refused(why)).await?;
                 return Ok(());
@@ -195,7 +217,7 @@ where
 /// Whether `caller` may send `request`: it must not claim another node, and anything but an
 /// application message needs the certificate pinned for a current member.
 fn admit(
-    engine: &Engine,
+    engine: &impl PeerService,
     caller: &PeerCaller,
     request: &PeerRequest,
 ) -> Result<(), (Refusal, String)> {
@@ -213,7 +235,7 @@ fn admit(
     if matches!(request, PeerRequest::App(_)) {
         return Ok(());
     }
-    engine.peer_standing(caller).map_err(|reason| {
+    engine.standing(caller).map_err(|reason| {
         let why = match reason {
             Refusal::RevokedCertificate => format!(
                 "node {node} is a member, but not with this certificate (revoked or replaced)"
@@ -222,91 +244,4 @@ fn admit(
         };
         (reason, why)
     })
-}
-
-async fn dispatch(engine: &Engine, caller: &PeerCaller, request: PeerRequest) -> PeerResponse {
-    let raft = engine.raft();
-    match request {
-        PeerRequest::AppendEntries(r) => {
-            let leader_commit = r.leader_commit.map(|l| l.index);
-            let answer = raft.append_entries(r).await;
-            // Any answer but "your term is stale" means a current leader reached us.
-            if matches!(&answer, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
-            {
-                engine.note_leader_contact(leader_commit);
-            }
-            PeerResponse::AppendEntries(answer)
-        }
-        PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-        PeerRequest::InstallSnapshot(r) => {
-            let answer = raft.install_snapshot(r).await;
-            if answer.is_ok() {
-                engine.note_leader_contact(None);
-            }
-            PeerResponse::InstallSnapshot(answer)
-        }
-        PeerRequest::Forward(txn) => PeerResponse::Forwarded(match engine.ensure_writable() {
-            Ok(()) => forwarded_write(raft, txn).await,
-            Err(e) => Err(engine_to_forward(e)),
-        }),
-        PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft).await),
-        PeerRequest::App(body) => PeerResponse::App(engine.app_request(caller.clone(), body).await),
-        // Admitted only from a member, which vouches for the certificate that sent it.
-        PeerRequest::AppRelayed { origin, body } => {
-            PeerResponse::App(engine.app_request_local(origin, body).await)
-        }
-        PeerRequest::Membership(change) => PeerResponse::Membership(
-            engine
-                .change_membership_local(change)
-                .await
-                .map_err(engine_to_forward),
-        ),
-        PeerRequest::Members => PeerResponse::Members(if engine.is_leader() {
-            Ok(engine.members_local())
-        } else {
-            Err(ForwardError::NotLeader(engine.leader().map(|(id, _)| id)))
-        }),
-        PeerRequest::Roster => PeerResponse::Roster(engine.roster_local()),
-    }
-}
-
-/// How an engine failure travels back to the node that forwarded the request.
-pub(crate) fn engine_to_forward(e: EngineError) -> ForwardError {
-    match e {
-        EngineError::NotLeader { leader_id, .. } => ForwardError::NotLeader(leader_id),
-        EngineError::ReadOnly { last_contact_ms } => ForwardError::ReadOnly(last_contact_ms),
-        EngineError::Membership(m) | EngineError::InvalidTxn(m) => ForwardError::Refused(m),
-        other => ForwardError::Failed(other.to_string()),
-    }
-}
-
-async fn forwarded_write(
-    raft: &Raft,
-    txn: crate::txn::Txn,
-) -> Result<(crate::txn::TxnResult, u64), ForwardError> {
-    use openraft::error::ClientWriteError;
-    crate::engine::validate(&txn).map_err(|e| ForwardError::Failed(e.to_string()))?;
-    match raft.client_write(crate::types::Command::Txn(txn)).await {
-        Ok(resp) => Ok((resp.data, resp.log_id.index)),
-        Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(ForwardError::NotLeader(f.leader_id))
-        }
-        Err(e) => Err(ForwardError::Failed(e.to_string())),
-    }
-}
-
-/// The leader confirms its leadership with a quorum and returns the index a read must see.
-async fn read_index(raft: &Raft) -> Result<u64, ForwardError> {
-    use openraft::error::CheckIsLeaderError;
-    match raft.get_read_log_id().await {
-        Ok((read, applied)) => Ok(read.max(applied).map_or(0, |l| l.index)),
-        Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-            Err(ForwardError::NotLeader(f.leader_id))
-        }
-        // A late quorum answer under load: the follower asks again (a read is repeatable).
-        Err(openraft::error::RaftError::APIError(e @ CheckIsLeaderError::QuorumNotEnough(_))) => {
-            Err(ForwardError::Unreachable(e.to_string()))
-        }
-        Err(e) => Err(ForwardError::Failed(e.to_string())),
-    }
 }

@@ -156,6 +156,11 @@ impl Roster {
 /// Registration attempts one certificate may make per minute (a joining node retries every
 /// few seconds; a stranger hammering the leader fills no disk with audit records).
 pub const REGISTRATIONS_PER_MINUTE: u32 = 30;
+/// The window [`REGISTRATIONS_PER_MINUTE`] counts in.
+const REGISTRATION_WINDOW: Duration = Duration::from_secs(60);
+/// Certificates tracked before expired windows are swept (bounds the map under a flood of
+/// distinct certificates, each of which the CA had to issue).
+const REGISTRATION_SWEEP_AT: usize = 10_000;
 
 /// Counts registration attempts per certificate, per minute.
 #[derive(Debug, Default)]
@@ -170,8 +175,8 @@ impl RegistrationLimiter {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
-        let minute = Duration::from_secs(60);
-        if seen.len() > 10_000 {
+        let minute = REGISTRATION_WINDOW;
+        if seen.len() > REGISTRATION_SWEEP_AT {
             seen.retain(|_, (start, _)| start.elapsed() < minute);
         }
         let entry = seen

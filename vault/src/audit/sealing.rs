@@ -1,5 +1,5 @@
-//! Audit bodies at rest in the spool are ciphertext (DESIGN §5), yet a sealed node must still
-//! write records. So bodies are sealed to the cluster's audit spool *public* key (X25519),
+//! Audit bodies at rest in the spool are ciphertext (every value at rest is), yet a sealed
+//! node must still write records. So bodies are sealed to the cluster's audit spool *public* key (X25519),
 //! which every node can read in plaintext; the private key is kept in the replicated state
 //! under the keyring, so only an unsealed node can open what the spool holds.
 //!

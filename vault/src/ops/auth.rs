@@ -260,7 +260,10 @@ impl Vault {
         self.keyring()?;
         let mut names = vec!["default".to_string(), "root".to_string()];
         let prefix = crate::keys::POLICIES;
-        for (key, _) in self.engine.scan(prefix.as_bytes(), None, 100_000)? {
+        for (key, _) in self
+            .engine
+            .scan(prefix.as_bytes(), None, super::LIST_LIMIT)?
+        {
             names.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         names.sort();

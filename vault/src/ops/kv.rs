@@ -20,9 +20,6 @@ use crate::rules::kv::{self as rules, KvMetaUpdate, MountConfig, SecretMeta, Ver
 
 use crate::rules::policy::Capability;
 
-/// Most keys a LIST returns.
-const LIST_LIMIT: usize = 100_000;
-
 use crate::keys::{kv_config as config_key, kv_data as data_key, kv_meta as meta_key};
 
 /// One version's data as stored.
@@ -487,7 +484,7 @@ impl Vault {
         self.keyring()?;
         self.await_consistency(consistency).await?;
         let base = meta_key(mount, &folder);
-        let entries = self.engine.scan(&base, None, LIST_LIMIT)?;
+        let entries = self.engine.scan(&base, None, super::LIST_LIMIT)?;
         let mut keys: Vec<String> = Vec::new();
         for (key, _) in entries {
             let rest = String::from_utf8_lossy(&key[base.len()..]).into_owned();

@@ -3,10 +3,12 @@
 //! every API write into one guarded transaction retried on conflict.
 
 mod audit;
+mod audit_log;
 mod auth;
-mod cluster;
+mod join;
 mod kv;
 mod mount;
+mod pack;
 mod records;
 mod seal;
 mod sessions;
@@ -22,14 +24,19 @@ use coffer_raft::Engine;
 
 use crate::rules::seal::UnsealProgress;
 
+/// Most entries one list returns (KV keys, policies, users): a bound on the memory and time
+/// one request takes, far above what a team's vault holds under one folder.
+pub(crate) const LIST_LIMIT: usize = 100_000;
+
 pub use crate::rules::kv::KvMetaUpdate;
-pub use audit::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport, SHIP_BATCH};
+pub use audit::SHIP_BATCH;
+pub use audit_log::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport};
 pub use auth::{Auth, StoredPolicy};
-pub use cluster::{
-    check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary,
-    PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
-};
+pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
 pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
+pub use pack::{
+    PackRequest, PackSummary, PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
+};
 pub use seal::{StoredCa, CA_KEY};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
 pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};

@@ -1,8 +1,8 @@
 //! Node-local session tokens. A read-only standby cannot write a token to the replicated
-//! state, yet users must be able to log in during an outage (DESIGN §7). So a login there
-//! issues a token kept only in this node's memory: valid only on this node, expiring (at
-//! most [`LOCAL_SESSION_MAX_TTL_SECS`]), not renewable, revoked by logout (`revoke-self`),
-//! and gone when the node restarts. Existing replicated tokens keep working for reads.
+//! state, yet users must be able to log in during an outage. So a login there issues a
+//! token kept only in this node's memory: valid only on this node, expiring (at most
+//! [`LOCAL_SESSION_MAX_TTL_SECS`]), not renewable, revoked by logout (`revoke-self`), and
+//! gone when the node restarts. Existing replicated tokens keep working for reads.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -269,7 +269,7 @@ impl Vault {
         let prefix = crate::keys::USERS.as_bytes();
         Ok(self
             .engine
-            .scan(prefix, None, 100_000)?
+            .scan(prefix, None, super::LIST_LIMIT)?
             .into_iter()
             .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
             .collect())

@@ -1,4 +1,4 @@
-//! The replication bootstrap pack (DESIGN.md §9): one file that lets a new node join.
+//! The replication bootstrap pack: one file that lets a new node join.
 //!
 //! File: `COFFERPACK1\n` | Argon2id m_cost (4, BE) | t_cost (4) | p_cost (4) | salt (16) |
 //! nonce (12) | key check (16) | AES-256-GCM ciphertext+tag of the postcard-encoded

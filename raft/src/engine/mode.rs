@@ -60,8 +60,8 @@ pub struct ModeChange {
     pub reason: String,
 }
 
-/// What the mode is computed from. Holds no storage handle, so the mode task never keeps the
-/// database open after the engine is dropped.
+/// What the mode is computed from. Holds the database only weakly, so the mode task never
+/// keeps it open after the engine is dropped.
 #[derive(Clone)]
 pub(crate) struct ModeTracker {
     /// The openraft handle (metrics, commit index).
@@ -75,6 +75,8 @@ pub(crate) struct ModeTracker {
     pub leader_commit: Arc<AtomicU64>,
     /// Last applied index.
     pub applied: tokio::sync::watch::Receiver<u64>,
+    /// The database, to check the log's last index against the commit index.
+    pub db: std::sync::Weak<crate::db::Db>,
     /// When the engine started (a node that never heard from a leader counts from here).
     pub started: Instant,
     /// The threshold, in milliseconds.
@@ -90,10 +92,16 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl ModeTracker {
-    pub fn new(raft: Raft, node_id: NodeId, applied: tokio::sync::watch::Receiver<u64>) -> Self {
+    pub fn new(
+        raft: Raft,
+        node_id: NodeId,
+        applied: tokio::sync::watch::Receiver<u64>,
+        db: std::sync::Weak<crate::db::Db>,
+    ) -> Self {
         Self {
             raft,
             node_id,
+            db,
             leader_contact: Arc::default(),
             leader_commit: Arc::default(),
             applied,
@@ -177,12 +185,25 @@ impl ModeTracker {
         let goal = match *target {
             Some(goal) => goal,
             None => {
-                let committed = self
+                let applied = *self.applied.borrow();
+                let committed = match self
                     .raft
                     .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
                     .await
-                    .unwrap_or(u64::MAX)
-                    .max(self.leader_commit.load(Ordering::Relaxed));
+                {
+                    Ok(committed) => {
+                        // Read in this order, each only grows: only committed entries are
+                        // applied, and only logged ones committed.
+                        let last_log = crate::log_store::last_index(&self.db).unwrap_or(u64::MAX);
+                        debug_assert!(
+                            applied <= committed && committed <= last_log,
+                            "applied {applied} ≤ committed {committed} ≤ last log {last_log} broken"
+                        );
+                        committed
+                    }
+                    Err(_) => u64::MAX,
+                }
+                .max(self.leader_commit.load(Ordering::Relaxed));
                 *target = Some(committed);
                 committed
             }

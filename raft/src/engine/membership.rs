@@ -16,6 +16,10 @@ use crate::{Engine, EngineError};
 /// A learner is promoted only when it is at most this many entries behind the leader.
 pub const PROMOTE_MAX_LAG: u64 = 100;
 
+/// How long a stepping-down leader waits (heartbeats off) for another voter to be elected:
+/// a few election timeouts, after which it leads on and says so.
+const STEP_DOWN_WAIT: Duration = Duration::from_secs(10);
+
 /// A membership change an operator (or a joining node) asks of the leader.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MembershipChange {
@@ -83,19 +87,15 @@ impl ContactBook {
     }
 }
 
+/// A failed membership proposal, with what was being done.
 fn change_error<E: std::fmt::Display>(
     e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
     what: E,
 ) -> EngineError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => EngineError::NotLeader {
-            leader_id: f.leader_id,
-            leader_api_addr: f.leader_node.map(|n| n.api_addr),
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            EngineError::Membership(format!("{what}: {c}"))
-        }
-        other => EngineError::NoLeader(format!("{what}: {other}")),
+    match crate::errors::proposal_error(e) {
+        EngineError::Refused(why) => EngineError::Refused(format!("{what}: {why}")),
+        EngineError::OutcomeUnknown(why) => EngineError::OutcomeUnknown(format!("{what}: {why}")),
+        other => other,
     }
 }
 
@@ -166,7 +166,7 @@ impl Engine {
                 return fw
                     .membership(leader, &addr, change)
                     .await
-                    .map_err(crate::engine::forward_error);
+                    .map_err(EngineError::from);
             }
         }
         self.change_membership_local(change).await
@@ -190,7 +190,7 @@ impl Engine {
                     if *known == addr {
                         return Ok(0);
                     }
-                    return Err(EngineError::Membership(format!(
+                    return Err(EngineError::Refused(format!(
                         "node {id} is already a member at {known}; remove it first"
                     )));
                 }
@@ -206,9 +206,7 @@ impl Engine {
                     return Ok(0);
                 }
                 if membership.get_node(&id).is_none() {
-                    return Err(EngineError::Membership(format!(
-                        "node {id} is not a member"
-                    )));
+                    return Err(EngineError::Refused(format!("node {id} is not a member")));
                 }
                 let lag = self
                     .members_local()
@@ -218,12 +216,12 @@ impl Engine {
                 match lag {
                     Some(lag) if lag <= PROMOTE_MAX_LAG => {}
                     Some(lag) => {
-                        return Err(EngineError::Membership(format!(
+                        return Err(EngineError::Refused(format!(
                             "node {id} is {lag} entries behind (at most {PROMOTE_MAX_LAG} to promote); try again when it has caught up"
                         )))
                     }
                     None => {
-                        return Err(EngineError::Membership(format!(
+                        return Err(EngineError::Refused(format!(
                             "node {id} has not answered the leader yet; try again when it has caught up"
                         )))
                     }
@@ -237,13 +235,11 @@ impl Engine {
             }
             MembershipChange::Remove { id } => {
                 if membership.get_node(&id).is_none() {
-                    return Err(EngineError::Membership(format!(
-                        "node {id} is not a member"
-                    )));
+                    return Err(EngineError::Refused(format!("node {id} is not a member")));
                 }
                 let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
                 if voters.len() == 1 && voters.contains(&id) {
-                    return Err(EngineError::Membership(format!(
+                    return Err(EngineError::Refused(format!(
                         "node {id} is the only voter; a cluster cannot remove its last voter"
                     )));
                 }
@@ -283,14 +279,14 @@ impl Engine {
             .filter(|v| *v != me)
             .count();
         if voters == 0 {
-            return Err(EngineError::Membership(
+            return Err(EngineError::Refused(
                 "no other voter to hand leadership to".into(),
             ));
         }
         let raft = self.raft();
         raft.runtime_config().heartbeat(false);
         let waited = raft
-            .wait(Some(Duration::from_secs(10)))
+            .wait(Some(STEP_DOWN_WAIT))
             .metrics(
                 |m| m.current_leader.is_some_and(|l| l != me),
                 "another node leads",
@@ -299,8 +295,8 @@ impl Engine {
         raft.runtime_config().heartbeat(true);
         match waited {
             Ok(_) => Ok(()),
-            Err(e) => Err(EngineError::Membership(format!(
-                "no other voter took over within 10 s (writes keep the followers' leases fresh): {e}"
+            Err(e) => Err(EngineError::Refused(format!(
+                "no other voter took over within {STEP_DOWN_WAIT:?} (writes keep the followers' leases fresh): {e}"
             ))),
         }
     }
