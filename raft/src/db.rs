@@ -15,13 +15,15 @@
 //! - Log entries are purged only up to a snapshot's last log id, and the snapshot file is
 //!   fsynced before it is announced, so no applied state exists only in purged entries.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
 
-use crate::txn::KvEntry;
+use crate::snapshot::SnapshotHeader;
+use crate::txn::{KvEntry, Op};
+use crate::types::{LogId, NodeAddr, NodeId, StoredMembership};
 
 /// Raft log entries, keyed by big-endian index.
 pub const CF_LOG: &str = "log";
@@ -171,4 +173,111 @@ pub fn index_from_key(key: &[u8]) -> Option<u64> {
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name)
         .unwrap_or_else(|| panic!("column family {name} missing after open"))
+}
+
+/// Whether another process holds the RocksDB lock under `path` (RocksDB takes a POSIX write
+/// lock on `LOCK`). Asked without taking the lock or writing anything, so a stopped node's
+/// directory is left exactly as it was.
+pub fn locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path.join("LOCK")) else {
+        return false;
+    };
+    // SAFETY: `flock` is a plain C struct for which all-zero is a valid value.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: a valid open descriptor and a valid `flock` that outlives the call.
+    let asked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    asked == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// See [`crate::reset_to_single_voter`]. The log must be empty (a state installed from a
+/// snapshot): entries in it would carry the old membership. Writes the vote at the last
+/// applied term, so the node's first election is in a later term than any entry it holds,
+/// and a fresh snapshot carrying the new membership; all synced.
+pub fn reset_to_single_voter(
+    db: &Arc<Db>,
+    node_id: NodeId,
+    addr: NodeAddr,
+    edits: &[Op],
+) -> Result<SnapshotHeader, String> {
+    let io = |what: &'static str| move |e: rocksdb::Error| format!("{what}: {e}");
+    if db
+        .iterator_cf(cf(db, CF_LOG), rocksdb::IteratorMode::Start)
+        .next()
+        .is_some()
+    {
+        return Err("the log is not empty: only a state installed from a snapshot can be reset".into());
+    }
+    let meta = |key: &[u8]| -> Result<Option<Vec<u8>>, String> {
+        db.get_cf(cf(db, CF_SM), key).map_err(io("reading state-machine meta"))
+    };
+    let decode = |raw: Option<Vec<u8>>| -> Result<Option<Option<LogId>>, String> {
+        raw.map(|b| postcard::from_bytes(&b).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    let applied: Option<LogId> = decode(meta(KEY_APPLIED)?)?.flatten();
+    let Some(applied) = applied else {
+        return Err("no state to reset: nothing was ever applied here".into());
+    };
+    let revision: u64 = match meta(KEY_REVISION)? {
+        Some(b) => postcard::from_bytes(&b).map_err(|e| e.to_string())?,
+        None => 0,
+    };
+    let next = revision + u64::from(!edits.is_empty());
+    let kv = cf(db, CF_KV);
+    let mut batch = WriteBatch::default();
+    for op in edits {
+        match op {
+            Op::Put { key, value } => {
+                let created = db
+                    .get_cf(kv, key)
+                    .map_err(io("reading state"))?
+                    .and_then(|raw| decode_entry(&raw))
+                    .map_or(next, |e| e.create_revision);
+                let entry = KvEntry {
+                    mod_revision: next,
+                    create_revision: created,
+                    value: value.clone(),
+                };
+                batch.put_cf(kv, key, encode_entry(&entry));
+            }
+            Op::Delete { key } => batch.delete_cf(kv, key),
+            Op::DeletePrefix { prefix } => {
+                let iter = db.prefix_iterator_cf(kv, prefix);
+                for item in iter {
+                    let (key, _) = item.map_err(io("reading state"))?;
+                    if !key.starts_with(prefix) {
+                        break;
+                    }
+                    batch.delete_cf(kv, key);
+                }
+            }
+        }
+    }
+    let membership = StoredMembership::new(
+        Some(applied),
+        openraft::Membership::new(
+            vec![BTreeSet::from([node_id])],
+            BTreeMap::from([(node_id, addr)]),
+        ),
+    );
+    let sm = cf(db, CF_SM);
+    batch.put_cf(sm, KEY_MEMBERSHIP, postcard::to_allocvec(&membership).map_err(|e| e.to_string())?);
+    batch.put_cf(sm, KEY_REVISION, postcard::to_allocvec(&next).map_err(|e| e.to_string())?);
+    let raft = cf(db, CF_RAFT);
+    let vote = openraft::Vote::new(applied.leader_id.term, node_id);
+    batch.put_cf(raft, KEY_VOTE, postcard::to_allocvec(&vote).map_err(|e| e.to_string())?);
+    batch.put_cf(raft, KEY_COMMITTED, postcard::to_allocvec(&Some(applied)).map_err(|e| e.to_string())?);
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(io("writing the reset state"))?;
+    Ok(SnapshotHeader {
+        snapshot_id: String::new(),
+        last_applied: Some(applied),
+        membership,
+        revision: next,
+        entries: 0,
+    })
 }

@@ -32,7 +32,9 @@ pub use engine::{Engine, EngineConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use errors::EngineError;
 pub use log_store::LogStore;
 pub use network::NoPeers;
-pub use snapshot::{inspect as inspect_snapshot, SnapshotFiles, SnapshotHeader};
+pub use snapshot::{
+    inspect as inspect_snapshot, scan as scan_snapshot, SnapshotFiles, SnapshotHeader,
+};
 pub use state_machine::StateMachine;
 pub use transport::{
     serve_peers, AppFuture, AppHandler, ForwardError, Forwarder, PeerCaller, PeerIdentity,
@@ -49,15 +51,39 @@ pub fn open_db(path: &std::path::Path) -> Result<std::sync::Arc<Db>, String> {
     db::open(path).map_err(|e| e.to_string())
 }
 
-/// Installs a snapshot file (from a bootstrap pack) into a fresh node's data directory, so
-/// the node starts with the cluster's state instead of fetching it all from the leader.
-/// Refuses a directory that already holds state. `progress(done, total)` reports records.
+/// Installs a snapshot file (from a bootstrap pack or a backup), read from `source`, into a
+/// fresh node's data directory, so the node starts with that state instead of fetching it
+/// all from a leader. The file is written, fsynced and verified whole before anything is
+/// loaded. Refuses a directory that already holds state. `progress(done, total)` reports
+/// records.
 pub fn install_seed_snapshot(
     data_dir: &std::path::Path,
-    bytes: &[u8],
+    source: &mut dyn std::io::Read,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<SnapshotHeader, String> {
     let db = db::open(&data_dir.join("raft")).map_err(|e| e.to_string())?;
     let files = SnapshotFiles::new(data_dir.join("snapshots"), db.clone())?;
-    files.install_seed(&db, bytes, progress)
+    files.install_seed(&db, source, progress)
+}
+
+/// Makes the state in `data_dir` (installed from a snapshot, with an empty log) the state of
+/// a new one-voter cluster whose only member is `node_id` at `addr`, after applying `edits`
+/// to it: the membership is replaced as of the last applied log id, and the edits are
+/// written at the next revision. For restores and forced recovery, on a stopped node.
+pub fn reset_to_single_voter(
+    data_dir: &std::path::Path,
+    node_id: NodeId,
+    addr: NodeAddr,
+    edits: &[Op],
+) -> Result<SnapshotHeader, String> {
+    let db = db::open(&data_dir.join("raft")).map_err(|e| e.to_string())?;
+    db::reset_to_single_voter(&db, node_id, addr, edits)?;
+    // The snapshot a leader sends to new members must carry the new membership too.
+    SnapshotFiles::new(data_dir.join("snapshots"), db)?.build()
+}
+
+/// Whether a running process holds the RocksDB under `data_dir` (its lock file is locked).
+/// A stopped node's directory, or a copy of it, is free.
+pub fn in_use(data_dir: &std::path::Path) -> bool {
+    db::locked(&data_dir.join("raft"))
 }

@@ -21,7 +21,10 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::{cf, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_INSTALLING, KEY_MEMBERSHIP, KEY_REVISION};
+use crate::db::{
+    cf, decode_entry, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_INSTALLING, KEY_MEMBERSHIP, KEY_REVISION,
+};
+use crate::txn::KvEntry;
 use crate::types::{LogId, NodeAddr, NodeId, StoredMembership, TypeConfig};
 
 const MAGIC: &[u8; 8] = b"CFSNAP02";
@@ -238,7 +241,7 @@ impl SnapshotFiles {
     pub fn install_seed(
         &self,
         db: &DB,
-        bytes: &[u8],
+        source: &mut dyn Read,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<SnapshotHeader, String> {
         let applied: Option<Option<LogId>> = decode(
@@ -251,7 +254,7 @@ impl SnapshotFiles {
         let tmp = self.part_path("seed");
         let written = (|| {
             let mut out = File::create(&tmp).map_err(io("writing snapshot"))?;
-            out.write_all(bytes).map_err(io("writing snapshot"))?;
+            std::io::copy(source, &mut out).map_err(io("writing snapshot"))?;
             out.sync_all().map_err(io("syncing snapshot"))?;
             verify(&mut File::open(&tmp).map_err(io("reading snapshot"))?)
         })();
@@ -369,6 +372,16 @@ fn verify(file: &mut File) -> Result<SnapshotHeader, String> {
 /// What installing, packs and restores rely on, and what the fuzz target drives. Memory
 /// stays bounded by the record bounds.
 pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<SnapshotHeader, String> {
+    scan(reader, &mut |_, _| {})
+}
+
+/// [`inspect`], showing every record to `visit` (its key, and its stored entry) as it
+/// passes. A record that is not a stored entry is corrupt. Nothing seen may be trusted until
+/// this returns `Ok`: the checksum is checked at the end.
+pub fn scan<R: Read + Seek>(
+    reader: &mut R,
+    visit: &mut dyn FnMut(&[u8], &KvEntry),
+) -> Result<SnapshotHeader, String> {
     let len = reader
         .seek(SeekFrom::End(0))
         .map_err(io("reading snapshot"))?;
@@ -387,8 +400,11 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<SnapshotHeader, String>
     let mut header = read_header(&mut hashed)?;
     let mut records = 0u64;
     while hashed.read < trailer_at {
-        read_chunk(&mut hashed, MAX_KEY)?;
-        read_chunk(&mut hashed, MAX_VALUE)?;
+        let key = read_chunk(&mut hashed, MAX_KEY)?;
+        let value = read_chunk(&mut hashed, MAX_VALUE)?;
+        let entry = decode_entry(&value)
+            .ok_or("a snapshot record is not a stored entry: the file is corrupt")?;
+        visit(&key, &entry);
         records += 1;
     }
     if hashed.read != trailer_at {

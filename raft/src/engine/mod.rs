@@ -422,26 +422,35 @@ impl Engine {
         Ok(target)
     }
 
-    /// Builds a snapshot now and returns the snapshot file's bytes (for a bootstrap pack).
-    pub async fn snapshot_bytes(&self) -> Result<Vec<u8>, EngineError> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    /// Builds a snapshot of the local state now (on any node, a read-only standby included)
+    /// and opens it, positioned at its start: a consistent point-in-time copy that stays
+    /// readable through the handle even after a newer snapshot replaces it.
+    pub async fn snapshot_file(&self) -> Result<std::fs::File, EngineError> {
+        use std::io::{Seek, SeekFrom};
         self.snapshot_now().await?;
-        let mut snap = self
+        let snap = self
             .raft
             .get_snapshot()
             .await
             .map_err(EngineError::storage)?
             .ok_or_else(|| EngineError::Storage("no snapshot after building one".into()))?;
-        let mut bytes = Vec::new();
-        snap.snapshot
-            .seek(std::io::SeekFrom::Start(0))
-            .await
+        let mut file = snap.snapshot.into_std().await;
+        file.seek(SeekFrom::Start(0))
             .map_err(EngineError::storage)?;
-        snap.snapshot
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(EngineError::storage)?;
-        Ok(bytes)
+        Ok(file)
+    }
+
+    /// [`Engine::snapshot_file`], read whole into memory (a bootstrap pack holds it).
+    pub async fn snapshot_bytes(&self) -> Result<Vec<u8>, EngineError> {
+        use std::io::Read;
+        let mut file = self.snapshot_file().await?;
+        tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map(|_| bytes)
+        })
+        .await
+        .map_err(EngineError::storage)?
+        .map_err(EngineError::storage)
     }
 
     /// Compacts every column family (tests prove deleted data leaves the files).
