@@ -208,10 +208,13 @@ pub fn reset_to_single_voter(
         .next()
         .is_some()
     {
-        return Err("the log is not empty: only a state installed from a snapshot can be reset".into());
+        return Err(
+            "the log is not empty: only a state installed from a snapshot can be reset".into(),
+        );
     }
     let meta = |key: &[u8]| -> Result<Option<Vec<u8>>, String> {
-        db.get_cf(cf(db, CF_SM), key).map_err(io("reading state-machine meta"))
+        db.get_cf(cf(db, CF_SM), key)
+            .map_err(io("reading state-machine meta"))
     };
     let decode = |raw: Option<Vec<u8>>| -> Result<Option<Option<LogId>>, String> {
         raw.map(|b| postcard::from_bytes(&b).map_err(|e| e.to_string()))
@@ -264,15 +267,32 @@ pub fn reset_to_single_voter(
         ),
     );
     let sm = cf(db, CF_SM);
-    batch.put_cf(sm, KEY_MEMBERSHIP, postcard::to_allocvec(&membership).map_err(|e| e.to_string())?);
-    batch.put_cf(sm, KEY_REVISION, postcard::to_allocvec(&next).map_err(|e| e.to_string())?);
+    batch.put_cf(
+        sm,
+        KEY_MEMBERSHIP,
+        postcard::to_allocvec(&membership).map_err(|e| e.to_string())?,
+    );
+    batch.put_cf(
+        sm,
+        KEY_REVISION,
+        postcard::to_allocvec(&next).map_err(|e| e.to_string())?,
+    );
     let raft = cf(db, CF_RAFT);
     let vote = openraft::Vote::new(applied.leader_id.term, node_id);
-    batch.put_cf(raft, KEY_VOTE, postcard::to_allocvec(&vote).map_err(|e| e.to_string())?);
-    batch.put_cf(raft, KEY_COMMITTED, postcard::to_allocvec(&Some(applied)).map_err(|e| e.to_string())?);
+    batch.put_cf(
+        raft,
+        KEY_VOTE,
+        postcard::to_allocvec(&vote).map_err(|e| e.to_string())?,
+    );
+    batch.put_cf(
+        raft,
+        KEY_COMMITTED,
+        postcard::to_allocvec(&Some(applied)).map_err(|e| e.to_string())?,
+    );
     let mut opts = rocksdb::WriteOptions::default();
     opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(io("writing the reset state"))?;
+    db.write_opt(batch, &opts)
+        .map_err(io("writing the reset state"))?;
     Ok(SnapshotHeader {
         snapshot_id: String::new(),
         last_applied: Some(applied),

@@ -123,8 +123,9 @@ pub fn install(
     }
     let files = TlsFiles::new(dir);
     std::fs::create_dir_all(&files.dir).map_err(|e| NodeError::Files(e.to_string()))?;
-    let header = coffer_raft::install_seed_snapshot(dir, &mut contents.snapshot.as_slice(), progress)
-        .map_err(|e| NodeError::Files(format!("installing the snapshot: {e}")))?;
+    let header =
+        coffer_raft::install_seed_snapshot(dir, &mut contents.snapshot.as_slice(), progress)
+            .map_err(|e| NodeError::Files(format!("installing the snapshot: {e}")))?;
     let write_public = |name: &str, text: &str| {
         std::fs::write(files.dir.join(name), text)
             .map_err(|e| NodeError::Files(format!("writing {name}: {e}")))
