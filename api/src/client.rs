@@ -10,6 +10,9 @@ use serde_json::Value;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a backup download or upload may take (a large vault's backup is hundreds of
+/// megabytes).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,62 @@ impl Client {
 }
 
 impl Client {
+    /// GETs a binary resource (`sys/storage/raft/snapshot`) into `out`, streaming, from the
+    /// first reachable address; `progress(done, total)` follows the bytes (`total` if the
+    /// server said). Returns the bytes written.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn std::io::Write + Send),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<u64, ClientError> {
+        let mut failures = Vec::new();
+        for addr in &self.addrs {
+            let mut req = self
+                .http
+                .get(format!("{addr}/v1/{path}"))
+                .timeout(TRANSFER_TIMEOUT);
+            if let Some(token) = &self.token {
+                req = req.header("X-Vault-Token", token);
+            }
+            let mut resp = match req.send().await {
+                Ok(resp) if resp.status().is_success() => resp,
+                Ok(resp) => return finish(resp).await.map(|_| 0),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    failures.push(format!("{addr}: {}", root_cause(&e)));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ClientError::Unreachable(format!(
+                        "{addr}: {}",
+                        root_cause(&e)
+                    )))
+                }
+            };
+            let total = resp.content_length();
+            let mut done = 0u64;
+            progress(0, total);
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| ClientError::Unreachable(format!("{addr}: {}", root_cause(&e))))?
+            {
+                out.write_all(&chunk)
+                    .map_err(|e| ClientError::Local(format!("writing: {e}")))?;
+                done += chunk.len() as u64;
+                progress(done, total);
+            }
+            if total.is_some_and(|t| t != done) {
+                return Err(ClientError::Unreachable(format!(
+                    "{addr}: the transfer ended after {done} of {} bytes",
+                    total.unwrap_or(0)
+                )));
+            }
+            return Ok(done);
+        }
+        Err(ClientError::Unreachable(failures.join("; ")))
+    }
+
     /// GETs a non-JSON resource (`sys/metrics`) and returns its text, from the first
     /// reachable address.
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {

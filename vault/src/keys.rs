@@ -12,6 +12,7 @@
 //! | [`audit_cursor`] | epoch number (u32 BE) and highest merged sequence (u64 BE) | numbers, guarded by the shipper's transactions |
 //! | [`audit_epoch_count`] | epochs a node has had (u32 BE) | a number |
 //! | [`token_child`], [`token_revoking`] | the marker `1` | the key (a token hash) is the information |
+//! | [`RESTORED`] | JSON: how, when, by whom and from what a node was restored; the backup's checksum and MAC | written offline, without the keys; holds no secret |
 
 use sha2::{Digest, Sha256};
 
@@ -19,6 +20,9 @@ use sha2::{Digest, Sha256};
 pub const SEAL_CONFIG: &[u8] = b"core/seal-config";
 /// The keyring, wrapped by the root key.
 pub const KEYRING: &[u8] = b"core/keyring";
+/// Left by an offline restore or a forced recovery until the first unseal finishes it
+/// (plaintext JSON: written without the keys).
+pub const RESTORED: &[u8] = b"core/restored";
 /// The mount table.
 pub const MOUNTS: &[u8] = b"core/mounts";
 /// The cluster CA (certificate and key).
@@ -201,5 +205,48 @@ mod tests {
     #[test]
     fn an_audit_key_says_its_epoch() {
         assert_eq!(audit_log_epoch(&audit_log(3, 2, 99)), 2);
+    }
+}
+
+/// What a stored key holds, as a backup counts it (from the key alone: keys are plaintext).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredKind {
+    /// A KV v2 secret's metadata.
+    Secret,
+    /// One version of a secret.
+    Version,
+    /// A userpass user.
+    User,
+    /// An ACL policy.
+    Policy,
+    /// A token.
+    Token,
+    /// A record of the merged audit log.
+    AuditRecord,
+}
+
+/// The kind of record `key` names, if it is one a backup counts. A version's key holds a NUL
+/// (which no path can); a secret's metadata is under `kv/<mount>meta/`.
+pub fn classify(key: &[u8]) -> Option<StoredKind> {
+    let text = std::str::from_utf8(key).ok();
+    if key.starts_with(b"kv/") {
+        if key.contains(&0) {
+            return Some(StoredKind::Version);
+        }
+        return text
+            .filter(|t| t.contains("/meta/"))
+            .map(|_| StoredKind::Secret);
+    }
+    let text = text?;
+    if text.starts_with(USERS) {
+        Some(StoredKind::User)
+    } else if text.starts_with(POLICIES) {
+        Some(StoredKind::Policy)
+    } else if text.starts_with(TOKENS) {
+        Some(StoredKind::Token)
+    } else if text.starts_with("audit/log/") {
+        Some(StoredKind::AuditRecord)
+    } else {
+        None
     }
 }

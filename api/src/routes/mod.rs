@@ -8,6 +8,7 @@
 //! [`coffer_vault::audit::classify`] if it is not a plain read or write.
 
 mod audit_log;
+mod backup;
 mod cluster;
 mod kv;
 mod lenient;
@@ -180,7 +181,7 @@ async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError>
 }
 
 /// `sys/*` paths with an exact route: a known path with another method is a 405.
-const SYS_PATHS: [&str; 18] = [
+const SYS_PATHS: [&str; 19] = [
     "init",
     "seal-status",
     "unseal",
@@ -192,6 +193,7 @@ const SYS_PATHS: [&str; 18] = [
     "step-down",
     "storage/raft/configuration",
     "storage/raft/remove-peer",
+    "storage/raft/snapshot",
     "coffer/packs",
     "coffer/members",
     "coffer/sessions",
@@ -219,6 +221,7 @@ async fn sys(state: &AppState, req: &ApiRequest, rest: &str) -> Result<Response,
         ("step-down", Write) => cluster::step_down(state, req).await,
         ("storage/raft/configuration", Read) => cluster::raft_configuration(state, req),
         ("storage/raft/remove-peer", Write) => cluster::remove_peer(state, req).await,
+        ("storage/raft/snapshot", Read) => backup::save(state, req).await,
         ("coffer/packs", Write) => cluster::create_pack(state, req).await,
         ("coffer/members", Read | List) => cluster::members(state, req).await,
         ("coffer/sessions", Read | List) => cluster::sessions(state, req),

@@ -5,6 +5,7 @@
 
 mod files;
 pub mod join;
+pub mod restore;
 
 use std::path::PathBuf;
 use std::sync::Arc;

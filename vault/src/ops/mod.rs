@@ -5,6 +5,7 @@
 mod audit;
 mod audit_log;
 mod auth;
+mod backup;
 mod join;
 mod kv;
 mod mount;
@@ -32,6 +33,7 @@ pub use crate::rules::kv::KvMetaUpdate;
 pub use audit::SHIP_BATCH;
 pub use audit_log::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport};
 pub use auth::{Auth, StoredPolicy};
+pub use backup::RestoreMarker;
 pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
 pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
 pub use pack::{

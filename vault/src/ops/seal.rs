@@ -157,6 +157,7 @@ impl Vault {
                 "unseal failed: the key does not open this vault's keyring".into(),
             )
         })?;
+        self.check_restored_backup(&keyring)?;
         self.spool.set_mac_key(Some(Vault::spool_mac_key(&keyring)));
         *self.sealing.write().map_err(VaultError::internal)? = Sealing::Unsealed {
             root,

@@ -1,0 +1,62 @@
+//! Backups over HTTP: `GET sys/storage/raft/snapshot` streams a backup file of this node's
+//! state (Vault's path and shape, so `hvac`'s `take_raft_snapshot` works unchanged).
+
+use axum::body::Body;
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use tokio::io::AsyncReadExt;
+
+use super::{ApiRequest, AppState};
+use crate::error::{ApiError, ApiResult};
+
+/// Bytes per chunk of the streamed body.
+const STREAM_CHUNK_BYTES: usize = 256 << 10;
+
+/// `GET sys/storage/raft/snapshot`: the backup is written to an unnamed temporary file in
+/// the data directory (bounded memory whatever the state's size; the space is freed when
+/// the answer is done), then streamed.
+pub(super) async fn save(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let auth = req.authenticate(&state.vault)?;
+    let dir = state
+        .tls
+        .dir
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let mut file = tempfile::tempfile_in(&dir)
+        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
+    let manifest = state.vault.backup(&auth, &mut file).await?;
+    let len = file
+        .metadata()
+        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?
+        .len();
+    let mut file = tokio::fs::File::from_std(file);
+    use tokio::io::AsyncSeekExt;
+    file.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
+    let stream = futures::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let name = format!(
+        "attachment; filename=\"coffer-{}-{}.snap\"",
+        manifest.node_id, manifest.applied_index
+    );
+    Ok((
+        [
+            (CONTENT_TYPE, "application/octet-stream".to_string()),
+            (CONTENT_LENGTH, len.to_string()),
+            (CONTENT_DISPOSITION, name),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,276 @@
+//! Backups: a consistent point-in-time copy of this node's state (any unsealed node, a
+//! read-only standby included) written as a backup file ([`crate::rules::backup`]), and
+//! what a restored node finishes at its first unseal (the backup's MAC, the new cluster's
+//! CA, the record of the restore).
+//!
+//! Memory stays bounded whatever the state's size: the engine's snapshot is a file, read
+//! in passes (count, hash, copy), never held whole.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::auth::Auth;
+use super::{StoredCa, Vault};
+use crate::audit::{AuditEvent, Outcome, Stage, Who};
+use crate::error::{Result, VaultError};
+use crate::rules::backup::{self, Counts, Manifest, SealSummary, Section, FORMAT, MAC_PURPOSE};
+use crate::rules::policy::Capability;
+use crate::rules::seal::SealConfig;
+
+/// Copy buffer for the snapshot passes.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// Left in the state by an offline restore or a forced recovery (plaintext: it is written
+/// without the keys), until the first unseal finishes the restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreMarker {
+    /// `backup`, `data-dir` or `recover`.
+    pub kind: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who ran it (the operating-system user, or `--operator`).
+    pub by: String,
+    /// Why, as the operator said.
+    pub reason: String,
+    /// The backup file or data directory it came from.
+    pub source: String,
+    /// The cluster id before.
+    pub old_cluster_id: String,
+    /// The cluster id now (a new epoch unless `--keep-cluster-id`).
+    pub cluster_id: String,
+    /// The backup's checksum (hex), when restored from a backup.
+    pub backup_sha256: Option<String>,
+    /// The backup's MAC (hex), checked at the first unseal.
+    pub backup_mac: Option<String>,
+    /// The node made a new CA (on disk until the first unseal moves it into the state).
+    pub new_ca: bool,
+}
+
+impl Vault {
+    /// `GET sys/storage/raft/snapshot` and `operator snapshot save`: writes a backup of this
+    /// node's state to `out` (sudo on `sys/storage/raft/snapshot`).
+    pub async fn backup(&self, auth: &Auth, out: &mut std::fs::File) -> Result<Manifest> {
+        auth.require_sudo("sys/storage/raft/snapshot", Capability::Read)?;
+        self.write_backup(out).await
+    }
+
+    /// Writes a backup of this node's state to `out` (no ACL: scheduled backups are the
+    /// node's own). Needs the keyring, for the MAC.
+    pub async fn write_backup(&self, out: &mut std::fs::File) -> Result<Manifest> {
+        let keyring = self.keyring()?;
+        let mac_key = keyring.derive(MAC_PURPOSE);
+        let snapshot = self.engine.snapshot_file().await?;
+        let node = self.node_status();
+        let base = ManifestBase {
+            cluster_name: self.node.cluster_name.clone(),
+            node_id: self.node.node_id,
+            node_mode: self.mode().to_string(),
+            last_contact_ms: node.last_contact_ms,
+        };
+        let mut out = out.try_clone().map_err(VaultError::internal)?;
+        tokio::task::spawn_blocking(move || {
+            let copy = snapshot.try_clone().map_err(VaultError::internal)?;
+            let manifest = describe(copy, base)?;
+            write_file(snapshot, &manifest, &mac_key, &mut out)?;
+            Ok(manifest)
+        })
+        .await
+        .map_err(VaultError::internal)?
+    }
+
+    /// Whether this node was restored and has not finished it yet.
+    pub fn restore_marker(&self) -> Result<Option<RestoreMarker>> {
+        let Some(entry) = self.engine.get(crate::keys::RESTORED)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&entry.value)
+            .map(Some)
+            .map_err(VaultError::internal)
+    }
+
+    /// At unseal, before the keyring is taken: a restore from a backup is refused if the
+    /// backup's MAC is not this keyring's (the file was altered and its checksum recomputed,
+    /// or it is another cluster's state under another root key).
+    pub(crate) fn check_restored_backup(
+        &self,
+        keyring: &crate::crypto::keyring::Keyring,
+    ) -> Result<()> {
+        let Some(marker) = self.restore_marker()? else {
+            return Ok(());
+        };
+        let (Some(sha), Some(tag)) = (&marker.backup_sha256, &marker.backup_mac) else {
+            return Ok(());
+        };
+        let digest: Option<[u8; 32]> = hex::decode(sha).ok().and_then(|d| d.try_into().ok());
+        let tag: Option<[u8; 32]> = hex::decode(tag).ok().and_then(|d| d.try_into().ok());
+        let key = keyring.derive(MAC_PURPOSE);
+        match (digest, tag) {
+            (Some(d), Some(t)) if backup::mac_matches(&key, &d, &t) => Ok(()),
+            _ => Err(VaultError::Forbidden(
+                "the restored data does not match its backup's authentication: the backup was \
+                 altered, or its keys are not these; the node stays sealed"
+                    .into(),
+            )),
+        }
+    }
+
+    /// After the first unseal of a restored node: moves the new cluster's CA (`pending_ca`,
+    /// made by the restore) into the state, audits the restore, and clears the marker, in one
+    /// transaction. Returns whether the pending CA was taken (its key file can go). Does
+    /// nothing on a node that was not restored; a crash before it ends leaves the marker, and
+    /// the next unseal finishes.
+    pub async fn finish_restore(&self, pending_ca: Option<&StoredCa>) -> Result<bool> {
+        let Some(marker) = self.restore_marker()? else {
+            return Ok(false);
+        };
+        let ca = match (marker.new_ca, pending_ca) {
+            (true, Some(ca)) => Some(ca),
+            (true, None) => {
+                return Err(VaultError::internal(
+                    "a restore made a new CA but its files are gone from tls/",
+                ))
+            }
+            (false, _) => None,
+        };
+        let event = AuditEvent {
+            detail: format!(
+                "{} from {} by {} (reason: {}); cluster {} -> {}",
+                marker.kind,
+                marker.source,
+                marker.by,
+                marker.reason,
+                marker.old_cluster_id,
+                marker.cluster_id
+            ),
+            ..AuditEvent::new(
+                Stage::Event,
+                Who {
+                    name: marker.by.clone(),
+                    method: "restore".into(),
+                    client_addr: "local".into(),
+                    ..Default::default()
+                },
+                "restore.finish",
+                "sys/storage/raft/snapshot",
+                Outcome::Ok,
+            )
+        };
+        self.audit(event).await?;
+        let mut txn = coffer_raft::Txn::new().delete(crate::keys::RESTORED);
+        if let Some(ca) = ca {
+            let ring = self.keyring()?;
+            txn = txn.put(
+                super::CA_KEY,
+                super::records::seal_json(&ring, super::CA_KEY, ca)?,
+            );
+        }
+        self.engine.write(txn).await?;
+        tracing::info!(kind = %marker.kind, "restore finished");
+        Ok(ca.is_some())
+    }
+}
+
+/// What the manifest takes from the running node.
+struct ManifestBase {
+    cluster_name: String,
+    node_id: u64,
+    node_mode: String,
+    last_contact_ms: u64,
+}
+
+/// The manifest of `snapshot`: counts and seal configuration from its records, its hash.
+fn describe(mut snapshot: std::fs::File, base: ManifestBase) -> Result<Manifest> {
+    let mut counts = Counts::default();
+    let mut seal: Option<SealConfig> = None;
+    let header = coffer_raft::scan_snapshot(&mut snapshot, &mut |key, entry| {
+        counts.add(key);
+        if key == crate::keys::SEAL_CONFIG {
+            seal = serde_json::from_slice(&entry.value).ok();
+        }
+    })
+    .map_err(VaultError::internal)?;
+    let seal =
+        seal.ok_or_else(|| VaultError::internal("the snapshot holds no seal configuration"))?;
+    let (bytes, sha256) = hash_file(&mut snapshot)?;
+    let applied = header.last_applied;
+    Ok(Manifest {
+        format: FORMAT,
+        cluster_id: seal.cluster_id.clone(),
+        cluster_name: base.cluster_name,
+        node_id: base.node_id,
+        node_mode: base.node_mode,
+        last_contact_ms: base.last_contact_ms,
+        applied_index: applied.map_or(0, |l| l.index),
+        applied_term: applied.map_or(0, |l| l.leader_id.term),
+        revision: header.revision,
+        created_at: crate::clock::rfc3339(crate::clock::now()),
+        counts,
+        seal: SealSummary {
+            secret_shares: seal.secret_shares,
+            secret_threshold: seal.secret_threshold,
+            share_salt: seal.share_salt,
+            share_fingerprints: seal.share_fingerprints,
+        },
+        snapshot: Section {
+            bytes,
+            sha256: hex::encode(sha256),
+        },
+    })
+}
+
+/// The length and SHA-256 of a whole file.
+fn hash_file(file: &mut std::fs::File) -> Result<(u64, [u8; 32])> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(VaultError::internal)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(VaultError::internal)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher.finalize().into()))
+}
+
+/// Writes the backup file: header, snapshot, checksum, MAC.
+fn write_file(
+    mut snapshot: std::fs::File,
+    manifest: &Manifest,
+    mac_key: &crate::crypto::Key,
+    out: &mut std::fs::File,
+) -> Result<()> {
+    let io = VaultError::internal;
+    let mut hasher = Sha256::new();
+    let mut out = std::io::BufWriter::with_capacity(COPY_CHUNK_BYTES, out);
+    let header = backup::header_bytes(manifest);
+    hasher.update(&header);
+    out.write_all(&header).map_err(io)?;
+    snapshot.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    let mut copied = 0u64;
+    loop {
+        let n = snapshot.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io)?;
+        copied += n as u64;
+    }
+    if copied != manifest.snapshot.bytes {
+        return Err(VaultError::internal(
+            "the snapshot changed while it was copied",
+        ));
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    out.write_all(&digest).map_err(io)?;
+    out.write_all(&backup::mac(mac_key, &digest)).map_err(io)?;
+    out.flush().map_err(io)?;
+    Ok(())
+}
