@@ -43,6 +43,54 @@ pub struct NotifyConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Scheduled backups (`[backup]`): every `interval`, an unsealed node (a read-only standby
+/// too) writes a backup file into `dir` atomically and keeps the newest `keep`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where the files go (created, mode 0700). Required.
+    pub dir: PathBuf,
+    /// How often, e.g. `1h`, `30m`. Default `1h`.
+    #[serde(default = "BackupConfig::default_interval")]
+    pub interval: String,
+    /// How many files of this node to keep. Default 24.
+    #[serde(default = "BackupConfig::default_keep")]
+    pub keep: usize,
+}
+
+impl BackupConfig {
+    fn default_interval() -> String {
+        "1h".into()
+    }
+
+    fn default_keep() -> usize {
+        24
+    }
+
+    /// The schedule a node runs.
+    pub fn schedule(&self) -> Result<coffer_vault::BackupSchedule, String> {
+        let secs = coffer_vault::clock::parse_duration_secs(&self.interval)
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| {
+                format!(
+                    "backup.interval: {:?} is not a duration like 1h or 30m",
+                    self.interval
+                )
+            })?;
+        if self.keep == 0 {
+            return Err("backup.keep: must be at least 1".into());
+        }
+        if self.dir.as_os_str().is_empty() {
+            return Err("backup.dir: required".into());
+        }
+        Ok(coffer_vault::BackupSchedule {
+            dir: self.dir.clone(),
+            interval: std::time::Duration::from_secs(secs),
+            keep: self.keep,
+        })
+    }
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,6 +133,8 @@ pub struct ServerConfig {
     pub max_lease_ttl_secs: u64,
     /// Limits of the HTTPS front against idle, slow and greedy clients.
     pub http: crate::https::HttpLimits,
+    /// Scheduled backups (none by default).
+    pub backup: Option<BackupConfig>,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +157,7 @@ impl Default for ServerConfig {
             default_lease_ttl_secs: 768 * 3600,
             max_lease_ttl_secs: 768 * 3600,
             http: crate::https::HttpLimits::default(),
+            backup: None,
         }
     }
 }
@@ -212,6 +263,9 @@ impl ServerConfig {
             );
         }
         self.http.validate()?;
+        if let Some(backup) = &self.backup {
+            backup.schedule()?;
+        }
         if let Some(url) = &self.notify.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(

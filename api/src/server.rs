@@ -31,6 +31,8 @@ fn read(path: &Path) -> anyhow::Result<String> {
 /// How long a mode-change webhook may take to answer (it is posted in the background; the
 /// audit record is what counts).
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a restored node waits before trying again to finish its restore.
+const FINISH_RESTORE_RETRY: Duration = Duration::from_millis(500);
 
 /// The webhook client and URL, if mode changes are to be posted.
 fn webhook(
@@ -100,6 +102,37 @@ pub fn after_init(state: &AppState, root: Key) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// After an unseal: a restored node finishes its restore (moves its new CA into the state,
+/// audits the restore, clears the marker). In the background, since the one-voter cluster
+/// may still be electing itself; retried until done or sealed again.
+pub fn after_unseal(state: &AppState) {
+    let (vault, pending, tls) = (
+        state.vault.clone(),
+        state.pending_ca.clone(),
+        state.tls.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            if vault.is_sealed() {
+                return;
+            }
+            let mut ca = pending.lock().await;
+            match vault.finish_restore(ca.as_ref()).await {
+                Ok(taken) => {
+                    if taken {
+                        *ca = None;
+                        tls.forget_ca_key();
+                    }
+                    return;
+                }
+                Err(e) => tracing::warn!("finishing the restore (will retry): {e}"),
+            }
+            drop(ca);
+            tokio::time::sleep(FINISH_RESTORE_RETRY).await;
+        }
+    });
+}
+
 fn read_key_file(path: &Path) -> anyhow::Result<Key> {
     let text = Zeroizing::new(read(path)?);
     let bytes = Zeroizing::new(hex::decode(text.trim()).context("key file is not hex")?);
@@ -130,6 +163,12 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
             max_ttl_secs: cfg.max_lease_ttl_secs,
         },
         api_tls_files: cfg.tls.cert_file.clone().zip(cfg.tls.key_file.clone()),
+        backup: cfg
+            .backup
+            .as_ref()
+            .map(crate::config::BackupConfig::schedule)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     };
     let (node, api_cert, api_key) = Node::start(options, &api_host).await?;
     if let Some(peer_addr) = &node.peer_addr {
@@ -164,6 +203,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
             let outcome = vault.unseal_with_root(read_key_file(&path)?);
             audit_system(&vault, "unseal", "sys/unseal", Some(outcome.is_ok())).await?;
             outcome?;
+            after_unseal(&state);
         }
     }
     print_banner(&cfg, &node.files, dev.is_some(), &dev_dir);

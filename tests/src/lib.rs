@@ -171,6 +171,11 @@ impl Server {
 
     /// `operator init` with one share (for key-file seals); returns the root token.
     pub fn init_one_share(&self) -> String {
+        self.init_one_share_keeping().0
+    }
+
+    /// `operator init` with one share; returns the root token and the share (base64).
+    pub fn init_one_share_keeping(&self) -> (String, String) {
         let args = [
             "operator",
             "init",
@@ -181,7 +186,10 @@ impl Server {
         let (code, out, err) = self.cli("", &args);
         assert_eq!(code, 0, "operator init: {err}");
         let init: serde_json::Value = serde_json::from_str(&out).expect("init json");
-        init["root_token"].as_str().expect("root token").to_string()
+        (
+            init["root_token"].as_str().expect("root token").to_string(),
+            init["keys_base64"][0].as_str().expect("a share").to_string(),
+        )
     }
 
     /// Path of the CA file clients use.

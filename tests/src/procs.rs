@@ -55,6 +55,8 @@ pub struct ProcCluster {
     pub addrs: BTreeMap<u64, NodeAddrs>,
     /// Root token.
     pub token: String,
+    /// The one unseal share (base64).
+    pub share: String,
     /// The cluster CA file.
     pub ca_path: PathBuf,
 }
@@ -121,12 +123,13 @@ impl ProcCluster {
             &data,
         );
         let ca_path = server.ca_path();
-        let token = server.init_one_share();
+        let (token, share) = server.init_one_share_keeping();
         let cluster = Self {
             dir,
             nodes: BTreeMap::from([(1, Some(server))]),
             addrs: BTreeMap::from([(1, addrs)]),
             token,
+            share,
             ca_path,
         };
         cluster.wait(

@@ -26,7 +26,7 @@ pub use ops::{
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use ops::{
-    AuditFilter, Auth, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
+    AuditFilter, Auth, BackupRecord, BackupSchedule, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
     KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus, MemberChange, MergedRecord,
     NodeChainReport, NodeInfo, NodeMetrics, NodeStatus, RaftConfiguration, RaftServer,
     RestoreMarker, SealStatus, StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::{audit, cluster, identity};
+use super::{audit, backup, cluster, identity};
 
 #[derive(Parser, Debug)]
 #[command(name = "coffer", version, about = "Coffer: a replicated secret vault")]
@@ -164,6 +164,17 @@ pub(super) enum OperatorCmd {
     },
     /// Make the leader hand leadership to another voter.
     StepDown(Common),
+    /// Backups: save one from a running node, inspect a file.
+    Snapshot {
+        #[command(subcommand)]
+        command: backup::SnapshotCmd,
+    },
+    /// Rebuild a working one-voter cluster from a backup or a surviving node's data
+    /// directory (runs locally, no server).
+    Restore(backup::RestoreArgs),
+    /// Make a stopped survivor the only voter of a new cluster epoch, when the quorum is
+    /// lost for good (runs locally, no server).
+    Recover(backup::RecoverArgs),
 }
 
 #[derive(Subcommand, Debug)]

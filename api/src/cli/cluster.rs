@@ -1,6 +1,5 @@
 //! `coffer operator pack create | join | members | remove-node | promote | step-down`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -179,18 +178,16 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
             return Ok(exit::SERVER);
         }
     }
-    let mut last_percent = u64::MAX;
-    let index = join::install(dir, &contents, &prepared, &mut |done, total| {
-        let percent = (done * 100).checked_div(total).unwrap_or(100);
-        if percent != last_percent {
-            last_percent = percent;
-            let bar = "#".repeat(usize::try_from(percent / 4).unwrap_or(25));
-            eprint!("\rInstalling snapshot [{bar:<25}] {percent:>3}% ({done}/{total} records)");
-            let _ = std::io::stderr().flush();
-        }
-    })
-    .map_err(local)?;
-    eprintln!();
+    let progress = super::backup::bar(
+        0,
+        "Installing snapshot [{bar:25}] {percent:>3}% ({pos}/{len} records)",
+    );
+    let installed = join::install(dir, &contents, &prepared, &mut |done, total| {
+        progress.set_length(total);
+        progress.set_position(done);
+    });
+    progress.finish_and_clear();
+    let index = installed.map_err(local)?;
     eprintln!("Installed the cluster's state as of log index {index}.");
     let config = dir.join("coffer.toml");
     let command = format!("coffer server --config {}", config.display());

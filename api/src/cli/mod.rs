@@ -9,6 +9,7 @@ use clap::Parser;
 
 mod args;
 mod audit;
+mod backup;
 mod cluster;
 mod identity;
 mod kv;

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::args::OperatorCmd;
-use super::{client, cluster, exit, output, print_json, scalar, Common};
+use super::{backup, client, cluster, exit, output, print_json, scalar, Common};
 use crate::client::ClientError;
 
 pub(super) async fn status(common: &Common) -> Result<i32, ClientError> {
@@ -104,5 +104,8 @@ pub(super) async fn operator(cmd: OperatorCmd) -> Result<i32, ClientError> {
             let done = "The leader stepped down; another voter leads now.";
             cluster::change(&common, "PUT", "sys/step-down", done).await
         }
+        OperatorCmd::Snapshot { command } => backup::snapshot(command).await,
+        OperatorCmd::Restore(args) => backup::restore(args).await,
+        OperatorCmd::Recover(args) => backup::recover(args).await,
     }
 }

@@ -62,6 +62,20 @@ pub(super) fn export(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
         "Highest sequence number of this node merged into the cluster log.",
         m.audit_merged_seq.to_string(),
     );
+    if let Some(b) = &m.backups {
+        metric(
+            "coffer_last_backup_timestamp_seconds",
+            "gauge",
+            "When the last scheduled backup succeeded (Unix time; 0: none yet).",
+            b.last_success_unix.unwrap_or(0).to_string(),
+        );
+        metric(
+            "coffer_backup_failures_total",
+            "counter",
+            "Scheduled backups that failed since start.",
+            b.failures.to_string(),
+        );
+    }
     metric(
         "coffer_raft_applied_index",
         "gauge",

@@ -74,14 +74,18 @@ struct UnsealBody {
 }
 
 /// `POST sys/unseal`: one share, or `reset` to forget the shares given so far.
-pub(super) fn unseal(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+pub(super) async fn unseal(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     let body: UnsealBody = req.json()?;
     if body.key.is_none() && !body.reset {
         return Err(ApiError::BadRequest(
             "missing required 'key' parameter".into(),
         ));
     }
-    Ok(Json(state.vault.unseal(body.key.as_deref(), body.reset)?).into_response())
+    let status = state.vault.unseal(body.key.as_deref(), body.reset)?;
+    if !status.sealed {
+        crate::server::after_unseal(state);
+    }
+    Ok(Json(status).into_response())
 }
 
 /// `POST sys/seal`.

@@ -70,6 +70,8 @@ pub struct NodeOptions {
     pub token_limits: TokenLimits,
     /// The operator's own API certificate and key files, instead of ones the CA issues.
     pub api_tls_files: Option<(PathBuf, PathBuf)>,
+    /// Scheduled backups.
+    pub backup: Option<crate::BackupSchedule>,
 }
 
 /// A running node.
@@ -191,6 +193,9 @@ impl Node {
         );
         tokio::spawn(vault.clone().run_shipper());
         tokio::spawn(vault.clone().run_revocation_sweeper());
+        if let Some(schedule) = opts.backup.clone() {
+            tokio::spawn(vault.clone().run_backup_schedule(schedule));
+        }
         engine.set_app_handler(vault.peer_app_handler());
         if let Some(join) = pending_join {
             tokio::spawn(join::await_promotion(

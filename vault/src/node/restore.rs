@@ -291,7 +291,8 @@ fn free_space(dir: &Path) -> Option<u64> {
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a valid out-pointer for the call's duration.
     let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    // Both fields are `u64` on 64-bit Linux (the only target Coffer builds for).
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn check_space(target: &Path, state_bytes: u64) -> Result<(), RestoreError> {

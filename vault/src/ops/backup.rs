@@ -21,6 +21,34 @@ use crate::rules::seal::SealConfig;
 
 /// Copy buffer for the snapshot passes.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
+/// Scheduled backup files are named `PREFIX<node>-<time>.snap`.
+const SCHEDULED_PREFIX: &str = "coffer-node";
+/// Their extension.
+const SCHEDULED_SUFFIX: &str = ".snap";
+
+/// Scheduled backups: every `interval`, into `dir`, keeping this node's newest `keep`.
+#[derive(Clone, Debug)]
+pub struct BackupSchedule {
+    /// Where the files go.
+    pub dir: std::path::PathBuf,
+    /// How often.
+    pub interval: std::time::Duration,
+    /// How many of this node's files to keep.
+    pub keep: usize,
+}
+
+/// How scheduled backups went (`sys/health`'s `last_backup`, `sys/metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// When the last one succeeded (Unix seconds).
+    pub last_success_unix: Option<i64>,
+    /// Its file.
+    pub last_file: Option<String>,
+    /// The last failure, until a backup succeeds again.
+    pub last_error: Option<String>,
+    /// Failures since start.
+    pub failures: u64,
+}
 
 /// Left in the state by an offline restore or a forced recovery (plaintext: it is written
 /// without the keys), until the first unseal finishes the restore.
@@ -78,6 +106,98 @@ impl Vault {
         })
         .await
         .map_err(VaultError::internal)?
+    }
+
+    /// How scheduled backups went, when there is a schedule.
+    pub fn backup_record(&self) -> Option<BackupRecord> {
+        self.backups.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// The scheduled backups task: every `interval`, while unsealed (a sealed node has no
+    /// key for the MAC and skips the turn), writes a backup atomically and rotates. A failure
+    /// is logged and shown in `sys/health` and `sys/metrics`; the next turn tries again.
+    pub async fn run_backup_schedule(self: std::sync::Arc<Self>, schedule: BackupSchedule) {
+        let previous = newest_scheduled(&schedule.dir, self.node.node_id);
+        if let Ok(mut b) = self.backups.lock() {
+            *b = Some(BackupRecord {
+                last_success_unix: previous.as_ref().map(|(_, at)| *at),
+                last_file: previous.map(|(p, _)| p.display().to_string()),
+                ..Default::default()
+            });
+        }
+        let mut tick = tokio::time::interval(schedule.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if self.is_sealed() {
+                tracing::debug!("scheduled backup skipped: the vault is sealed");
+                continue;
+            }
+            let outcome = self.scheduled_backup(&schedule).await;
+            let Ok(mut b) = self.backups.lock() else {
+                return;
+            };
+            let record = b.get_or_insert_with(Default::default);
+            match outcome {
+                Ok((path, manifest)) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        index = manifest.applied_index,
+                        "scheduled backup written"
+                    );
+                    record.last_success_unix = Some(crate::clock::now().unix_timestamp());
+                    record.last_file = Some(path.display().to_string());
+                    record.last_error = None;
+                }
+                Err(e) => {
+                    tracing::error!("scheduled backup failed: {e}");
+                    record.last_error = Some(e.to_string());
+                    record.failures += 1;
+                }
+            }
+        }
+    }
+
+    /// One scheduled backup: written to a hidden `.part` file, synced, renamed, the directory
+    /// synced; then this node's files beyond `keep` are removed, oldest first.
+    async fn scheduled_backup(
+        &self,
+        schedule: &BackupSchedule,
+    ) -> Result<(std::path::PathBuf, Manifest)> {
+        let dir = &schedule.dir;
+        create_private_dir(dir)?;
+        let stamp = crate::clock::now()
+            .format(&time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .map_err(VaultError::internal)?;
+        let name = format!(
+            "{SCHEDULED_PREFIX}{}-{stamp}{SCHEDULED_SUFFIX}",
+            self.node.node_id
+        );
+        let path = dir.join(&name);
+        let part = dir.join(format!(".{name}.part"));
+        let written = async {
+            let mut file = private_file(&part)?;
+            let manifest = self.write_backup(&mut file).await?;
+            file.sync_all().map_err(VaultError::internal)?;
+            std::fs::rename(&part, &path).map_err(VaultError::internal)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(VaultError::internal)?;
+            Ok::<_, VaultError>(manifest)
+        }
+        .await;
+        let manifest = match written {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&part);
+                return Err(e);
+            }
+        };
+        rotate(dir, self.node.node_id, schedule.keep);
+        Ok((path, manifest))
     }
 
     /// Whether this node was restored and has not finished it yet.
@@ -169,6 +289,77 @@ impl Vault {
         self.engine.write(txn).await?;
         tracing::info!(kind = %marker.kind, "restore finished");
         Ok(ca.is_some())
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| VaultError::internal(format!("creating {}: {e}", dir.display())))
+}
+
+fn private_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| VaultError::internal(format!("{}: {e}", path.display())))
+}
+
+/// This node's scheduled backups in `dir`, oldest first (their names sort by time).
+fn scheduled_files(dir: &std::path::Path, node_id: u64) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{SCHEDULED_PREFIX}{node_id}-");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix) && name.ends_with(SCHEDULED_SUFFIX)
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The newest scheduled backup of this node and its time (after a restart, the schedule's
+/// record starts from it).
+fn newest_scheduled(dir: &std::path::Path, node_id: u64) -> Option<(std::path::PathBuf, i64)> {
+    let path = scheduled_files(dir, node_id).pop()?;
+    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+    let secs = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some((path, i64::try_from(secs).ok()?))
+}
+
+/// Removes this node's scheduled backups beyond the newest `keep`, and leftover `.part`
+/// files of its interrupted ones.
+fn rotate(dir: &std::path::Path, node_id: u64, keep: usize) {
+    let files = scheduled_files(dir, node_id);
+    let excess = files.len().saturating_sub(keep);
+    for old in &files[..excess] {
+        if let Err(e) = std::fs::remove_file(old) {
+            tracing::warn!(file = %old.display(), "removing an old backup: {e}");
+        }
+    }
+    let part_prefix = format!(".{SCHEDULED_PREFIX}{node_id}-");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&part_prefix) && name.ends_with(".part") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub use crate::rules::kv::KvMetaUpdate;
 pub use audit::SHIP_BATCH;
 pub use audit_log::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport};
 pub use auth::{Auth, StoredPolicy};
-pub use backup::RestoreMarker;
+pub use backup::{BackupRecord, BackupSchedule, RestoreMarker};
 pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
 pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
 pub use pack::{
@@ -92,6 +92,8 @@ pub struct Vault {
     mode_changes: AtomicU64,
     /// Token lifetime limits of this node (its config's `default_lease_ttl`/`max_lease_ttl`).
     token_limits: crate::rules::token::TokenLimits,
+    /// Scheduled backups: how the last ones went (`None` without a schedule).
+    backups: std::sync::Mutex<Option<BackupRecord>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -115,6 +117,7 @@ impl Vault {
             sessions: Default::default(),
             mode_changes: AtomicU64::new(0),
             token_limits: Default::default(),
+            backups: Default::default(),
             spool,
         };
         if let Err(e) = vault.load_spool_recipient() {

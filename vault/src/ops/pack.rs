@@ -142,6 +142,13 @@ impl Vault {
         req: PackRequest,
     ) -> Result<(Vec<u8>, PackSummary)> {
         auth.require_sudo("sys/coffer/packs", Capability::Update)?;
+        if self.restore_marker()?.is_some() {
+            return Err(VaultError::Unavailable(
+                "this node was restored and is finishing it (its new CA is not in place yet): \
+                 try again in a moment"
+                    .into(),
+            ));
+        }
         if req.include_unseal_key && !auth.is_root() {
             return Err(VaultError::Forbidden(
                 "a pack with the unseal key hands out the root key: only a root token may make one"

@@ -279,6 +279,7 @@ impl Vault {
             read_only: self.engine.mode() == coffer_raft::NodeMode::ReadOnly,
             last_contact_ms: self.engine.contact_age_ms(),
             audit_spool_error: self.spool().failure(),
+            last_backup: self.backup_record(),
         })
     }
 

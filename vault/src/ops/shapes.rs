@@ -106,6 +106,9 @@ pub struct HealthInfo {
     /// every audited request).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_spool_error: Option<String>,
+    /// Coffer: how scheduled backups went (present when `[backup]` is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<super::BackupRecord>,
 }
 
 /// `sys/key-status` response.

@@ -106,6 +106,8 @@ pub struct NodeMetrics {
     pub unseal_failures: u64,
     /// Peer refusals by reason.
     pub peer_refusals: Vec<(&'static str, u64)>,
+    /// Scheduled backups: how they went (`None` without a schedule).
+    pub backups: Option<crate::BackupRecord>,
 }
 
 impl Vault {
@@ -211,6 +213,7 @@ impl Vault {
             sealed: self.is_sealed(),
             unseal_failures: self.seal_status().map(|s| s.unseal_failures).unwrap_or(0),
             peer_refusals: self.engine.refusals().snapshot(),
+            backups: self.backup_record(),
         })
     }
 }

@@ -1,0 +1,741 @@
+//! Backup and disaster recovery with real processes: a backup saved from a running cluster, a
+//! whole cluster killed, and the cluster rebuilt three ways — from the backup, from the
+//! surviving learner's data directory, and by promoting the learner in place — each checked
+//! the way its users would: unsealed with the original share, every secret, version, user
+//! and policy there, logins working, the audit log verifying, a new node joining from a new
+//! pack, and the old members refused.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use coffer_api::client::Client;
+use sha2::Digest as _;
+use coffer_tests::procs::{audit_records, block_on, free_port, node_ip, run_cli, ProcCluster};
+use coffer_tests::Server;
+use serde_json::{json, Value};
+
+/// Secrets written before the backup, two versions each.
+const SECRETS: usize = 10_000;
+/// Concurrent writers filling the vault.
+const WRITERS: usize = 32;
+/// Reads alice makes on the learner while it is cut off.
+const STANDBY_READS: usize = 25;
+
+/// The processes of these tests run one at a time: two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Policies, users, tokens and `SECRETS` secrets with two versions each.
+fn fill(c: &ProcCluster) {
+    let root = c.client(1);
+    block_on(async move {
+        let reader = json!({"policy": "path \"secret/*\" { capabilities = [\"read\", \"list\"] }"});
+        root.request("PUT", "sys/policies/acl/reader", Some(&reader))
+            .await
+            .unwrap();
+        let writer = json!({"policy": "path \"secret/data/team/*\" { capabilities = [\"create\", \"update\", \"read\"] }"});
+        root.request("PUT", "sys/policies/acl/writer", Some(&writer))
+            .await
+            .unwrap();
+        for (name, policy) in [("alice", "reader"), ("bob", "writer"), ("carol", "reader")] {
+            let user = json!({"password": format!("{name}-password"), "token_policies": [policy]});
+            root.request("POST", &format!("auth/userpass/users/{name}"), Some(&user))
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            root.request(
+                "POST",
+                "auth/token/create",
+                Some(&json!({"policies": ["reader"]})),
+            )
+            .await
+            .unwrap();
+        }
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let root = root.clone();
+            writers.spawn(async move {
+                for i in (w..SECRETS).step_by(WRITERS) {
+                    for version in 1..=2 {
+                        let body = json!({"data": {"v": format!("s{i}-v{version}")}});
+                        root.request("POST", &format!("secret/data/dr/{i}"), Some(&body))
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+    });
+}
+
+/// A client for a node that is not in the `ProcCluster` (a restored one).
+fn client_at(addr: &str, ca: &Path, token: Option<&str>) -> Client {
+    let ca = std::fs::read_to_string(ca).expect("CA file");
+    Client::new(addr, Some(&ca), token.map(str::to_string)).expect("client")
+}
+
+/// Runs the CLI against `addr` with `ca` and `token`.
+fn cli_at(addr: &str, ca: &Path, token: &str, args: &[&str]) -> (i32, String, String) {
+    let ca = ca.display().to_string();
+    run_cli(
+        &[
+            ("COFFER_ADDR", addr),
+            ("COFFER_CACERT", &ca),
+            ("COFFER_TOKEN", token),
+        ],
+        args,
+    )
+}
+
+fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn health(addr: &str, ca: &Path) -> u16 {
+    let client = client_at(addr, ca, None);
+    block_on(async move {
+        match client.request("GET", "sys/health", None).await {
+            Ok(r) => r.status.as_u16(),
+            Err(coffer_api::client::ClientError::Server { status, .. }) => status,
+            Err(_) => 0,
+        }
+    })
+}
+
+fn metric(addr: &str, ca: &Path, token: &str, name: &str) -> f64 {
+    let client = client_at(addr, ca, Some(token));
+    let text = block_on(async move { client.get_text("sys/metrics").await.expect("metrics") });
+    text.lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Fresh API and peer addresses on node `id`'s loopback address.
+fn fresh_addrs(id: u64) -> (String, String) {
+    let ip = node_ip(id);
+    (
+        format!("https://{ip}:{}", free_port(&ip)),
+        format!("{ip}:{}", free_port(&ip)),
+    )
+}
+
+/// Restores with `args` into `target`; returns the CLI's stderr (asserting success).
+fn restore(args: &[&str], target: &Path, api: &str, peer: &str) -> String {
+    let mut argv: Vec<&str> = vec!["operator", "restore"];
+    argv.extend_from_slice(args);
+    let target = target.display().to_string();
+    argv.extend_from_slice(&[
+        "--data-dir",
+        &target,
+        "--api-addr",
+        api,
+        "--peer-addr",
+        peer,
+        "--operator",
+        "drill",
+        "--reason",
+        "the primary site burned down",
+    ]);
+    let (code, out, err) = run_cli(&[], &argv);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert!(out.contains("coffer server --config"), "{out}");
+    err
+}
+
+/// Starts a restored node from the configuration the restore wrote.
+fn start_restored(dir: &Path) -> Server {
+    let config = dir.join("coffer.toml");
+    Server::spawn(&["server", "--config", config.to_str().unwrap()], dir)
+}
+
+/// Unseals a restored node with the cluster's share and waits until it leads.
+fn unseal(addr: &str, ca: &Path, share: &str) {
+    assert_eq!(health(addr, ca), 503, "a restored node starts sealed");
+    let (code, out, err) = cli_at(addr, ca, "", &["operator", "unseal", share]);
+    assert_eq!(code, 0, "unseal: {out}\n{err}");
+    wait_until(Duration::from_secs(30), "the restored node leading", || {
+        health(addr, ca) == 200
+    });
+}
+
+/// Every secret with both versions, the users and policies, a login: what the drill expects
+/// of any rebuilt cluster.
+fn assert_everything_there(addr: &str, ca: &Path, token: &str) {
+    let root = client_at(addr, ca, Some(token));
+    let anon = client_at(addr, ca, None);
+    block_on(async move {
+        let list = root
+            .request("LIST", "secret/metadata/dr", None)
+            .await
+            .expect("list");
+        let keys = list.body["data"]["keys"].as_array().expect("keys").len();
+        assert_eq!(keys, SECRETS, "every secret restored");
+        for i in [0, 1, 4_999, SECRETS - 1] {
+            for version in 1..=2 {
+                let r = root
+                    .request(
+                        "GET",
+                        &format!("secret/data/dr/{i}?version={version}"),
+                        None,
+                    )
+                    .await
+                    .expect("read a version");
+                assert_eq!(r.body["data"]["data"]["v"], format!("s{i}-v{version}"));
+            }
+        }
+        let users = root
+            .request("LIST", "auth/userpass/users", None)
+            .await
+            .expect("users");
+        assert_eq!(users.body["data"]["keys"], json!(["alice", "bob", "carol"]));
+        let policies = root
+            .request("LIST", "sys/policies/acl", None)
+            .await
+            .expect("policies");
+        let names = policies.body["data"]["keys"].to_string();
+        assert!(names.contains("reader") && names.contains("writer"), "{names}");
+        let login = anon
+            .request(
+                "POST",
+                "auth/userpass/login/alice",
+                Some(&json!({"password": "alice-password"})),
+            )
+            .await
+            .expect("alice logs in on the restored cluster");
+        assert!(login.body["auth"]["client_token"].is_string());
+    });
+}
+
+fn assert_audit_verifies(addr: &str, ca: &Path, token: &str) {
+    let (code, out, err) = cli_at(addr, ca, token, &["audit", "verify"]);
+    assert_eq!(code, 0, "audit verify: {out}\n{err}");
+}
+
+/// The restore is in the audit log, with who and why.
+fn assert_restore_audited(addr: &str, ca: &Path, token: &str) {
+    let client = client_at(addr, ca, Some(token));
+    wait_until(Duration::from_secs(30), "the restore audited", || {
+        let client = client.clone();
+        let records =
+            block_on(async move { audit_records(&client, "operation=restore.finish").await });
+        records.iter().any(|r| {
+            let text = r.to_string();
+            text.contains("drill") && text.contains("the primary site burned down")
+        })
+    });
+}
+
+/// The reads alice made on node 4 while it was cut off are in the restored log, once each.
+fn assert_standby_reads_merged(addr: &str, ca: &Path, token: &str) {
+    let client = client_at(addr, ca, Some(token));
+    let mut last = 0;
+    wait_until(Duration::from_secs(60), "the standby's reads merged", || {
+        let client = client.clone();
+        let records = block_on(async move {
+            audit_records(
+                &client,
+                "node=4&mode=read-only&actor=userpass-alice&operation=read",
+            )
+            .await
+        });
+        let ids: std::collections::BTreeSet<String> = records
+            .iter()
+            .filter(|r| r["path"] == "secret/data/dr/7")
+            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+            .collect();
+        let reads = records
+            .iter()
+            .filter(|r| r["path"] == "secret/data/dr/7")
+            .count();
+        assert_eq!(ids.len(), reads, "no read merged twice");
+        assert!(reads <= STANDBY_READS, "{reads} reads merged");
+        last = reads;
+        reads == STANDBY_READS
+    });
+    assert_eq!(last, STANDBY_READS);
+}
+
+/// alice logs in on the cut-off learner and reads `secret/dr/7` `STANDBY_READS` times.
+fn read_on_standby(c: &ProcCluster) {
+    let ca = c.ca_path.clone();
+    let addr = c.addrs[&4].api.clone();
+    wait_until(Duration::from_secs(30), "the learner read-only", || {
+        c.health_code(4) == 473
+    });
+    let anon = client_at(&addr, &ca, None);
+    block_on(async move {
+        let login = anon
+            .request(
+                "POST",
+                "auth/userpass/login/alice",
+                Some(&json!({"password": "alice-password"})),
+            )
+            .await
+            .expect("login on the standby");
+        let token = login.body["auth"]["client_token"].as_str().unwrap();
+        let alice = client_at(&addr, &ca, Some(token));
+        for _ in 0..STANDBY_READS {
+            let r = alice
+                .request("GET", "secret/data/dr/7", None)
+                .await
+                .unwrap();
+            assert_eq!(r.body["data"]["data"]["v"], "s7-v2");
+        }
+    });
+}
+
+fn inspect(file: &Path) -> Value {
+    let (code, out, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "snapshot",
+            "inspect",
+            "-format=json",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "inspect: {err}");
+    serde_json::from_str(&out).expect("inspect json")
+}
+
+fn dirs_beside(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
+    let _serial = serial();
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, true);
+    c.add_node(1, 3, true);
+    c.add_node(1, 4, false);
+    fill(&c);
+
+    // A backup from the leader, and what inspect says about it (no key needed).
+    let backup = c.dir.path().join("vault.snap");
+    let (code, out, err) = c.cli(
+        1,
+        &[
+            "operator",
+            "snapshot",
+            "save",
+            "-o",
+            backup.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "snapshot save: {out}\n{err}");
+    assert!(err.contains("10000 secrets, 20000 versions, 3 users"), "{err}");
+    let manifest = inspect(&backup);
+    assert_eq!(manifest["verified"], true);
+    let m = &manifest["manifest"];
+    assert_eq!(m["counts"]["secrets"], SECRETS);
+    assert_eq!(m["counts"]["versions"], 2 * SECRETS);
+    assert_eq!(m["counts"]["users"], 3);
+    assert_eq!(m["counts"]["policies"], 2);
+    assert!(m["counts"]["tokens"].as_u64().unwrap() >= 4, "{m}");
+    assert!(m["counts"]["audit_records"].as_u64().unwrap() > 0, "{m}");
+    assert_eq!(m["seal"]["secret_shares"], 1);
+    assert_eq!(m["node_mode"], "leader");
+    let root = c.client(1);
+    let audited = block_on(async move { audit_records(&root, "operation=read").await });
+    assert!(
+        audited
+            .iter()
+            .any(|r| r["path"] == "sys/storage/raft/snapshot"),
+        "the backup is audited"
+    );
+    assert!(!std::fs::read(&backup)
+        .unwrap()
+        .windows(8)
+        .any(|w| w == b"s7-v2\"}"));
+
+    // The site burns: the voters die first, the learner serves reads alone, then it dies.
+    for id in [1, 2, 3] {
+        c.kill(id);
+    }
+    read_on_standby(&c);
+    c.kill(4);
+
+    // 1. From the backup, at node 1's old addresses (the old members will knock there).
+    let r1 = c.dir.path().join("restored-from-backup");
+    let (api1, peer1) = (c.addrs[&1].api.clone(), c.addrs[&1].peer.clone());
+    let said = restore(&["--from", backup.to_str().unwrap()], &r1, &api1, &peer1);
+    assert!(said.contains("New cluster epoch"), "{said}");
+    assert!(said.contains("10000 secrets, 20000 versions, 3 users, 2 policies"), "{said}");
+    assert!(said.contains("Unseal it with 1 of the original 1 shares"), "{said}");
+    assert!(said.contains("New CA"), "{said}");
+    let ca1 = r1.join("tls/ca.pem");
+    let server1 = start_restored(&r1);
+    // A share of another vault is refused; the cluster's own share unseals it.
+    let (code, _, err) = cli_at(
+        &api1,
+        &ca1,
+        "",
+        &["operator", "unseal", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+    );
+    assert_ne!(code, 0, "a wrong share: {err}");
+    unseal(&api1, &ca1, &c.share);
+    assert_everything_there(&api1, &ca1, &c.token);
+    assert_restore_audited(&api1, &ca1, &c.token);
+    assert_audit_verifies(&api1, &ca1, &c.token);
+    // The old members come back: their certificates are refused, the new cluster is as it was.
+    let refused_before = metric(
+        &api1,
+        &ca1,
+        &c.token,
+        "coffer_peer_refusals_total{reason=\"tls_handshake\"}",
+    );
+    c.start(2);
+    c.start(3);
+    wait_until(Duration::from_secs(30), "the old members refused", || {
+        metric(
+            &api1,
+            &ca1,
+            &c.token,
+            "coffer_peer_refusals_total{reason=\"tls_handshake\"}",
+        ) > refused_before
+    });
+    let members = {
+        let client = client_at(&api1, &ca1, Some(&c.token));
+        block_on(async move {
+            client
+                .request("GET", "sys/coffer/members", None)
+                .await
+                .unwrap()
+                .body
+        })
+    };
+    let ids: Vec<u64> = members["data"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect();
+    assert_eq!(ids, vec![1], "only the restored node is a member");
+    assert_everything_there(&api1, &ca1, &c.token);
+    c.kill(2);
+    c.kill(3);
+    // A new node joins the restored cluster from a new pack.
+    let (api5, peer5) = fresh_addrs(5);
+    let pack = c.dir.path().join("node5.pack");
+    let (code, pass, err) = cli_at(
+        &api1,
+        &ca1,
+        &c.token,
+        &[
+            "operator",
+            "pack",
+            "create",
+            "--node-id",
+            "5",
+            "--api-addr",
+            &api5,
+            "--peer-addr",
+            &peer5,
+            "--include-unseal-key",
+            "-o",
+            pack.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "pack on the restored cluster: {err}");
+    let pass_file = c.dir.path().join("node5.pass");
+    std::fs::write(&pass_file, pass.trim()).unwrap();
+    let d5 = c.dir.path().join("node5");
+    let argv = coffer_tests::procs::join_argv(&pack, &d5, &pass_file, true);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let server5 = Server::spawn(&argv, &d5);
+    wait_until(Duration::from_secs(60), "node 5 serving the restored data", || {
+        let client = client_at(&api5, &ca1, Some(&c.token));
+        block_on(async move {
+            client
+                .request("GET", "secret/data/dr/9999", None)
+                .await
+                .is_ok_and(|r| r.body["data"]["data"]["v"] == "s9999-v2")
+        })
+    });
+    server5.kill9();
+    server1.kill9();
+
+    // 2. From the learner's surviving data directory (only read), at fresh addresses: the
+    // reads it served while cut off reach the restored log, once each.
+    let d4 = c.data_dir(4);
+    let r4 = c.dir.path().join("restored-from-learner");
+    let (api4, peer4) = fresh_addrs(4);
+    let said = restore(
+        &["--from-data-dir", d4.to_str().unwrap()],
+        &r4,
+        &api4,
+        &peer4,
+    );
+    assert!(said.contains("Restored node 4"), "{said}");
+    assert!(said.contains("CA kept"), "{said}");
+    let ca4 = r4.join("tls/ca.pem");
+    let server4 = start_restored(&r4);
+    unseal(&api4, &ca4, &c.share);
+    assert_everything_there(&api4, &ca4, &c.token);
+    assert_standby_reads_merged(&api4, &ca4, &c.token);
+    assert_restore_audited(&api4, &ca4, &c.token);
+    assert_audit_verifies(&api4, &ca4, &c.token);
+    server4.kill9();
+
+    // 3. The learner promoted in place: the only voter of a new epoch, writable, its own
+    // configuration and key-file seal unchanged.
+    let (code, out, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "recover",
+            "--data-dir",
+            d4.to_str().unwrap(),
+            "--reason",
+            "the primary site burned down",
+            "--operator",
+            "drill",
+            "--yes",
+        ],
+    );
+    assert_ne!(code, 0, "recover without --force-new-cluster: {out}");
+    assert!(err.contains("give --force-new-cluster"), "{err}");
+    let (code, out, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "recover",
+            "--force-new-cluster",
+            "--data-dir",
+            d4.to_str().unwrap(),
+            "--reason",
+            "the primary site burned down",
+            "--operator",
+            "drill",
+            "--yes",
+        ],
+    );
+    assert_eq!(code, 0, "recover: {out}\n{err}");
+    assert!(err.contains("New cluster epoch"), "{err}");
+    c.start(4);
+    let (api, ca) = (c.addrs[&4].api.clone(), c.ca_path.clone());
+    wait_until(Duration::from_secs(30), "the recovered node leading", || {
+        health(&api, &ca) == 200
+    });
+    let (code, _, err) = c.cli(4, &["kv", "put", "secret/dr/after", "v=written"]);
+    assert_eq!(code, 0, "a write on the recovered node: {err}");
+    assert_everything_there(&api, &ca, &c.token);
+    assert_standby_reads_merged(&api, &ca, &c.token);
+    assert_restore_audited(&api, &ca, &c.token);
+    assert_audit_verifies(&api, &ca, &c.token);
+    let kept = dirs_beside(c.dir.path())
+        .into_iter()
+        .any(|p| p.to_string_lossy().contains("node4.before-recover-"));
+    assert!(kept, "the old directory is kept beside");
+}
+
+/// A one-node cluster with a secret, and a backup of it.
+fn one_node_backup() -> (ProcCluster, PathBuf) {
+    let c = ProcCluster::found();
+    let (code, _, err) = c.cli(1, &["kv", "put", "secret/app", "v=1"]);
+    assert_eq!(code, 0, "{err}");
+    let file = c.dir.path().join("one.snap");
+    let (code, _, err) = c.cli(
+        1,
+        &["operator", "snapshot", "save", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    (c, file)
+}
+
+/// Restores `file` into `target`; returns (code, stderr).
+fn try_restore(file: &Path, target: &Path) -> (i32, String) {
+    let (code, _, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+    );
+    (code, err)
+}
+
+#[test]
+fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
+    let _serial = serial();
+    let (mut c, good) = one_node_backup();
+    let dir = &c.dir;
+    let bytes = std::fs::read(&good).unwrap();
+    let work = dir.path().join("cases");
+    std::fs::create_dir(&work).unwrap();
+    let target = work.join("target");
+
+    let mut flipped = bytes.clone();
+    let middle = bytes.len() / 2;
+    flipped[middle] ^= 0x01;
+    let newer = String::from_utf8_lossy(&bytes)
+        .find("\"format\": 1")
+        .map(|at| {
+            let mut b = bytes.clone();
+            b[at + 10] = b'9';
+            b
+        })
+        .expect("the manifest's format field");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            bytes[..bytes.len() - 100].to_vec(),
+            "the backup file is truncated",
+        ),
+        (
+            "flipped",
+            flipped,
+            "the backup's checksum does not match: the file was changed or damaged",
+        ),
+        (
+            "not-a-backup",
+            b"{\"this is\": \"not a backup\"}".repeat(10),
+            "not a Coffer backup file",
+        ),
+        (
+            "newer",
+            newer,
+            "the backup was made by a newer Coffer (format 9); this version reads format 1",
+        ),
+        ("empty", Vec::new(), "not a Coffer backup file"),
+    ];
+    for (name, content, message) in cases {
+        let file = work.join(format!("{name}.snap"));
+        std::fs::write(&file, &content).unwrap();
+        let (code, err) = try_restore(&file, &target);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(message), "{name}: {err}");
+        assert!(!target.exists(), "{name}: nothing written");
+        let (code, _, err) = run_cli(
+            &[],
+            &["operator", "snapshot", "inspect", file.to_str().unwrap()],
+        );
+        assert_eq!(code, 1, "inspect {name}: {err}");
+        assert!(err.contains(message), "inspect {name}: {err}");
+        let leftovers: Vec<_> = dirs_beside(&work)
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
+        assert!(leftovers.is_empty(), "{name}: left {leftovers:?}");
+    }
+
+    // A target that holds anything is refused and left as it was.
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), "mine").unwrap();
+    let (code, err) = try_restore(&good, &target);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not empty: restore into a new or empty directory (nothing was written)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        1,
+        "the target is untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("keep.txt")).unwrap(),
+        "mine"
+    );
+
+    // Too little disk space: a small tmpfs (root only; skipped where mounting is not allowed).
+    let small = work.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let need = inspect(&good)["manifest"]["snapshot"]["bytes"]
+        .as_u64()
+        .unwrap();
+    let size = (need / 4096 + 2) * 4096;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let (code, err) = try_restore(&good, &small.join("target"));
+        let _ = std::process::Command::new("umount").arg(&small).status();
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("too little disk space on"), "{err}");
+        assert!(err.contains("(nothing was written)"), "{err}");
+    } else {
+        eprintln!("skipped the disk-space case: cannot mount a tmpfs here");
+    }
+    std::fs::remove_dir(&small).unwrap();
+
+    // Both sources at once, or neither, is a usage error.
+    let (code, _, err) = run_cli(
+        &[],
+        &["operator", "restore", "--data-dir", "/nonexistent/x"],
+    );
+    assert_eq!(code, 1, "{err}");
+
+    // A survivor's directory that is in use is refused.
+    let running = c.data_dir(1);
+    let (code, _, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "restore",
+            "--from-data-dir",
+            running.to_str().unwrap(),
+            "--data-dir",
+            work.join("from-running").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is in use by a running node: stop it first"), "{err}");
+    assert!(!work.join("from-running").exists());
+    c.kill(1);
+
+    // The checksum recomputed over a changed manifest: the file verifies without keys, the
+    // restore goes through, and the first unseal refuses it (the MAC needs the keys).
+    let text_at = String::from_utf8_lossy(&bytes)
+        .find("\"created_at\": \"")
+        .expect("created_at");
+    let mut forged = bytes.clone();
+    let year = text_at + "\"created_at\": \"".len();
+    forged[year] = if forged[year] == b'1' { b'2' } else { b'1' };
+    let body_end = forged.len() - 64;
+    let digest: [u8; 32] = sha2::Sha256::digest(&forged[..body_end]).into();
+    forged[body_end..body_end + 32].copy_from_slice(&digest);
+    let file = work.join("forged.snap");
+    std::fs::write(&file, &forged).unwrap();
+    assert_eq!(inspect(&file)["verified"], true, "a consistent forgery");
+    let restored = work.join("forged-restore");
+    let (api, peer) = fresh_addrs(1);
+    restore(&["--from", file.to_str().unwrap()], &restored, &api, &peer);
+    let node = start_restored(&restored);
+    let ca = restored.join("tls/ca.pem");
+    let (code, _, err) = cli_at(&api, &ca, "", &["operator", "unseal", &c.share]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("the restored data does not match its backup's authentication"),
+        "{err}"
+    );
+    assert_eq!(health(&api, &ca), 503, "it stays sealed");
+    drop(node);
+}
