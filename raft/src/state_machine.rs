@@ -135,7 +135,11 @@ impl StateMachine {
         let revision = get_sm_meta(&db, KEY_REVISION)
             .map_err(sm_read_err)?
             .unwrap_or(0);
-        let applied: Option<LogId> = get_sm_meta(&db, KEY_APPLIED).map_err(sm_read_err)?;
+        // Stored as `Option<LogId>` (see `apply_one`): decoding it as a bare `LogId` read the
+        // option's tag as the log id and reported index 1 after every restart.
+        let applied: Option<LogId> = get_sm_meta::<Option<LogId>>(&db, KEY_APPLIED)
+            .map_err(sm_read_err)?
+            .flatten();
         applied_tx.send_replace(applied.map_or(0, |l| l.index));
         Ok(Self {
             db,

@@ -105,6 +105,7 @@ async fn prefix_scan_and_prefix_delete() {
 #[tokio::test]
 async fn restart_keeps_everything_and_snapshots_round_trip() {
     let dir = tempfile::tempdir().unwrap();
+    let applied_before;
     {
         let engine = open(dir.path()).await;
         for i in 0..50 {
@@ -118,6 +119,23 @@ async fn restart_keeps_everything_and_snapshots_round_trip() {
             .write(Txn::new().put("after-snapshot", "yes"))
             .await
             .unwrap();
+        applied_before = engine.applied_index();
+        engine.shutdown().await.unwrap();
+    }
+    {
+        // Before any election: the applied index is the one on disk (a restarted standby
+        // reports it, and a restore waits on it).
+        let engine = Engine::open(
+            EngineConfig {
+                node_id: 1,
+                data_dir: dir.path().to_path_buf(),
+                tuning: RaftTuning::default(),
+            },
+            NoPeers,
+        )
+        .await
+        .unwrap();
+        assert_eq!(engine.applied_index(), applied_before);
         engine.shutdown().await.unwrap();
     }
     let engine = open(dir.path()).await;

@@ -99,6 +99,8 @@ const DB_RELEASE_POLL: Duration = Duration::from_millis(20);
 /// How long `snapshot_now` waits for the snapshot to be built (a large vault's snapshot is a
 /// few hundred MB written sequentially: seconds, not minutes).
 const SNAPSHOT_BUILD_WAIT: Duration = Duration::from_secs(60);
+/// How long one snapshot trigger is waited for before it is given again.
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(2);
 /// Mode changes buffered for a subscriber that falls behind (it is told how many it missed).
 const MODE_CHANGE_BUFFER: usize = 64;
 
@@ -404,22 +406,33 @@ impl Engine {
 
     /// Builds a snapshot now and waits for it (backups, tests).
     pub async fn snapshot_now(&self) -> Result<u64, EngineError> {
-        let before = self.raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
         let target = self.applied_index();
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(EngineError::storage)?;
-        self.raft
-            .wait(Some(SNAPSHOT_BUILD_WAIT))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= target.max(before)),
-                "snapshot built",
-            )
-            .await
-            .map_err(EngineError::storage)?;
-        Ok(target)
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_BUILD_WAIT;
+        loop {
+            // openraft drops a trigger while a build is running (one started by the log's
+            // growth, say, at an older index): trigger again until a build covers `target`.
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(EngineError::storage)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let built = self
+                .raft
+                .wait(Some(left.min(SNAPSHOT_RETRIGGER)))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= target),
+                    "snapshot built",
+                )
+                .await;
+            match built {
+                Ok(_) => return Ok(target),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(EngineError::storage(e))
+                }
+                Err(_) => continue,
+            }
+        }
     }
 
     /// Builds a snapshot of the local state now (on any node, a read-only standby included)
