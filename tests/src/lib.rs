@@ -188,7 +188,10 @@ impl Server {
         let init: serde_json::Value = serde_json::from_str(&out).expect("init json");
         (
             init["root_token"].as_str().expect("root token").to_string(),
-            init["keys_base64"][0].as_str().expect("a share").to_string(),
+            init["keys_base64"][0]
+                .as_str()
+                .expect("a share")
+                .to_string(),
         )
     }
 

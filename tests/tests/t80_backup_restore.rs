@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coffer_api::client::Client;
-use sha2::Digest as _;
 use coffer_tests::procs::{audit_records, block_on, free_port, node_ip, run_cli, ProcCluster};
 use coffer_tests::Server;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 /// Secrets written before the backup, two versions each: 10,000 with `COFFER_LONG_TESTS=1`,
 /// fewer in the suite (a debug build writes about 150 a second to four nodes).
@@ -215,7 +215,10 @@ fn assert_everything_there(addr: &str, ca: &Path, token: &str) {
             .await
             .expect("policies");
         let names = policies.body["data"]["keys"].to_string();
-        assert!(names.contains("reader") && names.contains("writer"), "{names}");
+        assert!(
+            names.contains("reader") && names.contains("writer"),
+            "{names}"
+        );
         let login = anon
             .request(
                 "POST",
@@ -251,29 +254,33 @@ fn assert_restore_audited(addr: &str, ca: &Path, token: &str) {
 fn assert_standby_reads_merged(addr: &str, ca: &Path, token: &str) {
     let client = client_at(addr, ca, Some(token));
     let mut last = 0;
-    wait_until(Duration::from_secs(60), "the standby's reads merged", || {
-        let client = client.clone();
-        let records = block_on(async move {
-            audit_records(
-                &client,
-                "node=4&mode=read-only&actor=userpass-alice&operation=read",
-            )
-            .await
-        });
-        let ids: std::collections::BTreeSet<String> = records
-            .iter()
-            .filter(|r| r["path"] == "secret/data/dr/7")
-            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
-            .collect();
-        let reads = records
-            .iter()
-            .filter(|r| r["path"] == "secret/data/dr/7")
-            .count();
-        assert_eq!(ids.len(), reads, "no read merged twice");
-        assert!(reads <= STANDBY_READS, "{reads} reads merged");
-        last = reads;
-        reads == STANDBY_READS
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the standby's reads merged",
+        || {
+            let client = client.clone();
+            let records = block_on(async move {
+                audit_records(
+                    &client,
+                    "node=4&mode=read-only&actor=userpass-alice&operation=read",
+                )
+                .await
+            });
+            let ids: std::collections::BTreeSet<String> = records
+                .iter()
+                .filter(|r| r["path"] == "secret/data/dr/7")
+                .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+                .collect();
+            let reads = records
+                .iter()
+                .filter(|r| r["path"] == "secret/data/dr/7")
+                .count();
+            assert_eq!(ids.len(), reads, "no read merged twice");
+            assert!(reads <= STANDBY_READS, "{reads} reads merged");
+            last = reads;
+            reads == STANDBY_READS
+        },
+    );
     assert_eq!(last, STANDBY_READS);
 }
 
@@ -399,7 +406,10 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
         )),
         "{said}"
     );
-    assert!(said.contains("Unseal it with 1 of the original 1 shares"), "{said}");
+    assert!(
+        said.contains("Unseal it with 1 of the original 1 shares"),
+        "{said}"
+    );
     assert!(said.contains("New CA"), "{said}");
     let ca1 = r1.join("tls/ca.pem");
     let server1 = start_restored(&r1);
@@ -408,7 +418,11 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
         &api1,
         &ca1,
         "",
-        &["operator", "unseal", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+        &[
+            "operator",
+            "unseal",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ],
     );
     assert_ne!(code, 0, "a wrong share: {err}");
     unseal(&api1, &ca1, &c.share);
@@ -481,15 +495,19 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
     let argv = coffer_tests::procs::join_argv(&pack, &d5, &pass_file, true);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let server5 = Server::spawn(&argv, &d5);
-    wait_until(Duration::from_secs(60), "node 5 serving the restored data", || {
-        let client = client_at(&api5, &ca1, Some(&c.token));
-        block_on(async move {
-            client
-                .request("GET", "secret/data/dr/1999", None)
-                .await
-                .is_ok_and(|r| r.body["data"]["data"]["v"] == "s1999-v2")
-        })
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "node 5 serving the restored data",
+        || {
+            let client = client_at(&api5, &ca1, Some(&c.token));
+            block_on(async move {
+                client
+                    .request("GET", "secret/data/dr/1999", None)
+                    .await
+                    .is_ok_and(|r| r.body["data"]["data"]["v"] == "s1999-v2")
+            })
+        },
+    );
     server5.kill9();
     server1.kill9();
 
@@ -552,10 +570,12 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
     assert!(err.contains("New cluster epoch"), "{err}");
     c.start(4);
     let (api, ca) = (c.addrs[&4].api.clone(), c.ca_path.clone());
-    wait_until(Duration::from_secs(30), "the recovered node leading", || {
-        health(&api, &ca) == 200
-    });
-    let (code, _, err) = c.cli(4, &["kv", "put", "secret/dr/after", "v=written"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the recovered node leading",
+        || health(&api, &ca) == 200,
+    );
+    let (code, _, err) = c.cli(4, &["kv", "put", "secret/after-recover", "v=written"]);
     assert_eq!(code, 0, "a write on the recovered node: {err}");
     assert_everything_there(&api, &ca, &c.token);
     assert_standby_reads_merged(&api, &ca, &c.token);
@@ -573,10 +593,7 @@ fn one_node_backup() -> (ProcCluster, PathBuf) {
     let (code, _, err) = c.cli(1, &["kv", "put", "secret/app", "v=1"]);
     assert_eq!(code, 0, "{err}");
     let file = c.dir.path().join("one.snap");
-    let (code, _, err) = c.cli(
-        1,
-        &["operator", "snapshot", "save", file.to_str().unwrap()],
-    );
+    let (code, _, err) = c.cli(1, &["operator", "snapshot", "save", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     (c, file)
 }
@@ -724,7 +741,10 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
         ],
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("is in use by a running node: stop it first"), "{err}");
+    assert!(
+        err.contains("is in use by a running node: stop it first"),
+        "{err}"
+    );
     assert!(!work.join("from-running").exists());
     c.kill(1);
 

@@ -160,6 +160,12 @@ pub fn audit_anchor(node: u64, epoch: &str) -> Vec<u8> {
     format!("audit/anchor/{node:020}/{epoch}").into_bytes()
 }
 
+/// Records of `node`'s epoch `epoch` that a restore declared lost: anchored, never merged,
+/// and their spool not part of what was restored.
+pub fn audit_lost(node: u64, epoch: &str) -> Vec<u8> {
+    format!("audit/lost/{node:020}/{epoch}").into_bytes()
+}
+
 /// Prefix of merged audit records: all, one node's, or one epoch's.
 pub fn audit_log_prefix(node: Option<u64>, epoch: Option<u32>) -> Vec<u8> {
     match (node, epoch) {

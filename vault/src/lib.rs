@@ -26,9 +26,10 @@ pub use ops::{
     PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
 pub use ops::{
-    AuditFilter, Auth, BackupRecord, BackupSchedule, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
-    KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus, MemberChange, MergedRecord,
-    NodeChainReport, NodeInfo, NodeMetrics, NodeStatus, RaftConfiguration, RaftServer,
-    RestoreMarker, SealStatus, StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault,
-    VerifyReport, DEFAULT_TTL_SECS, LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SHIP_BATCH,
+    AuditFilter, Auth, BackupRecord, BackupSchedule, Consistency, HealthInfo, InitRequest,
+    InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus,
+    MemberChange, MergedRecord, NodeChainReport, NodeInfo, NodeMetrics, NodeStatus,
+    RaftConfiguration, RaftServer, RestoreMarker, SealStatus, StoredPolicy, TokenRequest,
+    UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS, LOCAL_SESSION_MAX_TTL_SECS,
+    MAX_TTL_SECS, SHIP_BATCH,
 };

@@ -195,6 +195,16 @@ pub async fn audit(cmd: AuditCmd) -> Result<i32, ClientError> {
                         "merged log, node {}: {} records, cursor {}",
                         n["node"], n["records"], n["cursor"]
                     );
+                    let lost = &n["declared_lost"];
+                    if lost.is_object() {
+                        println!(
+                            "  records {}..={} declared lost by the restore ({}, {}): anchored, never merged, their spool not restored",
+                            lost["from"],
+                            lost["to"],
+                            lost["restore"].as_str().unwrap_or(""),
+                            lost["at"].as_str().unwrap_or("")
+                        );
+                    }
                 }
                 let s = &data["spool"];
                 println!("local spool, node {}: {} records", s["node"], s["records"]);

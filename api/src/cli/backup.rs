@@ -139,9 +139,9 @@ pub async fn snapshot(cmd: SnapshotCmd) -> Result<i32, ClientError> {
             output,
             file,
         } => {
-            let path = output.or(file).ok_or_else(|| {
-                local("give the file to write: `operator snapshot save -o FILE`")
-            })?;
+            let path = output
+                .or(file)
+                .ok_or_else(|| local("give the file to write: `operator snapshot save -o FILE`"))?;
             save(&common, &path).await
         }
         SnapshotCmd::Inspect { common, file } => inspect(&common, &file),
@@ -252,8 +252,15 @@ fn inspect(common: &Common, path: &Path) -> Result<i32, ClientError> {
         return Ok(exit::OK);
     }
     print_manifest(m);
-    println!("{:<22} {}", "Checksum (SHA-256)", hex::encode(verified.digest));
-    println!("{:<22} ok (the MAC is checked with the keys, at restore)", "Verified");
+    println!(
+        "{:<22} {}",
+        "Checksum (SHA-256)",
+        hex::encode(verified.digest)
+    );
+    println!(
+        "{:<22} ok (the MAC is checked with the keys, at restore)",
+        "Verified"
+    );
     Ok(exit::OK)
 }
 
@@ -358,7 +365,11 @@ pub async fn restore(args: RestoreArgs) -> Result<i32, ClientError> {
     let (source, from_backup) = match (&args.from, &args.from_data_dir) {
         (Some(file), None) => (RestoreSource::Backup(file.clone()), true),
         (None, Some(dir)) => (RestoreSource::DataDir(dir.clone()), false),
-        _ => return Err(local("give exactly one of --from FILE and --from-data-dir DIR")),
+        _ => {
+            return Err(local(
+                "give exactly one of --from FILE and --from-data-dir DIR",
+            ))
+        }
     };
     let mut opts = options(&args.node, &args.reason);
     opts.keep_cluster_id = args.keep_cluster_id;
@@ -460,7 +471,7 @@ fn print_summary(s: &RestoreSummary, from_backup: bool) {
     }
     if s.unmerged_audit > 0 {
         eprintln!(
-            "{} audit records the survivor made are in its spool; the node merges them after its first unseal.",
+            "The survivor's audit spool came along ({} records); what the cluster had not merged yet is merged after the first unseal, exactly once.",
             s.unmerged_audit
         );
     }

@@ -202,6 +202,10 @@ pub async fn recover(
     };
     let source = RestoreSource::DataDir(data_dir.clone());
     let mut summary = restore_as("recover", &source, &inner, progress).await?;
+    if let Err(e) = carry_files(&data_dir, &staging_target) {
+        let _ = std::fs::remove_dir_all(&staging_target);
+        return Err(e);
+    }
     std::fs::rename(&data_dir, &kept).map_err(io("setting the old directory aside"))?;
     std::fs::rename(&staging_target, &data_dir)
         .map_err(io("moving the recovered node into place"))?;
@@ -212,6 +216,26 @@ pub async fn recover(
     summary.config = data_dir.join("coffer.toml");
     summary.ca_cert = TlsFiles::new(&data_dir).ca();
     Ok((summary, kept))
+}
+
+/// The files a node keeps beside its state (its configuration, a key-file seal's key, the
+/// operator's own): a recovered node keeps them, the operator's configuration over the one
+/// the restore wrote. A pending join's marker stays behind: the node is a founder now.
+fn carry_files(old: &Path, new: &Path) -> Result<(), RestoreError> {
+    for entry in std::fs::read_dir(old).map_err(io("reading the node's directory"))? {
+        let entry = entry.map_err(io("reading the node's directory"))?;
+        let name = entry.file_name();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || name == "join-pending.json" || name == "LOCK" {
+            continue;
+        }
+        let to = new.join(&name);
+        std::fs::copy(entry.path(), &to).map_err(io("keeping the node's files"))?;
+        std::fs::File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(io("keeping the node's files"))?;
+    }
+    sync_dir(new)
 }
 
 /// Refuses a target that holds anything.

@@ -99,6 +99,24 @@ pub struct NodeChainReport {
     pub unauthenticated: u64,
     /// Problems found, with positions.
     pub problems: Vec<ChainProblem>,
+    /// Records a restore declared lost (anchored, never merged, their spool not restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_lost: Option<LostAudit>,
+}
+
+/// Audit records a restore declared lost: the cluster had anchored them, they were not
+/// merged when the restored state was taken, and their node's spool was not restored with it
+/// (it burned with the node). Said in the log, with the restore that found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LostAudit {
+    /// First lost sequence number.
+    pub from: u64,
+    /// Last lost sequence number.
+    pub to: u64,
+    /// The restore that declared it (`backup from …`, `data-dir from …`, `recover from …`).
+    pub restore: String,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// Result of verifying the merged log and this node's spool.
@@ -210,6 +228,7 @@ impl Vault {
             anchored,
             unauthenticated: verdict.unauthenticated,
             problems,
+            declared_lost: None,
         })
     }
 
@@ -305,8 +324,14 @@ impl Vault {
             ));
         }
         let anchor = self.anchor(node, &c.epoch_id)?;
+        let declared_lost = self
+            .read_record::<LostAudit>(&crate::keys::audit_lost(node, &c.epoch_id))?
+            .map(|r| r.value);
         if let Some(a) = &anchor {
-            if a.seq > cursor && superseded {
+            let declared = declared_lost
+                .as_ref()
+                .is_some_and(|l| l.from <= cursor + 1 && l.to >= a.seq);
+            if a.seq > cursor && superseded && !declared {
                 problems.push(problem(
                     cursor + 1,
                     "truncated",
@@ -341,6 +366,7 @@ impl Vault {
             anchored: anchor.map_or(0, |a| a.seq),
             unauthenticated,
             problems,
+            declared_lost,
         })
     }
 }

@@ -21,6 +21,10 @@ use crate::rules::seal::SealConfig;
 
 /// Copy buffer for the snapshot passes.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
+/// How long a backup waits for this node's audit records to be merged first.
+const BACKUP_MERGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often it looks.
+const BACKUP_MERGE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// Scheduled backup files are named `PREFIX<node>-<time>.snap`.
 const SCHEDULED_PREFIX: &str = "coffer-node";
 /// Their extension.
@@ -89,6 +93,7 @@ impl Vault {
     pub async fn write_backup(&self, out: &mut std::fs::File) -> Result<Manifest> {
         let keyring = self.keyring()?;
         let mac_key = keyring.derive(MAC_PURPOSE);
+        self.merge_own_audit_first().await;
         let snapshot = self.engine.snapshot_file().await?;
         let node = self.node_status();
         let base = ManifestBase {
@@ -278,9 +283,20 @@ impl Vault {
             )
         };
         self.audit(event).await?;
+        let ring = self.keyring()?;
         let mut txn = coffer_raft::Txn::new().delete(crate::keys::RESTORED);
+        for (node, epoch_id, lost) in self.unrestorable_audit(&marker)? {
+            tracing::error!(
+                node,
+                epoch = %epoch_id,
+                "audit records {}..={} were anchored but are not in the restored state, and their spool was not restored: declared lost",
+                lost.from,
+                lost.to
+            );
+            let key = crate::keys::audit_lost(node, &epoch_id);
+            txn = txn.put(key.clone(), super::records::seal_json(&ring, &key, &lost)?);
+        }
         if let Some(ca) = ca {
-            let ring = self.keyring()?;
             txn = txn.put(
                 super::CA_KEY,
                 super::records::seal_json(&ring, super::CA_KEY, ca)?,
@@ -359,6 +375,59 @@ fn rotate(dir: &std::path::Path, node_id: u64, keep: usize) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(&part_prefix) && name.ends_with(".part") {
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+impl Vault {
+    /// The audit records a restored state cannot have: anchored (the cluster knew they were
+    /// durable on their node), never merged, in a spool that did not come with the restore
+    /// (every epoch but this node's current one, which a data-dir restore carries over).
+    fn unrestorable_audit(
+        &self,
+        marker: &RestoreMarker,
+    ) -> Result<Vec<(u64, String, super::LostAudit)>> {
+        let mut out = Vec::new();
+        for c in self.epoch_cursors(None)? {
+            if c.node == self.spool.node() && c.epoch_id == self.spool.epoch() {
+                continue;
+            }
+            let Some(anchor) = self.anchor(c.node, &c.epoch_id)? else {
+                continue;
+            };
+            if anchor.seq > c.cursor {
+                out.push((
+                    c.node,
+                    c.epoch_id.clone(),
+                    super::LostAudit {
+                        from: c.cursor + 1,
+                        to: anchor.seq,
+                        restore: format!("{} from {}", marker.kind, marker.source),
+                        at: marker.at.clone(),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Before a backup on a node that can write: waits (briefly) until this node's own audit
+    /// records so far, the backup's request record among them, are merged, so the backup
+    /// holds them. A read-only standby cannot merge; its backup says how stale it is.
+    async fn merge_own_audit_first(&self) {
+        if self.engine.mode() == coffer_raft::NodeMode::ReadOnly {
+            return;
+        }
+        let target = self.spool.last_seq();
+        let deadline = tokio::time::Instant::now() + BACKUP_MERGE_WAIT;
+        while self.own_audit_cursor().unwrap_or(0) < target {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "backup: this node's audit records up to {target} are not all merged yet; the backup may lack the newest"
+                );
+                return;
+            }
+            tokio::time::sleep(BACKUP_MERGE_POLL).await;
         }
     }
 }

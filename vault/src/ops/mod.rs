@@ -31,7 +31,7 @@ pub(crate) const LIST_LIMIT: usize = 100_000;
 
 pub use crate::rules::kv::KvMetaUpdate;
 pub use audit::SHIP_BATCH;
-pub use audit_log::{AuditFilter, MergedRecord, NodeChainReport, VerifyReport};
+pub use audit_log::{AuditFilter, LostAudit, MergedRecord, NodeChainReport, VerifyReport};
 pub use auth::{Auth, StoredPolicy};
 pub use backup::{BackupRecord, BackupSchedule, RestoreMarker};
 pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
