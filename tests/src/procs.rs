@@ -254,6 +254,11 @@ impl ProcCluster {
         assert!(ok, "kill -{signal} {pid}");
     }
 
+    /// Node `id`'s process id.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.nodes[&id].as_ref().expect("running").pid()
+    }
+
     /// Running node ids.
     pub fn running(&self) -> Vec<u64> {
         self.nodes
