@@ -130,18 +130,36 @@ impl Client {
         out: &mut (dyn std::io::Write + Send),
         progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<u64, ClientError> {
+        self.transfer(reqwest::Method::GET, path, None, out, progress)
+            .await
+            .map(|(n, _)| n)
+    }
+
+    /// Sends `method` with an optional JSON `body` and streams the binary answer into `out`
+    /// (a pack with `?raw=true`); returns the bytes written and the answer's headers.
+    pub async fn transfer(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        out: &mut (dyn std::io::Write + Send),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<(u64, reqwest::header::HeaderMap), ClientError> {
         let mut failures = Vec::new();
         for addr in &self.addrs {
             let mut req = self
                 .http
-                .get(format!("{addr}/v1/{path}"))
+                .request(method.clone(), format!("{addr}/v1/{path}"))
                 .timeout(TRANSFER_TIMEOUT);
+            if let Some(body) = body {
+                req = req.json(body);
+            }
             if let Some(token) = &self.token {
                 req = req.header("X-Vault-Token", token);
             }
             let mut resp = match req.send().await {
                 Ok(resp) if resp.status().is_success() => resp,
-                Ok(resp) => return finish(resp).await.map(|_| 0),
+                Ok(resp) => return finish(resp).await.map(|_| (0, Default::default())),
                 Err(e) if e.is_connect() || e.is_timeout() => {
                     failures.push(format!("{addr}: {}", root_cause(&e)));
                     continue;
@@ -154,6 +172,7 @@ impl Client {
                 }
             };
             let total = resp.content_length();
+            let headers = resp.headers().clone();
             let mut done = 0u64;
             progress(0, total);
             while let Some(chunk) = resp
@@ -172,7 +191,7 @@ impl Client {
                     total.unwrap_or(0)
                 )));
             }
-            return Ok(done);
+            return Ok((done, headers));
         }
         Err(ClientError::Unreachable(failures.join("; ")))
     }

@@ -219,13 +219,13 @@ async fn save(common: &Common, path: &Path) -> Result<i32, ClientError> {
     Ok(exit::OK)
 }
 
-fn part_path(path: &Path) -> PathBuf {
+pub(super) fn part_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     path.with_file_name(name)
 }
 
-fn create_private(path: &Path) -> Result<std::fs::File, ClientError> {
+pub(super) fn create_private(path: &Path) -> Result<std::fs::File, ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)

@@ -2,10 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use clap::Subcommand;
 use coffer_vault::node::join;
-use coffer_vault::rules::pack::{generate_passphrase, open_pack};
+use coffer_vault::rules::pack::{generate_passphrase, open_pack_stream};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -91,14 +90,50 @@ pub async fn pack(cmd: PackCmd) -> Result<i32, ClientError> {
         "ttl_secs": ttl_secs,
         "passphrase": passphrase.as_str(),
     });
-    let resp = client(&common)?
-        .request("POST", "sys/coffer/packs", Some(&body))
-        .await?;
-    let data = &resp.body["data"];
-    let file = base64::engine::general_purpose::STANDARD
-        .decode(data["pack"].as_str().unwrap_or_default())
-        .map_err(|e| local(format!("the server's pack is not base64: {e}")))?;
-    coffer_tls::write_private(&output, &file).map_err(local)?;
+    // Streamed to `output.part` (0600), synced and renamed: `output` is the whole pack or
+    // nothing, and neither side holds the pack in memory.
+    let part = super::backup::part_path(&output);
+    let mut file = super::backup::create_private(&part)?;
+    let progress = super::backup::bar(0, "Writing the pack [{bar:25}] {bytes}/{total_bytes}");
+    let result = {
+        let mut writer = std::io::BufWriter::new(&mut file);
+        let bar = progress.clone();
+        let got = client(&common)?
+            .transfer(
+                reqwest::Method::POST,
+                "sys/coffer/packs?raw=true",
+                Some(&body),
+                &mut writer,
+                &mut move |done, total| {
+                    if let Some(total) = total {
+                        bar.set_length(total);
+                    }
+                    bar.set_position(done);
+                },
+            )
+            .await;
+        got.and_then(|(_, headers)| {
+            std::io::Write::flush(&mut writer).map_err(local)?;
+            Ok(headers)
+        })
+    };
+    progress.finish_and_clear();
+    let headers = match result.and_then(|h| {
+        file.sync_all().map_err(local)?;
+        std::fs::rename(&part, &output).map_err(local)?;
+        Ok(h)
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    let data: Value = headers
+        .get("x-coffer-pack")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
     eprintln!(
         "Wrote the bootstrap pack for node {node_id} ({}) to {}.",
         if voter { "voter" } else { "learner" },
@@ -148,12 +183,13 @@ fn unix_now() -> u64 {
 /// `operator join`: opens the pack, asks the cluster whether it accepts it, installs the
 /// snapshot and the node's files, and prints (or runs) the command that starts the node.
 pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
-    let bytes = std::fs::read(&args.pack)
+    let file = std::fs::File::open(&args.pack)
         .map_err(|e| local(format!("reading {}: {e}", args.pack.display())))?;
     let passphrase = read_passphrase(args.passphrase_file.as_deref())?;
-    let contents = {
+    let (contents, mut snapshot) = {
         let passphrase = passphrase.clone();
-        tokio::task::spawn_blocking(move || open_pack(&bytes, &passphrase, unix_now()))
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        tokio::task::spawn_blocking(move || open_pack_stream(reader, &passphrase, unix_now()))
             .await
             .map_err(local)?
             .map_err(|e| local(format!("pack refused: {e}")))?
@@ -182,10 +218,16 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
         0,
         "Installing snapshot [{bar:25}] {percent:>3}% ({pos}/{len} records)",
     );
-    let installed = join::install(dir, &contents, &prepared, &mut |done, total| {
-        progress.set_length(total);
-        progress.set_position(done);
-    });
+    let installed = join::install(
+        dir,
+        &contents,
+        &prepared,
+        &mut snapshot,
+        &mut |done, total| {
+            progress.set_length(total);
+            progress.set_position(done);
+        },
+    );
     progress.finish_and_clear();
     let index = installed.map_err(local)?;
     eprintln!("Installed the cluster's state as of log index {index}.");

@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
@@ -17,15 +18,32 @@ const STREAM_CHUNK_BYTES: usize = 256 << 10;
 /// the answer is done), then streamed.
 pub(super) async fn save(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     let auth = req.authenticate(&state.vault)?;
+    let mut file = scratch_file(state)?;
+    let manifest = state.vault.backup(&auth, &mut file).await?;
+    let name = format!(
+        "attachment; filename=\"coffer-{}-{}.snap\"",
+        manifest.node_id, manifest.applied_index
+    );
+    stream_file(file, &[(CONTENT_DISPOSITION.as_str(), name)]).await
+}
+
+/// An unnamed temporary file in the node's data directory (the space is freed when the
+/// answer is done, or at once if the process dies).
+pub(super) fn scratch_file(state: &AppState) -> ApiResult<std::fs::File> {
     let dir = state
         .tls
         .dir
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
-    let mut file = tempfile::tempfile_in(&dir)
-        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
-    let manifest = state.vault.backup(&auth, &mut file).await?;
+    tempfile::tempfile_in(&dir).map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))
+}
+
+/// Streams `file` from its start as `application/octet-stream`, with its length and `headers`.
+pub(super) async fn stream_file(
+    file: std::fs::File,
+    headers: &[(&str, String)],
+) -> ApiResult<Response> {
     let len = file
         .metadata()
         .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?
@@ -46,17 +64,20 @@ pub(super) async fn save(state: &AppState, req: &ApiRequest) -> ApiResult<Respon
             Err(e) => Some((Err(e), file)),
         }
     });
-    let name = format!(
-        "attachment; filename=\"coffer-{}-{}.snap\"",
-        manifest.node_id, manifest.applied_index
+    let mut response = Body::from_stream(stream).into_response();
+    let out = response.headers_mut();
+    out.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
     );
-    Ok((
-        [
-            (CONTENT_TYPE, "application/octet-stream".to_string()),
-            (CONTENT_LENGTH, len.to_string()),
-            (CONTENT_DISPOSITION, name),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    out.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            out.insert(name, value);
+        }
+    }
+    Ok(response)
 }

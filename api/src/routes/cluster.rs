@@ -100,13 +100,42 @@ pub(super) fn raft_configuration(state: &AppState, req: &ApiRequest) -> ApiResul
     ))
 }
 
-/// `POST sys/coffer/packs`: a replication bootstrap pack, base64 in `data.pack`.
+/// Largest pack answered inline as base64 JSON; a larger one needs `?raw=true`.
+const INLINE_PACK_MAX_BYTES: u64 = 64 << 20;
+
+/// `POST sys/coffer/packs`: a replication bootstrap pack. With `?raw=true` the pack file
+/// itself is streamed (bounded memory whatever its size; the summary in the
+/// `X-Coffer-Pack` header); otherwise base64 in `data.pack` (packs up to 64 MiB).
 pub(super) async fn create_pack(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     let auth = req.authenticate(&state.vault)?;
     let body: coffer_vault::PackRequest = req.json()?;
-    let (file, summary) = state.vault.create_pack(&auth, body).await?;
+    let mut file = super::backup::scratch_file(state)?;
+    let summary = state.vault.create_pack(&auth, body, &mut file).await?;
+    if req.query_bool("raw") {
+        let summary = serde_json::to_string(&summary).unwrap_or_default();
+        return super::backup::stream_file(file, &[("x-coffer-pack", summary)]).await;
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?
+        .len();
+    if len > INLINE_PACK_MAX_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "the pack is {len} bytes, too large to answer as JSON: ask with ?raw=true (coffer operator pack create does)"
+        )));
+    }
+    let bytes = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        file.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut bytes))
+            .map(|_| bytes)
+    })
+    .await
+    .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?
+    .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
     let mut data = serde_json::to_value(&summary).unwrap_or_default();
-    data["pack"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&file));
+    data["pack"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes));
     Ok(envelope(req, data))
 }
 

@@ -113,6 +113,7 @@ pub fn install(
     dir: &Path,
     contents: &PackContents,
     prepared: &Prepared,
+    snapshot: &mut dyn std::io::Read,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, NodeError> {
     if dir.join("raft").exists() {
@@ -123,9 +124,16 @@ pub fn install(
     }
     let files = TlsFiles::new(dir);
     std::fs::create_dir_all(&files.dir).map_err(|e| NodeError::Files(e.to_string()))?;
-    let header =
-        coffer_raft::install_seed_snapshot(dir, &mut contents.snapshot.as_slice(), progress)
-            .map_err(|e| NodeError::Files(format!("installing the snapshot: {e}")))?;
+    // The snapshot is authenticated segment by segment as it streams in: a pack that fails
+    // part-way leaves no state behind (a second try starts clean).
+    let header = match coffer_raft::install_seed_snapshot(dir, snapshot, progress) {
+        Ok(header) => header,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dir.join("raft"));
+            let _ = std::fs::remove_dir_all(dir.join("snapshots"));
+            return Err(NodeError::Files(format!("installing the snapshot: {e}")));
+        }
+    };
     let write_public = |name: &str, text: &str| {
         std::fs::write(files.dir.join(name), text)
             .map_err(|e| NodeError::Files(format!("writing {name}: {e}")))

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::auth::Auth;
 use super::{Sealing, Vault};
 use crate::error::{Result, VaultError};
-use crate::rules::pack::{seal_pack, PackContents, PackMember};
+use crate::rules::pack::{seal_pack_to, PackContents, PackMember, SEGMENT_BYTES};
 use crate::rules::policy::Capability;
 
 /// Shortest pack validity (one second: a pack can be made to expire at once, to rehearse).
@@ -62,8 +62,8 @@ pub struct PackSummary {
     pub voter: bool,
     /// RFC 3339 expiry.
     pub expires_at: String,
-    /// Applied index of the snapshot inside.
-    pub snapshot_bytes: usize,
+    /// Size of the snapshot inside, bytes.
+    pub snapshot_bytes: u64,
 }
 
 /// A pack as the cluster remembers it.
@@ -140,7 +140,8 @@ impl Vault {
         &self,
         auth: &Auth,
         req: PackRequest,
-    ) -> Result<(Vec<u8>, PackSummary)> {
+        out: &mut std::fs::File,
+    ) -> Result<PackSummary> {
         auth.require_sudo("sys/coffer/packs", Capability::Update)?;
         if self.restore_marker()?.is_some() {
             return Err(VaultError::Unavailable(
@@ -231,7 +232,7 @@ impl Vault {
         } else {
             None
         };
-        let snapshot = self.engine.snapshot_bytes().await?;
+        let mut snapshot = self.engine.snapshot_file().await?;
         let contents = PackContents {
             pack_id: pack_id.clone(),
             cluster_id: config.cluster_id.clone(),
@@ -257,31 +258,32 @@ impl Vault {
                 })
                 .collect(),
             unseal_key_hex,
-            snapshot,
+            snapshot: Vec::new(),
         };
-        let snapshot_bytes = contents.snapshot.len();
+        let snapshot_bytes = snapshot.metadata().map_err(VaultError::internal)?.len();
         let passphrase = Zeroizing::new(req.passphrase.clone());
-        let file = tokio::task::spawn_blocking(move || seal_pack(&contents, &passphrase))
-            .await
-            .map_err(VaultError::internal)?
-            .map_err(VaultError::internal)?;
+        let mut out = out.try_clone().map_err(VaultError::internal)?;
+        tokio::task::spawn_blocking(move || {
+            let mut writer = std::io::BufWriter::with_capacity(SEGMENT_BYTES, &mut out);
+            seal_pack_to(&contents, &mut snapshot, &passphrase, &mut writer)
+        })
+        .await
+        .map_err(VaultError::internal)?
+        .map_err(VaultError::internal)?;
         tracing::info!(
             node = req.node_id,
             voter = req.voter,
             "bootstrap pack created"
         );
-        Ok((
-            file,
-            PackSummary {
-                pack_id,
-                node_id: req.node_id,
-                voter: req.voter,
-                expires_at: crate::clock::rfc3339(
-                    time::OffsetDateTime::from_unix_timestamp(record.expires_at as i64)
-                        .unwrap_or_else(|_| crate::clock::now()),
-                ),
-                snapshot_bytes,
-            },
-        ))
+        Ok(PackSummary {
+            pack_id,
+            node_id: req.node_id,
+            voter: req.voter,
+            expires_at: crate::clock::rfc3339(
+                time::OffsetDateTime::from_unix_timestamp(record.expires_at as i64)
+                    .unwrap_or_else(|_| crate::clock::now()),
+            ),
+            snapshot_bytes,
+        })
     }
 }

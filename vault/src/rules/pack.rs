@@ -1,11 +1,18 @@
-//! The replication bootstrap pack: one file that lets a new node join.
+//! The replication bootstrap pack: one file that lets a new node join, written and read as
+//! a stream so that a pack of any size needs little memory on either side.
 //!
-//! File: `COFFERPACK1\n` | Argon2id m_cost (4, BE) | t_cost (4) | p_cost (4) | salt (16) |
-//! nonce (12) | key check (16) | AES-256-GCM ciphertext+tag of the postcard-encoded
-//! [`PackContents`]. The key is Argon2id(passphrase, salt). The header is the associated
-//! data, so changing a parameter or the salt fails authentication like any other tampering.
-//! The key check (SHA-256 of the key and a label, truncated) tells a wrong passphrase from a
-//! changed file; it helps a guesser no more than trying to decrypt would.
+//! File: `COFFERPACK2\n` | Argon2id m_cost (4, BE) | t_cost (4) | p_cost (4) | salt (16) |
+//! nonce prefix (7) | key check (16) | segments. The key is Argon2id(passphrase, salt). Each
+//! segment is a length word (u32 BE: the sealed length, its top bit set on the last segment)
+//! and AES-256-GCM ciphertext+tag under the nonce `prefix | counter (u32 BE) | last (0/1)`,
+//! with the header as associated data (the STREAM construction): segments cannot be
+//! reordered, dropped, cut short or moved between packs, and a changed parameter or salt
+//! fails like any other tampering. Segment 0 holds the postcard-encoded [`PackContents`]
+//! without its snapshot; the snapshot follows in segments of [`SEGMENT_BYTES`]. The key
+//! check (SHA-256 of the key and a label, truncated) tells a wrong passphrase from a changed
+//! file; it helps a guesser no more than trying to decrypt would.
+
+use std::io::{Read, Write};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -15,15 +22,28 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 /// The file's first bytes.
-pub const MAGIC: &[u8] = b"COFFERPACK1\n";
+pub const MAGIC: &[u8] = b"COFFERPACK2\n";
 const SALT: usize = 16;
-const NONCE: usize = 12;
+const PREFIX: usize = 7;
 const CHECK: usize = 16;
-const HEADER: usize = MAGIC.len() + 12 + SALT + NONCE + CHECK;
+const HEADER: usize = MAGIC.len() + 12 + SALT + PREFIX + CHECK;
+/// Plaintext bytes per snapshot segment.
+pub const SEGMENT_BYTES: usize = 1 << 20;
+/// The largest sealed segment a reader accepts (the contents segment is a few KiB; a
+/// corrupt length must not make a reader allocate gigabytes).
+const MAX_SEGMENT: u32 = 4 << 20;
+/// The length word's flag for the last segment.
+const LAST: u32 = 1 << 31;
+/// AES-GCM's tag.
+const TAG: usize = 16;
 /// Argon2id cost: 64 MiB, 3 passes, 1 lane (about a third of a second on one core). The
 /// passphrase is random, so this guards against a weak custom `--passphrase-file` more than
 /// against brute force of the generated one.
+#[cfg(not(test))]
 const M_COST: u32 = 64 * 1024;
+/// Unit tests check the framing, not Argon2's cost (64 MiB per open is slow in a debug build).
+#[cfg(test)]
+const M_COST: u32 = 64;
 const T_COST: u32 = 3;
 const P_COST: u32 = 1;
 /// Parameters a pack may demand of the machine that opens it (bounds memory and time).
@@ -128,6 +148,12 @@ pub enum PackError {
         /// When it expired.
         expired_at: u64,
     },
+    /// The file ends before its last segment.
+    #[error("the pack file is truncated: it ends before its last part")]
+    Truncated,
+    /// Reading or writing the pack failed.
+    #[error("reading or writing the pack: {0}")]
+    Io(String),
     /// The cost parameters are out of bounds.
     #[error("pack demands unreasonable key-derivation cost (m={m}, t={t})")]
     Cost {
@@ -164,39 +190,139 @@ fn derive(
     Ok(key)
 }
 
-/// Encrypts `contents` under `passphrase`.
-pub fn seal_pack(contents: &PackContents, passphrase: &str) -> Result<Vec<u8>, PackError> {
-    let plain = Zeroizing::new(
-        postcard::to_allocvec(contents).map_err(|e| PackError::Contents(e.to_string()))?,
-    );
-    let mut salt = [0u8; SALT];
-    let mut nonce = [0u8; NONCE];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut out = Vec::with_capacity(HEADER + plain.len() + 16);
-    out.extend_from_slice(MAGIC);
-    for v in [M_COST, T_COST, P_COST] {
-        out.extend_from_slice(&v.to_be_bytes());
+impl PackContents {
+    /// The contents without the snapshot (segment 0 of the file).
+    fn without_snapshot(&self) -> PackContents {
+        PackContents {
+            pack_id: self.pack_id.clone(),
+            cluster_id: self.cluster_id.clone(),
+            cluster_name: self.cluster_name.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            node_id: self.node_id,
+            voter: self.voter,
+            api_addr: self.api_addr.clone(),
+            peer_addr: self.peer_addr.clone(),
+            ca_cert_pem: self.ca_cert_pem.clone(),
+            node_cert_pem: self.node_cert_pem.clone(),
+            node_key_pem: self.node_key_pem.clone(),
+            api_cert_pem: self.api_cert_pem.clone(),
+            api_key_pem: self.api_key_pem.clone(),
+            members: self.members.clone(),
+            unseal_key_hex: self.unseal_key_hex.clone(),
+            snapshot: Vec::new(),
+        }
     }
-    out.extend_from_slice(&salt);
-    out.extend_from_slice(&nonce);
+}
+
+fn nonce(prefix: &[u8], counter: u32, last: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..PREFIX].copy_from_slice(prefix);
+    n[PREFIX..PREFIX + 4].copy_from_slice(&counter.to_be_bytes());
+    n[11] = u8::from(last);
+    n
+}
+
+fn write_err(e: std::io::Error) -> PackError {
+    PackError::Io(e.to_string())
+}
+
+/// Encrypts `contents` (its `snapshot` field ignored) and the snapshot read from `snapshot`
+/// under `passphrase`, writing the pack to `out` as it goes; returns the pack's length.
+/// Memory: one segment, whatever the snapshot's size.
+pub fn seal_pack_to(
+    contents: &PackContents,
+    snapshot: &mut dyn Read,
+    passphrase: &str,
+    out: &mut dyn Write,
+) -> Result<u64, PackError> {
+    let mut salt = [0u8; SALT];
+    let mut prefix = [0u8; PREFIX];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::rngs::OsRng.fill_bytes(&mut prefix);
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    for v in [M_COST, T_COST, P_COST] {
+        header.extend_from_slice(&v.to_be_bytes());
+    }
+    header.extend_from_slice(&salt);
+    header.extend_from_slice(&prefix);
     let key = derive(passphrase, &salt, M_COST, T_COST, P_COST)?;
-    out.extend_from_slice(&key_check(&key));
+    header.extend_from_slice(&key_check(&key));
     let cipher = Aes256Gcm::new((&*key).into());
-    let sealed = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &plain,
-                aad: &out,
-            },
-        )
-        .map_err(|_| PackError::Tampered)?;
-    out.extend_from_slice(&sealed);
+    out.write_all(&header).map_err(write_err)?;
+    let mut written = header.len() as u64;
+    let mut seal = |counter: u32, last: bool, plain: &[u8]| -> Result<(), PackError> {
+        let sealed = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce(&prefix, counter, last)),
+                Payload {
+                    msg: plain,
+                    aad: &header,
+                },
+            )
+            .map_err(|_| PackError::Tampered)?;
+        let len = u32::try_from(sealed.len()).map_err(|_| PackError::Malformed)?;
+        let word = if last { len | LAST } else { len };
+        out.write_all(&word.to_be_bytes()).map_err(write_err)?;
+        out.write_all(&sealed).map_err(write_err)?;
+        written += 4 + sealed.len() as u64;
+        Ok(())
+    };
+    let meta = Zeroizing::new(
+        postcard::to_allocvec(&contents.without_snapshot())
+            .map_err(|e| PackError::Contents(e.to_string()))?,
+    );
+    // Each segment is read whole before it is sealed, so the last one is known as such.
+    let mut current = Zeroizing::new(vec![0u8; SEGMENT_BYTES]);
+    let mut current_len = fill(snapshot, &mut current)?;
+    seal(0, current_len == 0, &meta)?;
+    let mut counter = 1u32;
+    let mut next = Zeroizing::new(vec![0u8; SEGMENT_BYTES]);
+    while current_len > 0 {
+        let next_len = if current_len == SEGMENT_BYTES {
+            fill(snapshot, &mut next)?
+        } else {
+            0
+        };
+        seal(counter, next_len == 0, &current[..current_len])?;
+        counter = counter
+            .checked_add(1)
+            .ok_or_else(|| PackError::Contents("the snapshot is too large for a pack".into()))?;
+        std::mem::swap(&mut current, &mut next);
+        current_len = next_len;
+    }
+    out.flush().map_err(write_err)?;
+    Ok(written)
+}
+
+/// Reads until `buf` is full or the source ends; returns how much was read.
+fn fill(source: &mut dyn Read, buf: &mut [u8]) -> Result<usize, PackError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match source.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(PackError::Io(format!("reading the snapshot: {e}"))),
+        }
+    }
+    Ok(n)
+}
+
+/// Encrypts `contents` with its snapshot under `passphrase`, in memory (small packs, tests).
+pub fn seal_pack(contents: &PackContents, passphrase: &str) -> Result<Vec<u8>, PackError> {
+    let mut out = Vec::new();
+    seal_pack_to(
+        contents,
+        &mut contents.snapshot.as_slice(),
+        passphrase,
+        &mut out,
+    )?;
     Ok(out)
 }
 
-/// The cleartext header of a pack file: key-derivation cost, salt, nonce.
+/// The cleartext header of a pack file: key-derivation cost, salt, nonce prefix.
 #[derive(Debug)]
 pub struct PackHeader<'a> {
     /// Argon2id memory cost, KiB.
@@ -207,13 +333,13 @@ pub struct PackHeader<'a> {
     pub p_cost: u32,
     /// The salt.
     pub salt: &'a [u8],
-    /// The AES-GCM nonce.
+    /// The nonce prefix.
     pub nonce: &'a [u8],
 }
 
-/// Checks a pack file's framing and cost bounds before any key derivation runs.
+/// Checks a pack header's framing and cost bounds before any key derivation runs.
 pub fn parse_header(file: &[u8]) -> Result<PackHeader<'_>, PackError> {
-    if file.len() < HEADER + 16 || !file.starts_with(MAGIC) {
+    if file.len() < HEADER || !file.starts_with(MAGIC) {
         return Err(PackError::Malformed);
     }
     let word = |i: usize| {
@@ -229,7 +355,7 @@ pub fn parse_header(file: &[u8]) -> Result<PackHeader<'_>, PackError> {
         t_cost: t,
         p_cost: p,
         salt: &file[MAGIC.len() + 12..MAGIC.len() + 12 + SALT],
-        nonce: &file[HEADER - CHECK - NONCE..HEADER - CHECK],
+        nonce: &file[HEADER - CHECK - PREFIX..HEADER - CHECK],
     })
 }
 
@@ -245,28 +371,141 @@ pub fn decode_contents(plain: &[u8], now: u64) -> Result<PackContents, PackError
     Ok(contents)
 }
 
-/// Decrypts and authenticates a pack, then checks it has not expired at `now` (unix seconds).
-pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents, PackError> {
-    let header = parse_header(file)?;
-    let (m, t, p) = (header.m_cost, header.t_cost, header.p_cost);
-    let (salt, nonce) = (header.salt, header.nonce);
-    let key = derive(passphrase, salt, m, t, p)?;
-    if key_check(&key)[..] != file[HEADER - CHECK..HEADER] {
-        return Err(PackError::WrongPassphrase);
-    }
-    let cipher = Aes256Gcm::new((&*key).into());
-    let plain = Zeroizing::new(
-        cipher
+/// The snapshot inside a pack, decrypted and authenticated segment by segment as it is read.
+/// A read fails (`InvalidData`, carrying the [`PackError`]) at the first segment that does
+/// not authenticate, or where the file ends before its last segment.
+pub struct PackSnapshot<R> {
+    inner: R,
+    cipher: Aes256Gcm,
+    header: Vec<u8>,
+    prefix: [u8; PREFIX],
+    counter: u32,
+    done: bool,
+    plain: Zeroizing<Vec<u8>>,
+    pos: usize,
+}
+
+impl<R: Read> PackSnapshot<R> {
+    /// The next segment: `(plaintext, last)`.
+    fn segment(&mut self) -> Result<(Zeroizing<Vec<u8>>, bool), PackError> {
+        let mut word = [0u8; 4];
+        read_exact(&mut self.inner, &mut word)?;
+        let word = u32::from_be_bytes(word);
+        let (len, last) = (word & !LAST, word & LAST != 0);
+        if len < TAG as u32 || len > MAX_SEGMENT {
+            return Err(PackError::Tampered);
+        }
+        let mut sealed = vec![0u8; len as usize];
+        read_exact(&mut self.inner, &mut sealed)?;
+        let plain = self
+            .cipher
             .decrypt(
-                Nonce::from_slice(nonce),
+                Nonce::from_slice(&nonce(&self.prefix, self.counter, last)),
                 Payload {
-                    msg: &file[HEADER..],
-                    aad: &file[..HEADER],
+                    msg: &sealed,
+                    aad: &self.header,
                 },
             )
-            .map_err(|_| PackError::Tampered)?,
-    );
-    decode_contents(&plain, now)
+            .map_err(|_| PackError::Tampered)?;
+        self.counter = self.counter.wrapping_add(1);
+        Ok((Zeroizing::new(plain), last))
+    }
+
+    /// Checks that nothing follows the last segment.
+    fn at_end(&mut self) -> Result<(), PackError> {
+        let mut byte = [0u8; 1];
+        match self.inner.read(&mut byte) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(PackError::Tampered),
+            Err(e) => Err(PackError::Io(e.to_string())),
+        }
+    }
+}
+
+fn read_exact(r: &mut dyn Read, buf: &mut [u8]) -> Result<(), PackError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => PackError::Truncated,
+        _ => PackError::Io(e.to_string()),
+    })
+}
+
+impl<R: Read> Read for PackSnapshot<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.plain.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let (plain, last) = self
+                .segment()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            if last {
+                self.done = true;
+                self.at_end()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            }
+            self.plain = plain;
+            self.pos = 0;
+        }
+        let n = buf.len().min(self.plain.len() - self.pos);
+        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Opens a pack from a stream: checks the header, derives the key, authenticates and decodes
+/// the contents (its `snapshot` empty) and checks expiry at `now`; the snapshot is then read
+/// from the returned [`PackSnapshot`].
+pub fn open_pack_stream<R: Read>(
+    mut file: R,
+    passphrase: &str,
+    now: u64,
+) -> Result<(PackContents, PackSnapshot<R>), PackError> {
+    let mut header = vec![0u8; HEADER];
+    file.read_exact(&mut header)
+        .map_err(|_| PackError::Malformed)?;
+    let parsed = parse_header(&header)?;
+    let (m, t, p) = (parsed.m_cost, parsed.t_cost, parsed.p_cost);
+    let key = derive(passphrase, parsed.salt, m, t, p)?;
+    if key_check(&key)[..] != header[HEADER - CHECK..HEADER] {
+        return Err(PackError::WrongPassphrase);
+    }
+    let mut prefix = [0u8; PREFIX];
+    prefix.copy_from_slice(parsed.nonce);
+    let mut reader = PackSnapshot {
+        inner: file,
+        cipher: Aes256Gcm::new((&*key).into()),
+        header,
+        prefix,
+        counter: 0,
+        done: false,
+        plain: Zeroizing::new(Vec::new()),
+        pos: 0,
+    };
+    let (meta, last) = reader.segment().map_err(|e| match e {
+        PackError::Truncated => PackError::Malformed,
+        other => other,
+    })?;
+    let contents = decode_contents(&meta, now)?;
+    if last {
+        reader.done = true;
+        reader.at_end()?;
+    }
+    Ok((contents, reader))
+}
+
+/// Decrypts and authenticates a whole pack in memory (small packs, tests), then checks it has
+/// not expired at `now` (unix seconds).
+pub fn open_pack(file: &[u8], passphrase: &str, now: u64) -> Result<PackContents, PackError> {
+    let (mut contents, mut snapshot) = open_pack_stream(file, passphrase, now)?;
+    let mut bytes = Vec::new();
+    snapshot.read_to_end(&mut bytes).map_err(|e| {
+        e.into_inner()
+            .and_then(|inner| inner.downcast::<PackError>().ok())
+            .map_or(PackError::Tampered, |b| *b)
+    })?;
+    contents.snapshot = bytes;
+    Ok(contents)
 }
 
 /// A fresh one-time passphrase: 25 characters from a 31-character alphabet without
@@ -352,6 +591,16 @@ mod tests {
             PackError::Malformed
         );
         assert_eq!(
+            open_pack(&file[..file.len() - 1], "right", 500).unwrap_err(),
+            PackError::Truncated
+        );
+        let mut longer = file.clone();
+        longer.push(0);
+        assert_eq!(
+            open_pack(&longer, "right", 500).unwrap_err(),
+            PackError::Tampered
+        );
+        assert_eq!(
             open_pack(&file, "right", 1000).unwrap_err(),
             PackError::Expired { expired_at: 1000 }
         );
@@ -361,6 +610,80 @@ mod tests {
             open_pack(&costly, "right", 500),
             Err(PackError::Cost { .. })
         ));
+    }
+
+    /// The segment boundaries of a pack: (offset of the length word, sealed length, last).
+    fn segments(file: &[u8]) -> Vec<(usize, usize, bool)> {
+        let mut out = Vec::new();
+        let mut at = HEADER;
+        while at < file.len() {
+            let word = u32::from_be_bytes(file[at..at + 4].try_into().unwrap());
+            let len = (word & !LAST) as usize;
+            out.push((at, len, word & LAST != 0));
+            at += 4 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_snapshot_streams_in_segments_that_cannot_be_cut_or_reordered() {
+        let mut contents = sample(1000);
+        contents.snapshot = (0..SEGMENT_BYTES * 5 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let file = seal_pack(&contents, "right").unwrap();
+        let segs = segments(&file);
+        assert_eq!(segs.len(), 4, "contents and three snapshot segments");
+        assert_eq!(
+            segs.iter().map(|s| s.2).collect::<Vec<_>>(),
+            vec![false, false, false, true]
+        );
+        // Streaming: the contents first, then the snapshot, read in small pieces.
+        let (meta, mut snapshot) = open_pack_stream(file.as_slice(), "right", 500).unwrap();
+        assert!(meta.snapshot.is_empty());
+        let mut back = Vec::new();
+        let mut piece = [0u8; 4096];
+        loop {
+            let n = snapshot.read(&mut piece).unwrap();
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(back, contents.snapshot);
+
+        // Cut after a whole segment: the missing last flag says it was cut.
+        let (at, _, _) = segs[3];
+        assert_eq!(
+            open_pack(&file[..at], "right", 500).unwrap_err(),
+            PackError::Truncated
+        );
+        // The last segment dropped and the one before relabelled as last: fails to open.
+        let mut relabelled = file[..at].to_vec();
+        let (at2, len2, _) = segs[2];
+        relabelled[at2..at2 + 4].copy_from_slice(&((len2 as u32) | LAST).to_be_bytes());
+        assert_eq!(
+            open_pack(&relabelled, "right", 500).unwrap_err(),
+            PackError::Tampered
+        );
+        // Two segments swapped: the counter in the nonce refuses it.
+        let (a1, l1, _) = segs[1];
+        let (a2, l2, _) = segs[2];
+        let mut swapped = file[..a1].to_vec();
+        swapped.extend_from_slice(&file[a2..a2 + 4 + l2]);
+        swapped.extend_from_slice(&file[a1..a1 + 4 + l1]);
+        swapped.extend_from_slice(&file[segs[3].0..]);
+        assert_eq!(
+            open_pack(&swapped, "right", 500).unwrap_err(),
+            PackError::Tampered
+        );
+        // A huge length word is refused before anything is allocated.
+        let mut huge = file.clone();
+        huge[a1..a1 + 4].copy_from_slice(&(!LAST).to_be_bytes());
+        assert_eq!(
+            open_pack(&huge, "right", 500).unwrap_err(),
+            PackError::Tampered
+        );
     }
 
     #[test]
