@@ -254,6 +254,13 @@ impl ProcCluster {
         assert!(ok, "kill -{signal} {pid}");
     }
 
+    /// Whether node `id`'s log holds `text`.
+    pub fn log_contains(&self, id: u64, text: &str) -> bool {
+        self.nodes[&id]
+            .as_ref()
+            .is_some_and(|s| s.log().contains(text))
+    }
+
     /// Node `id`'s process id.
     pub fn pid(&self, id: u64) -> u32 {
         self.nodes[&id].as_ref().expect("running").pid()

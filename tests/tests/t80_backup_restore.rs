@@ -392,6 +392,30 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
         c.kill(id);
     }
     read_on_standby(&c);
+    // The standby backs itself up during the outage, from its local state, and says so.
+    let standby_backup = c.dir.path().join("standby.snap");
+    let (code, out, err) = c.cli(
+        4,
+        &[
+            "operator",
+            "snapshot",
+            "save",
+            "-o",
+            standby_backup.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "a backup on the standby: {out}\n{err}");
+    assert!(
+        err.contains("node 4 is a read-only standby; this backup is its local state"),
+        "{err}"
+    );
+    let m = inspect(&standby_backup);
+    assert_eq!(m["manifest"]["node_mode"], "read-only");
+    assert_eq!(m["manifest"]["counts"]["secrets"], secrets());
+    assert!(
+        m["manifest"]["last_contact_ms"].as_u64().unwrap() >= 1000,
+        "{m}"
+    );
     c.kill(4);
 
     // 1. From the backup, at node 1's old addresses (the old members will knock there).
@@ -775,4 +799,113 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     );
     assert_eq!(health(&api, &ca), 503, "it stays sealed");
     drop(node);
+}
+
+/// Counts this node's scheduled backups in `dir`.
+fn scheduled_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    name.starts_with("coffer-node1-") && name.ends_with(".snap")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn scheduled_backups_rotate_report_and_say_when_they_fail() {
+    let _serial = serial();
+    let mut c = ProcCluster::found();
+    let backups = c.dir.path().join("backups");
+    let config = c.dir.path().join("node1.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[backup]\ndir = {:?}\ninterval = \"1s\"\nkeep = 2\n",
+        backups.display().to_string()
+    ));
+    std::fs::write(&config, text).unwrap();
+    c.kill(1);
+    c.start(1);
+    let (api, ca) = (c.addrs[&1].api.clone(), c.ca_path.clone());
+    wait_until(Duration::from_secs(30), "node 1 unsealed", || {
+        health(&api, &ca) == 200
+    });
+    // Files appear every second; only the newest two stay; each one is a whole backup.
+    wait_until(Duration::from_secs(30), "three scheduled backups", || {
+        metric(&api, &ca, &c.token, "coffer_last_backup_timestamp_seconds") > 0.0
+            && scheduled_in(&backups).len() == 2
+            && c.log_contains(1, "scheduled backup written")
+    });
+    let first = scheduled_in(&backups);
+    wait_until(Duration::from_secs(30), "the oldest rotated away", || {
+        let now = scheduled_in(&backups);
+        now.len() == 2 && !now.contains(&first[0])
+    });
+    for file in scheduled_in(&backups) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        // A file may be rotated away between the listing and the read.
+        if file.exists() {
+            let m = inspect(&file);
+            assert_eq!(m["verified"], true);
+        }
+    }
+    assert!(
+        std::fs::read_dir(&backups).unwrap().flatten().all(|e| !e
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".part")
+            || e.metadata().is_ok_and(|m| m.len() > 0)),
+        "no abandoned partial files"
+    );
+    let h = {
+        let client = client_at(&api, &ca, None);
+        block_on(async move {
+            client
+                .request("GET", "sys/health", None)
+                .await
+                .unwrap()
+                .body
+        })
+    };
+    assert!(
+        h["last_backup"]["last_success_unix"].as_i64().unwrap() > 0,
+        "{h}"
+    );
+    assert!(h["last_backup"]["last_error"].is_null(), "{h}");
+
+    // The directory becomes unusable: the failure shows in health, metrics and the log, and
+    // the node serves on.
+    std::fs::remove_dir_all(&backups).unwrap();
+    std::fs::write(&backups, "not a directory").unwrap();
+    wait_until(Duration::from_secs(30), "the failure reported", || {
+        metric(&api, &ca, &c.token, "coffer_backup_failures_total") > 0.0
+    });
+    let h = {
+        let client = client_at(&api, &ca, None);
+        block_on(async move {
+            client
+                .request("GET", "sys/health", None)
+                .await
+                .unwrap()
+                .body
+        })
+    };
+    assert!(
+        h["last_backup"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{h}"
+    );
+    assert!(c.log_contains(1, "scheduled backup failed"));
+    let (code, _, err) = c.cli(1, &["kv", "put", "secret/still", "v=1"]);
+    assert_eq!(code, 0, "{err}");
 }
