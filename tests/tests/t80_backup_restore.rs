@@ -770,6 +770,64 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
         "{err}"
     );
     assert!(!work.join("from-running").exists());
+
+    // Recover asks first; any answer but `recover` changes nothing.
+    let config = c.dir.path().join("node1.toml");
+    let mut child = std::process::Command::new(coffer_tests::coffer_bin())
+        .args([
+            "operator",
+            "recover",
+            "--force-new-cluster",
+            "--data-dir",
+            running.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--reason",
+            "drill",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"no\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Type 'recover' to go on"), "{err}");
+    assert!(err.contains("Nothing was changed."), "{err}");
+    // Confirmed, it still refuses a running node's directory.
+    let (code, _, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "recover",
+            "--force-new-cluster",
+            "--data-dir",
+            running.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--reason",
+            "drill",
+            "--yes",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is in use by a running node: stop it first"),
+        "{err}"
+    );
+    assert!(
+        !dirs_beside(c.dir.path())
+            .iter()
+            .any(|p| p.to_string_lossy().contains("before-recover")),
+        "nothing set aside"
+    );
+    let (code, _, err) = c.cli(1, &["kv", "get", "secret/app"]);
+    assert_eq!(code, 0, "the node serves on: {err}");
     c.kill(1);
 
     // The checksum recomputed over a changed manifest: the file verifies without keys, the
