@@ -453,6 +453,15 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
     assert_everything_there(&api1, &ca1, &c.token);
     assert_restore_audited(&api1, &ca1, &c.token);
     assert_audit_verifies(&api1, &ca1, &c.token);
+    wait_until(
+        Duration::from_secs(10),
+        "the restore's own chain check",
+        || {
+            server1
+                .log()
+                .contains("restored audit chains verified: no gaps, forks or tampered records")
+        },
+    );
     // The old members come back: their certificates are refused, the new cluster is as it was.
     let refused_before = metric(
         &api1,
@@ -555,6 +564,15 @@ fn dr_drill_from_a_backup_from_a_survivors_data_dir_and_by_promoting_it() {
     assert_standby_reads_merged(&api4, &ca4, &c.token);
     assert_restore_audited(&api4, &ca4, &c.token);
     assert_audit_verifies(&api4, &ca4, &c.token);
+    wait_until(
+        Duration::from_secs(10),
+        "the restore's own chain check",
+        || {
+            server4
+                .log()
+                .contains("restored audit chains verified: no gaps, forks or tampered records")
+        },
+    );
     server4.kill9();
 
     // 3. The learner promoted in place: the only voter of a new epoch, writable, its own
@@ -856,6 +874,46 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
         "{err}"
     );
     assert_eq!(health(&api, &ca), 503, "it stays sealed");
+    drop(node);
+
+    // `--keep-cluster-id` puts the same cluster back: same id, and the original share.
+    let original = inspect(&good)["manifest"]["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = work.join("kept");
+    let (api, peer) = fresh_addrs(1);
+    let said = restore(
+        &["--from", good.to_str().unwrap(), "--keep-cluster-id"],
+        &kept,
+        &api,
+        &peer,
+    );
+    assert!(
+        said.contains(&format!("Cluster id kept: {original}")),
+        "{said}"
+    );
+    let node = start_restored(&kept);
+    let ca = kept.join("tls/ca.pem");
+    unseal(&api, &ca, &c.share);
+    let h = {
+        let client = client_at(&api, &ca, None);
+        block_on(async move {
+            client
+                .request("GET", "sys/health", None)
+                .await
+                .unwrap()
+                .body
+        })
+    };
+    assert_eq!(h["cluster_id"], original.as_str());
+    let (code, out, err) = cli_at(
+        &api,
+        &ca,
+        &c.token,
+        &["kv", "get", "-field=v", "secret/app"],
+    );
+    assert_eq!((code, out.trim()), (0, "1"), "{err}");
     drop(node);
 }
 
