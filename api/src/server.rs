@@ -118,11 +118,11 @@ pub fn after_unseal(state: &AppState) {
             }
             let mut ca = pending.lock().await;
             match vault.finish_restore(ca.as_ref()).await {
-                Ok(taken) => {
-                    if taken {
-                        *ca = None;
-                        tls.forget_ca_key();
-                    }
+                Ok(_) => {
+                    // An unsealed node's CA key lives only in the encrypted state; a file
+                    // left by a crash between a restore's finish and this line goes too.
+                    *ca = None;
+                    tls.forget_ca_key();
                     return;
                 }
                 Err(e) => tracing::warn!("finishing the restore (will retry): {e}"),

@@ -847,6 +847,22 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     let (code, _, err) = c.cli(1, &["kv", "get", "secret/app"]);
     assert_eq!(code, 0, "the node serves on: {err}");
     c.kill(1);
+    // A target inside the source would copy the source into itself: refused.
+    let inside = running.join("restored-here");
+    let (code, _, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "restore",
+            "--from-data-dir",
+            running.to_str().unwrap(),
+            "--data-dir",
+            inside.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is inside the source"), "{err}");
+    assert!(!inside.exists());
 
     // The checksum recomputed over a changed manifest: the file verifies without keys, the
     // restore goes through, and the first unseal refuses it (the MAC needs the keys).
@@ -875,6 +891,24 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     );
     assert_eq!(health(&api, &ca), 503, "it stays sealed");
     drop(node);
+    // Nor can it be laundered through a second restore from its directory.
+    let (code, _, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "restore",
+            "--from-data-dir",
+            restored.to_str().unwrap(),
+            "--data-dir",
+            work.join("laundered").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is itself a restore that was never finished"),
+        "{err}"
+    );
+    assert!(!work.join("laundered").exists());
 
     // `--keep-cluster-id` puts the same cluster back: same id, and the original share.
     let original = inspect(&good)["manifest"]["cluster_id"]

@@ -227,10 +227,11 @@ pub(super) fn part_path(path: &Path) -> PathBuf {
 
 pub(super) fn create_private(path: &Path) -> Result<std::fs::File, ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
+    // A leftover `.part` (or a planted symlink) is removed, never written through.
+    let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| local(format!("{}: {e}", path.display())))

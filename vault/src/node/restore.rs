@@ -264,7 +264,13 @@ fn staging_dir(target: &Path) -> Result<PathBuf, RestoreError> {
         target,
         &format!("restoring-{}-{}", std::process::id(), unix_nanos()),
     );
-    std::fs::create_dir(&staging).map_err(io("creating the staging directory"))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io("creating the staging directory"))?;
+    }
     Ok(staging)
 }
 
@@ -337,6 +343,8 @@ fn check_space(target: &Path, state_bytes: u64) -> Result<(), RestoreError> {
 struct Found {
     seal: Option<Vec<u8>>,
     spool_public: Option<[u8; 32]>,
+    /// The state is itself a restore never finished (never unsealed).
+    unfinished_restore: bool,
 }
 
 impl Found {
@@ -345,6 +353,8 @@ impl Found {
             self.seal = Some(value.to_vec());
         } else if key == keys::SPOOL_PUBLIC_KEY {
             self.spool_public = value.try_into().ok();
+        } else if key == keys::RESTORED {
+            self.unfinished_restore = true;
         }
     }
 }
@@ -364,15 +374,21 @@ async fn build(
                     .map_err(|e| RestoreError::BadSource(format!("{}: {e}", path.display())))?;
                 let verified = backup::open(&mut file, &mut |k, v| found.visit(k, v))?;
                 check_space(&opts.data_dir, verified.manifest.snapshot.bytes)?;
-                let mut section = SectionReader::new(
+                let section = SectionReader::new(
                     &mut file,
                     verified.snapshot_offset,
                     verified.manifest.snapshot.bytes,
                 )?;
-                coffer_raft::install_seed_snapshot(staging, &mut section, &mut |d, t| {
+                // Hashed again as it is installed: a file changed after it was verified
+                // (shared storage) is refused, not installed.
+                let mut hashing = backup::HashingReader::new(section);
+                coffer_raft::install_seed_snapshot(staging, &mut hashing, &mut |d, t| {
                     progress("loading", d, t)
                 })
                 .map_err(failed("installing the backup's state"))?;
+                if hashing.finish() != verified.manifest.snapshot.sha256 {
+                    return Err(RestoreError::Backup(BackupError::Checksum));
+                }
                 let m = &verified.manifest;
                 (
                     opts.node_id.unwrap_or(1),
@@ -403,6 +419,15 @@ async fn build(
                 )
             }
         };
+    if found.unfinished_restore {
+        // Its backup's MAC has not been checked yet (that happens at its first unseal), and a
+        // second restore must not launder it: finish the first one, or restore the backup.
+        return Err(RestoreError::BadSource(
+            "the source is itself a restore that was never finished (never unsealed): start and \
+             unseal it first, or restore from the original backup"
+                .into(),
+        ));
+    }
     let seal_raw = found.seal.ok_or_else(|| {
         RestoreError::BadSource(
             "the state holds no seal configuration: it was never initialized".into(),
@@ -516,6 +541,15 @@ async fn settle_and_install(
     }
     if coffer_raft::in_use(old) {
         return Err(RestoreError::SourceInUse(old.to_path_buf()));
+    }
+    let source = std::fs::canonicalize(old)
+        .map_err(|e| RestoreError::BadSource(format!("{}: {e}", old.display())))?;
+    if parent_of(&opts.data_dir)?.starts_with(&source) {
+        return Err(RestoreError::BadSource(format!(
+            "the target {} is inside the source {}: restore next to it",
+            opts.data_dir.display(),
+            old.display()
+        )));
     }
     let node_id = match opts.node_id {
         Some(id) => id,

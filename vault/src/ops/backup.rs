@@ -347,10 +347,11 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
 
 fn private_file(path: &std::path::Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    // A leftover (or a planted symlink) is removed, never written through.
+    let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| VaultError::internal(format!("{}: {e}", path.display())))

@@ -245,7 +245,12 @@ pub fn open<R: Read + Seek>(
     }
     let manifest: Manifest = serde_json::from_slice(&json)
         .map_err(|e| BackupError::Corrupt(format!("the manifest is not readable: {e}")))?;
-    let want = snapshot_offset + manifest.snapshot.bytes + TRAILER_BYTES;
+    let want = snapshot_offset
+        .checked_add(manifest.snapshot.bytes)
+        .and_then(|n| n.checked_add(TRAILER_BYTES))
+        .ok_or_else(|| {
+            BackupError::Corrupt("the manifest's snapshot length is impossible".into())
+        })?;
     if len < want {
         return Err(BackupError::Truncated { have: len, want });
     }
@@ -274,14 +279,26 @@ pub fn open<R: Read + Seek>(
         ));
     }
     let mut counts = Counts::default();
+    let mut seal: Option<crate::rules::seal::SealConfig> = None;
     let mut section = SectionReader::new(file, snapshot_offset, manifest.snapshot.bytes)?;
     let header = coffer_raft::scan_snapshot(&mut section, &mut |key, entry| {
         counts.add(key);
+        if key == keys::SEAL_CONFIG {
+            seal = serde_json::from_slice(&entry.value).ok();
+        }
         visit(key, &entry.value);
     })
     .map_err(|e| BackupError::Corrupt(format!("the snapshot inside: {e}")))?;
     let index = header.last_applied.map_or(0, |l| l.index);
-    if index != manifest.applied_index || counts != manifest.counts {
+    // What `inspect` shows about the seal and the cluster is what the state holds.
+    let seal_matches = seal.is_some_and(|s| {
+        s.cluster_id == manifest.cluster_id
+            && s.secret_shares == manifest.seal.secret_shares
+            && s.secret_threshold == manifest.seal.secret_threshold
+            && s.share_salt == manifest.seal.share_salt
+            && s.share_fingerprints == manifest.seal.share_fingerprints
+    });
+    if index != manifest.applied_index || counts != manifest.counts || !seal_matches {
         return Err(BackupError::Corrupt(
             "the manifest does not describe the snapshot inside".into(),
         ));
@@ -305,6 +322,35 @@ fn copy_hashing<R: Read>(file: &mut R, n: u64, hasher: &mut Sha256) -> Result<()
         left -= want as u64;
     }
     Ok(())
+}
+
+/// A reader that hashes what passes through it (SHA-256, hex at the end).
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The hex SHA-256 of everything read.
+    pub fn finish(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// One section of a seekable file, itself seekable: the snapshot inside a backup.
