@@ -206,12 +206,18 @@ pub async fn recover(
         let _ = std::fs::remove_dir_all(&staging_target);
         return Err(e);
     }
-    std::fs::rename(&data_dir, &kept).map_err(io("setting the old directory aside"))?;
-    std::fs::rename(&staging_target, &data_dir)
-        .map_err(io("moving the recovered node into place"))?;
+    // The configuration written names the staging path; the node will live at `data_dir`.
+    rewrite_config_dir(&staging_target, &staging_target, &data_dir)?;
+    // One atomic exchange where the file system has it: at every instant `data_dir` is a
+    // whole node, the old one or the recovered one.
+    if exchange(&data_dir, &staging_target) {
+        std::fs::rename(&staging_target, &kept).map_err(io("setting the old directory aside"))?;
+    } else {
+        std::fs::rename(&data_dir, &kept).map_err(io("setting the old directory aside"))?;
+        std::fs::rename(&staging_target, &data_dir)
+            .map_err(io("moving the recovered node into place"))?;
+    }
     sync_dir(data_dir.parent().unwrap_or(Path::new(".")))?;
-    // The configuration written names the staging path; the node lives at `data_dir` now.
-    rewrite_config_dir(&data_dir, &staging_target)?;
     summary.data_dir = data_dir.clone();
     summary.config = data_dir.join("coffer.toml");
     summary.ca_cert = TlsFiles::new(&data_dir).ca();
@@ -758,13 +764,35 @@ fn write_config(
     Ok(abs.join("coffer.toml"))
 }
 
-/// After a recovery moved the node from `staging_target`, its configuration names the old
-/// staging path: point it at `dir`.
-fn rewrite_config_dir(dir: &Path, staging_target: &Path) -> Result<(), RestoreError> {
+/// Swaps two directories atomically (`renameat2(RENAME_EXCHANGE)`); false where the file
+/// system cannot, and nothing was changed.
+fn exchange(a: &Path, b: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(a), Ok(b)) = (
+        std::ffi::CString::new(a.as_os_str().as_bytes()),
+        std::ffi::CString::new(b.as_os_str().as_bytes()),
+    ) else {
+        return false;
+    };
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    rc == 0
+}
+
+/// A recovery's configuration in `dir` names the staging path `from`: point it at `to`.
+fn rewrite_config_dir(dir: &Path, from: &Path, to: &Path) -> Result<(), RestoreError> {
     let path = dir.join("coffer.toml");
     let text = std::fs::read_to_string(&path).map_err(io("reading coffer.toml"))?;
-    let from = format!("{:?}", staging_target.display().to_string());
-    let to = format!("{:?}", dir.display().to_string());
+    let from = format!("{:?}", from.display().to_string());
+    let to = format!("{:?}", to.display().to_string());
     write_atomic(&path, text.replace(&from, &to).as_bytes(), false)?;
     Ok(())
 }
