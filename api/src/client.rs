@@ -121,22 +121,10 @@ impl Client {
 }
 
 impl Client {
-    /// GETs a binary resource (`sys/storage/raft/snapshot`) into `out`, streaming, from the
-    /// first reachable address; `progress(done, total)` follows the bytes (`total` if the
-    /// server said). Returns the bytes written.
-    pub async fn download(
-        &self,
-        path: &str,
-        out: &mut (dyn std::io::Write + Send),
-        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
-    ) -> Result<u64, ClientError> {
-        self.transfer(reqwest::Method::GET, path, None, out, progress)
-            .await
-            .map(|(n, _)| n)
-    }
-
-    /// Sends `method` with an optional JSON `body` and streams the binary answer into `out`
-    /// (a pack with `?raw=true`); returns the bytes written and the answer's headers.
+    /// Sends `method` with an optional JSON `body` and streams the binary answer (a backup, a
+    /// pack with `?raw=true`) into `out`, from the first reachable address;
+    /// `progress(done, total)` follows the bytes (`total` if the server said). Returns the
+    /// bytes written and the answer's headers.
     pub async fn transfer(
         &self,
         method: reqwest::Method,

@@ -13,6 +13,23 @@ use serde_json::Value;
 
 use crate::{coffer_bin, Server};
 
+/// Held by tests of one binary that must not run at once (clusters of processes on two
+/// cores, timing bounds); a test that failed while holding it does not block the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The value of the sample `name` (with its labels, if any) in a Prometheus text page.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
 /// The loopback address of node `id`.
 pub fn node_ip(id: u64) -> String {
     format!("127.0.0.{}", 10 + id)
@@ -480,10 +497,7 @@ impl ProcCluster {
     pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
         let client = self.client(id);
         let text = block_on(async move { client.get_text("sys/metrics").await.ok() })?;
-        text.lines()
-            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+        metric_value(&text, name)
     }
 
     /// Waits until node `id` has merged its whole spool into the cluster log.

@@ -7,18 +7,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use coffer_api::client::{Client, ClientError};
-use coffer_tests::procs::{audit_records, block_on, node_ip, Partition, ProcCluster, WebhookSink};
+use coffer_tests::procs::{
+    audit_records, block_on, node_ip, serial, Partition, ProcCluster, WebhookSink,
+};
 use serde_json::{json, Value};
 
-/// The scenarios assert timing bounds (read-only within 2 s); they run one at a time so
-/// that five clusters do not share two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// The scenarios assert timing bounds (read-only within 2 s); they run one at a time
+// (`serial`) so that five clusters do not share two cores.
 
 /// A user who may read `secret/`, and one secret.
 fn seed(c: &ProcCluster) {

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coffer_api::client::Client;
-use coffer_tests::procs::{audit_records, block_on, free_port, node_ip, run_cli, ProcCluster};
+// The processes of these tests run one at a time (`serial`): two cores.
+use coffer_tests::procs::{
+    audit_records, block_on, free_port, metric_value, node_ip, run_cli, serial, ProcCluster,
+};
 use coffer_tests::Server;
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -27,15 +30,6 @@ fn secrets() -> usize {
 const WRITERS: usize = 32;
 /// Reads alice makes on the learner while it is cut off.
 const STANDBY_READS: usize = 25;
-
-/// The processes of these tests run one at a time: two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Policies, users, tokens and `secrets()` secrets with two versions each.
 fn fill(c: &ProcCluster) {
@@ -125,11 +119,7 @@ fn health(addr: &str, ca: &Path) -> u16 {
 fn metric(addr: &str, ca: &Path, token: &str, name: &str) -> f64 {
     let client = client_at(addr, ca, Some(token));
     let text = block_on(async move { client.get_text("sys/metrics").await.expect("metrics") });
-    text.lines()
-        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric_value(&text, name).unwrap_or(0.0)
 }
 
 /// Fresh API and peer addresses on node `id`'s loopback address.
@@ -640,15 +630,16 @@ fn one_node_backup() -> (ProcCluster, PathBuf) {
     (c, file)
 }
 
-/// Restores `file` into `target`; returns (code, stderr).
-fn try_restore(file: &Path, target: &Path) -> (i32, String) {
+/// Restores from `source` (`--from FILE` or `--from-data-dir DIR`) into `target`; returns
+/// (code, stderr).
+fn try_restore(flag: &str, source: &Path, target: &Path) -> (i32, String) {
     let (code, _, err) = run_cli(
         &[],
         &[
             "operator",
             "restore",
-            "--from",
-            file.to_str().unwrap(),
+            flag,
+            source.to_str().unwrap(),
             "--data-dir",
             target.to_str().unwrap(),
         ],
@@ -703,7 +694,7 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     for (name, content, message) in cases {
         let file = work.join(format!("{name}.snap"));
         std::fs::write(&file, &content).unwrap();
-        let (code, err) = try_restore(&file, &target);
+        let (code, err) = try_restore("--from", &file, &target);
         assert_eq!(code, 1, "{name}: {err}");
         assert!(err.contains(message), "{name}: {err}");
         assert!(!target.exists(), "{name}: nothing written");
@@ -723,7 +714,7 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     // A target that holds anything is refused and left as it was.
     std::fs::create_dir(&target).unwrap();
     std::fs::write(target.join("keep.txt"), "mine").unwrap();
-    let (code, err) = try_restore(&good, &target);
+    let (code, err) = try_restore("--from", &good, &target);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("is not empty: restore into a new or empty directory (nothing was written)"),
@@ -752,7 +743,7 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
         .status()
         .is_ok_and(|s| s.success());
     if mounted {
-        let (code, err) = try_restore(&good, &small.join("target"));
+        let (code, err) = try_restore("--from", &good, &small.join("target"));
         let _ = std::process::Command::new("umount").arg(&small).status();
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("too little disk space on"), "{err}");
@@ -771,17 +762,7 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
 
     // A survivor's directory that is in use is refused.
     let running = c.data_dir(1);
-    let (code, _, err) = run_cli(
-        &[],
-        &[
-            "operator",
-            "restore",
-            "--from-data-dir",
-            running.to_str().unwrap(),
-            "--data-dir",
-            work.join("from-running").to_str().unwrap(),
-        ],
-    );
+    let (code, err) = try_restore("--from-data-dir", &running, &work.join("from-running"));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("is in use by a running node: stop it first"),
@@ -849,17 +830,7 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     c.kill(1);
     // A target inside the source would copy the source into itself: refused.
     let inside = running.join("restored-here");
-    let (code, _, err) = run_cli(
-        &[],
-        &[
-            "operator",
-            "restore",
-            "--from-data-dir",
-            running.to_str().unwrap(),
-            "--data-dir",
-            inside.to_str().unwrap(),
-        ],
-    );
+    let (code, err) = try_restore("--from-data-dir", &running, &inside);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is inside the source"), "{err}");
     assert!(!inside.exists());
@@ -892,17 +863,7 @@ fn bad_backups_and_targets_are_refused_and_nothing_is_written() {
     assert_eq!(health(&api, &ca), 503, "it stays sealed");
     drop(node);
     // Nor can it be laundered through a second restore from its directory.
-    let (code, _, err) = run_cli(
-        &[],
-        &[
-            "operator",
-            "restore",
-            "--from-data-dir",
-            restored.to_str().unwrap(),
-            "--data-dir",
-            work.join("laundered").to_str().unwrap(),
-        ],
-    );
+    let (code, err) = try_restore("--from-data-dir", &restored, &work.join("laundered"));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("is itself a restore that was never finished"),

@@ -5,6 +5,20 @@ use std::path::Path;
 
 use crate::TlsError;
 
+/// Creates `path` anew, mode 0600, for writing: a leftover file (or a planted symlink) at
+/// the path is removed first, never written through.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let _ = std::fs::remove_file(path);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
 /// Writes `bytes` to `path` with mode 0600 (created that way, never widened afterwards),
 /// replacing any existing file atomically through a temporary file in the same directory,
 /// and fsyncs it so a crash cannot leave a half-written key.
@@ -16,14 +30,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut file = opts.open(&tmp).map_err(io)?;
+    let mut file = create_private(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;

@@ -14,7 +14,7 @@ mod identity;
 mod pki;
 
 pub use config::{api_client_config, api_server_config, peer_client_config, peer_server_config};
-pub use files::write_private;
+pub use files::{create_private, write_private};
 pub use identity::{
     cert_fingerprint, fingerprint_pem, node_id_from_cert, node_id_from_pem, node_uri,
 };

@@ -148,44 +148,53 @@ pub async fn snapshot(cmd: SnapshotCmd) -> Result<i32, ClientError> {
     }
 }
 
-/// Downloads a backup into `path.part`, syncs it, verifies it, and renames it into place:
-/// `path` is either the whole verified backup or untouched.
-async fn save(common: &Common, path: &Path) -> Result<i32, ClientError> {
+/// Sends `method` to `api_path` and streams the binary answer into `path.part` (0600) with
+/// a progress bar; syncs it, runs `check` on it, and renames it into place: `path` is
+/// either the whole checked file or untouched. Returns what `check` made and the headers.
+pub(super) async fn download_to_file<T>(
+    common: &Common,
+    method: reqwest::Method,
+    api_path: &str,
+    body: Option<&serde_json::Value>,
+    path: &Path,
+    template: &str,
+    check: impl FnOnce(&Path) -> Result<T, ClientError>,
+) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
     let part = part_path(path);
     let mut file = create_private(&part)?;
-    let progress = bar(0, "Saving [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}");
+    let progress = bar(0, template);
     let result = {
         let mut writer = std::io::BufWriter::new(&mut file);
-        let progress = progress.clone();
+        let bar = progress.clone();
         let got = client(common)?
-            .download(
-                "sys/storage/raft/snapshot",
+            .transfer(
+                method,
+                api_path,
+                body,
                 &mut writer,
                 &mut move |done, total| {
                     if let Some(total) = total {
-                        progress.set_length(total);
+                        bar.set_length(total);
                     }
-                    progress.set_position(done);
+                    bar.set_position(done);
                 },
             )
             .await;
-        got.and_then(|n| {
+        got.and_then(|(_, headers)| {
             writer
                 .flush()
                 .map_err(|e| local(format!("writing {}: {e}", part.display())))?;
-            Ok(n)
+            Ok(headers)
         })
     };
     progress.finish_and_clear();
-    let verified = result.and_then(|_| {
+    let checked = result.and_then(|headers| {
         file.sync_all()
             .map_err(|e| local(format!("syncing {}: {e}", part.display())))?;
-        let mut reread = std::fs::File::open(&part).map_err(local)?;
-        file_format::open(&mut reread, &mut |_, _| {})
-            .map_err(|e| local(format!("the saved backup does not verify: {e}")))
+        Ok((check(&part)?, headers))
     });
-    let verified = match verified {
-        Ok(v) => v,
+    let checked = match checked {
+        Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&part);
             return Err(e);
@@ -195,6 +204,25 @@ async fn save(common: &Common, path: &Path) -> Result<i32, ClientError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }
+    Ok(checked)
+}
+
+/// Downloads a backup and verifies it before it takes the name `path`.
+async fn save(common: &Common, path: &Path) -> Result<i32, ClientError> {
+    let (verified, _) = download_to_file(
+        common,
+        reqwest::Method::GET,
+        "sys/storage/raft/snapshot",
+        None,
+        path,
+        "Saving [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}",
+        |part| {
+            let mut reread = std::fs::File::open(part).map_err(local)?;
+            file_format::open(&mut reread, &mut |_, _| {})
+                .map_err(|e| local(format!("the saved backup does not verify: {e}")))
+        },
+    )
+    .await?;
     let m = &verified.manifest;
     eprintln!(
         "Saved a backup of cluster {} ({}) to {}: log index {}, {} secrets, {} versions, {} users, {} policies, {} tokens, {} audit records.",
@@ -219,22 +247,14 @@ async fn save(common: &Common, path: &Path) -> Result<i32, ClientError> {
     Ok(exit::OK)
 }
 
-pub(super) fn part_path(path: &Path) -> PathBuf {
+fn part_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     path.with_file_name(name)
 }
 
-pub(super) fn create_private(path: &Path) -> Result<std::fs::File, ClientError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // A leftover `.part` (or a planted symlink) is removed, never written through.
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| local(format!("{}: {e}", path.display())))
+fn create_private(path: &Path) -> Result<std::fs::File, ClientError> {
+    coffer_tls::create_private(path).map_err(|e| local(format!("{}: {e}", path.display())))
 }
 
 /// `operator snapshot inspect FILE`.

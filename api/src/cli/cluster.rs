@@ -90,45 +90,17 @@ pub async fn pack(cmd: PackCmd) -> Result<i32, ClientError> {
         "ttl_secs": ttl_secs,
         "passphrase": passphrase.as_str(),
     });
-    // Streamed to `output.part` (0600), synced and renamed: `output` is the whole pack or
-    // nothing, and neither side holds the pack in memory.
-    let part = super::backup::part_path(&output);
-    let mut file = super::backup::create_private(&part)?;
-    let progress = super::backup::bar(0, "Writing the pack [{bar:25}] {bytes}/{total_bytes}");
-    let result = {
-        let mut writer = std::io::BufWriter::new(&mut file);
-        let bar = progress.clone();
-        let got = client(&common)?
-            .transfer(
-                reqwest::Method::POST,
-                "sys/coffer/packs?raw=true",
-                Some(&body),
-                &mut writer,
-                &mut move |done, total| {
-                    if let Some(total) = total {
-                        bar.set_length(total);
-                    }
-                    bar.set_position(done);
-                },
-            )
-            .await;
-        got.and_then(|(_, headers)| {
-            std::io::Write::flush(&mut writer).map_err(local)?;
-            Ok(headers)
-        })
-    };
-    progress.finish_and_clear();
-    let headers = match result.and_then(|h| {
-        file.sync_all().map_err(local)?;
-        std::fs::rename(&part, &output).map_err(local)?;
-        Ok(h)
-    }) {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-    };
+    // Streamed to disk as it arrives: neither side holds the pack in memory.
+    let ((), headers) = super::backup::download_to_file(
+        &common,
+        reqwest::Method::POST,
+        "sys/coffer/packs?raw=true",
+        Some(&body),
+        &output,
+        "Writing the pack [{bar:25}] {bytes}/{total_bytes}",
+        |_| Ok(()),
+    )
+    .await?;
     let data: Value = headers
         .get("x-coffer-pack")
         .and_then(|v| v.to_str().ok())

@@ -24,18 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coffer_tests::bench::arg;
 use coffer_tests::procs::{block_on, ProcCluster};
 use coffer_tests::{coffer_bin, random_string};
 use serde_json::json;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Resident set size of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {

@@ -17,19 +17,10 @@
 
 use std::time::{Duration, Instant};
 
-use coffer_tests::bench::{phase, prewrite};
+use coffer_tests::bench::{arg, phase, prewrite};
 use coffer_tests::procs::{block_on, ProcCluster};
 use coffer_tests::random_string;
 use serde_json::json;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn is_voter(c: &ProcCluster, via: u64, id: u64, caught_up: bool) -> bool {
     c.members(via).is_some_and(|m| {

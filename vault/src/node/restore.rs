@@ -519,12 +519,7 @@ async fn build(
         cluster_id: seal.cluster_id.clone(),
         counts,
         last_index,
-        seal: SealSummary {
-            secret_shares: seal.secret_shares,
-            secret_threshold: seal.secret_threshold,
-            share_salt: seal.share_salt,
-            share_fingerprints: seal.share_fingerprints,
-        },
+        seal: SealSummary::from(&seal),
         unmerged_audit: unmerged,
     })
 }
@@ -614,12 +609,9 @@ async fn settle_and_install(
     let mut snapshot =
         snapshot.map_err(|e| RestoreError::Failed(format!("reading the survivor's state: {e}")))?;
     progress("settling", 1, 1);
-    let mut counts = Counts::default();
-    let header = coffer_raft::scan_snapshot(&mut snapshot, &mut |key, entry| {
-        counts.add(key);
-        found.visit(key, &entry.value);
-    })
-    .map_err(failed("checking the survivor's state"))?;
+    let backup::StateSummary { header, counts, .. } =
+        backup::summarize(&mut snapshot, &mut |key, value| found.visit(key, value))
+            .map_err(failed("checking the survivor's state"))?;
     use std::io::{Seek, SeekFrom};
     snapshot
         .seek(SeekFrom::Start(0))
@@ -652,8 +644,13 @@ fn copy_spool(old: &Path, staging: &Path) -> Result<u64, RestoreError> {
         .flatten()
     {
         if entry.file_name().to_string_lossy().starts_with("spool-") {
-            let text = std::fs::read_to_string(entry.path()).map_err(io("reading the spool"))?;
-            lines += text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+            use std::io::BufRead;
+            let file = std::fs::File::open(entry.path()).map_err(io("reading the spool"))?;
+            for line in std::io::BufReader::new(file).lines() {
+                if !line.map_err(io("reading the spool"))?.trim().is_empty() {
+                    lines += 1;
+                }
+            }
         }
     }
     Ok(lines)

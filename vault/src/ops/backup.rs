@@ -15,9 +15,8 @@ use super::auth::Auth;
 use super::{StoredCa, Vault};
 use crate::audit::{AuditEvent, Outcome, Stage, Who};
 use crate::error::{Result, VaultError};
-use crate::rules::backup::{self, Counts, Manifest, SealSummary, Section, FORMAT, MAC_PURPOSE};
+use crate::rules::backup::{self, Manifest, SealSummary, Section, FORMAT, MAC_PURPOSE};
 use crate::rules::policy::Capability;
-use crate::rules::seal::SealConfig;
 
 /// Copy buffer for the snapshot passes.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
@@ -346,14 +345,7 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 fn private_file(path: &std::path::Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // A leftover (or a planted symlink) is removed, never written through.
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    coffer_tls::create_private(path)
         .map_err(|e| VaultError::internal(format!("{}: {e}", path.display())))
 }
 
@@ -468,15 +460,11 @@ struct ManifestBase {
 
 /// The manifest of `snapshot`: counts and seal configuration from its records, its hash.
 fn describe(mut snapshot: std::fs::File, base: ManifestBase) -> Result<Manifest> {
-    let mut counts = Counts::default();
-    let mut seal: Option<SealConfig> = None;
-    let header = coffer_raft::scan_snapshot(&mut snapshot, &mut |key, entry| {
-        counts.add(key);
-        if key == crate::keys::SEAL_CONFIG {
-            seal = serde_json::from_slice(&entry.value).ok();
-        }
-    })
-    .map_err(VaultError::internal)?;
+    let backup::StateSummary {
+        header,
+        counts,
+        seal,
+    } = backup::summarize(&mut snapshot, &mut |_, _| {}).map_err(VaultError::internal)?;
     let seal =
         seal.ok_or_else(|| VaultError::internal("the snapshot holds no seal configuration"))?;
     let (bytes, sha256) = hash_file(&mut snapshot)?;
@@ -493,12 +481,7 @@ fn describe(mut snapshot: std::fs::File, base: ManifestBase) -> Result<Manifest>
         revision: header.revision,
         created_at: crate::clock::rfc3339(crate::clock::now()),
         counts,
-        seal: SealSummary {
-            secret_shares: seal.secret_shares,
-            secret_threshold: seal.secret_threshold,
-            share_salt: seal.share_salt,
-            share_fingerprints: seal.share_fingerprints,
-        },
+        seal: SealSummary::from(&seal),
         snapshot: Section {
             bytes,
             sha256: hex::encode(sha256),

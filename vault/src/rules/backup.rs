@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::Key;
 use crate::keys::{self, StoredKind};
+use crate::rules::seal::SealConfig;
 
 /// The file's first bytes.
 pub const MAGIC: &[u8; 11] = b"COFFERBAK1\n";
@@ -278,17 +279,13 @@ pub fn open<R: Read + Seek>(
             "the snapshot does not match the manifest's hash".into(),
         ));
     }
-    let mut counts = Counts::default();
-    let mut seal: Option<crate::rules::seal::SealConfig> = None;
     let mut section = SectionReader::new(file, snapshot_offset, manifest.snapshot.bytes)?;
-    let header = coffer_raft::scan_snapshot(&mut section, &mut |key, entry| {
-        counts.add(key);
-        if key == keys::SEAL_CONFIG {
-            seal = serde_json::from_slice(&entry.value).ok();
-        }
-        visit(key, &entry.value);
-    })
-    .map_err(|e| BackupError::Corrupt(format!("the snapshot inside: {e}")))?;
+    let StateSummary {
+        header,
+        counts,
+        seal,
+    } = summarize(&mut section, visit)
+        .map_err(|e| BackupError::Corrupt(format!("the snapshot inside: {e}")))?;
     let index = header.last_applied.map_or(0, |l| l.index);
     // What `inspect` shows about the seal and the cluster is what the state holds.
     let seal_matches = seal.is_some_and(|s| {
@@ -309,6 +306,50 @@ pub fn open<R: Read + Seek>(
         digest,
         mac,
     })
+}
+
+/// What one pass over a state (an engine snapshot) finds.
+pub struct StateSummary {
+    /// The snapshot's header (applied log id, revision).
+    pub header: coffer_raft::SnapshotHeader,
+    /// Its records by kind.
+    pub counts: Counts,
+    /// Its seal configuration, if it holds a readable one.
+    pub seal: Option<SealConfig>,
+}
+
+/// Reads a whole engine snapshot once, checking its framing: counts its records by kind and
+/// finds its seal configuration; `visit` sees every record too.
+pub fn summarize<R: Read + Seek>(
+    snapshot: &mut R,
+    visit: &mut dyn FnMut(&[u8], &[u8]),
+) -> Result<StateSummary, String> {
+    let mut counts = Counts::default();
+    let mut seal = None;
+    let header = coffer_raft::scan_snapshot(snapshot, &mut |key, entry| {
+        counts.add(key);
+        if key == keys::SEAL_CONFIG {
+            seal = serde_json::from_slice(&entry.value).ok();
+        }
+        visit(key, &entry.value);
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(StateSummary {
+        header,
+        counts,
+        seal,
+    })
+}
+
+impl From<&SealConfig> for SealSummary {
+    fn from(seal: &SealConfig) -> Self {
+        SealSummary {
+            secret_shares: seal.secret_shares,
+            secret_threshold: seal.secret_threshold,
+            share_salt: seal.share_salt.clone(),
+            share_fingerprints: seal.share_fingerprints.clone(),
+        }
+    }
 }
 
 /// Reads `n` bytes of `file` into `hasher`, in bounded chunks.
