@@ -13,6 +13,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a backup download or upload may take (a large vault's backup is hundreds of
 /// megabytes).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bytes per chunk of an upload.
+const UPLOAD_CHUNK_BYTES: usize = 256 << 10;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +182,64 @@ impl Client {
                 )));
             }
             return Ok((done, headers));
+        }
+        Err(ClientError::Unreachable(failures.join("; ")))
+    }
+
+    /// POSTs the file at `file` as the body of `path` (a backup to restore), streamed from
+    /// disk; `sent(bytes)` follows it. Tries the addresses in turn while none answers.
+    pub async fn upload(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        sent: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<Response, ClientError> {
+        use tokio::io::AsyncReadExt;
+        let mut failures = Vec::new();
+        for addr in &self.addrs {
+            let opened = tokio::fs::File::open(file)
+                .await
+                .map_err(|e| ClientError::Local(format!("{}: {e}", file.display())))?;
+            let len = opened
+                .metadata()
+                .await
+                .map_err(|e| ClientError::Local(e.to_string()))?
+                .len();
+            let sent = sent.clone();
+            let stream = futures::stream::unfold(opened, move |mut f| {
+                let sent = sent.clone();
+                async move {
+                    let mut buf = vec![0u8; UPLOAD_CHUNK_BYTES];
+                    match f.read(&mut buf).await {
+                        Ok(0) => None,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            sent(n as u64);
+                            Some((Ok::<_, std::io::Error>(buf), f))
+                        }
+                        Err(e) => Some((Err(e), f)),
+                    }
+                }
+            });
+            let mut req = self
+                .http
+                .post(format!("{addr}/v1/{path}"))
+                .timeout(TRANSFER_TIMEOUT)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream));
+            if let Some(token) = &self.token {
+                req = req.header("X-Vault-Token", token);
+            }
+            match req.send().await {
+                Ok(resp) => return finish(resp).await,
+                Err(e) if e.is_connect() => failures.push(format!("{addr}: {}", root_cause(&e))),
+                Err(e) => {
+                    return Err(ClientError::Unreachable(format!(
+                        "{addr}: {}",
+                        root_cause(&e)
+                    )))
+                }
+            }
         }
         Err(ClientError::Unreachable(failures.join("; ")))
     }

@@ -16,6 +16,7 @@ mod errors;
 pub mod fuzz;
 mod log_store;
 mod network;
+mod replace;
 mod snapshot;
 mod state_machine;
 pub mod transport;
@@ -32,6 +33,7 @@ pub use engine::{Engine, EngineConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use errors::EngineError;
 pub use log_store::LogStore;
 pub use network::NoPeers;
+pub use replace::StateGate;
 pub use snapshot::{
     inspect as inspect_snapshot, scan as scan_snapshot, SnapshotFiles, SnapshotHeader,
 };
@@ -41,7 +43,9 @@ pub use transport::{
     PeerNetwork, Refusal, Refusals, Roster,
 };
 pub use tuning::RaftTuning;
-pub use txn::{plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write};
+pub use txn::{
+    plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write, STAGING_PREFIX,
+};
 pub use types::{
     Command, LogId, NodeAddr, NodeId, Raft, RaftMetrics, StorageError, StoredMembership, TypeConfig,
 };

@@ -69,6 +69,8 @@ pub struct SnapshotFiles {
     dir: PathBuf,
     /// The node's database.
     db: Arc<Db>,
+    /// Keeps builds from seeing a state that is being replaced.
+    gate: Arc<crate::replace::StateGate>,
 }
 
 fn io<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
@@ -88,7 +90,16 @@ impl SnapshotFiles {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Self { dir, db })
+        Ok(Self {
+            dir,
+            db,
+            gate: Arc::default(),
+        })
+    }
+
+    /// The gate between snapshot builds and wholesale changes of the state.
+    pub fn gate(&self) -> Arc<crate::replace::StateGate> {
+        self.gate.clone()
     }
 
     fn current_path(&self) -> PathBuf {
@@ -102,7 +113,7 @@ impl SnapshotFiles {
     /// Writes a snapshot of the state machine as of now and makes it current. Blocking.
     pub fn build(&self) -> Result<SnapshotHeader, String> {
         let db = &self.db;
-        let snap = db.snapshot();
+        let snap = self.gate.stable(|| db.snapshot());
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&snap);
         let meta = |key| -> Result<Option<Vec<u8>>, String> {
@@ -229,11 +240,13 @@ impl SnapshotFiles {
         std::io::copy(&mut file, &mut out).map_err(io("copying snapshot"))?;
         out.sync_all().map_err(io("syncing snapshot"))?;
         self.publish(&tmp)?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        db.put_cf_opt(cf(db, CF_SM), KEY_INSTALLING, b"1", &opts)
-            .map_err(io("marking install"))?;
-        self.load_current_into(db)
+        self.gate.changing(|| {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(cf(db, CF_SM), KEY_INSTALLING, b"1", &opts)
+                .map_err(io("marking install"))?;
+            self.load_current_into(db)
+        })
     }
 
     /// Installs a snapshot file handed over out of band (a bootstrap pack) into a node that

@@ -75,7 +75,7 @@ pub(crate) fn get_sm_meta<T: serde::de::DeserializeOwned>(
 }
 
 /// Current state read straight from the database, for the planner.
-struct DbView<'a>(&'a DB);
+pub(crate) struct DbView<'a>(pub(crate) &'a DB);
 
 impl StateView for DbView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, String> {
@@ -132,6 +132,7 @@ impl StateMachine {
             tracing::warn!("finishing a snapshot install interrupted by a crash");
             snapshots.load_current_into(&db).map_err(sm_write_err)?;
         }
+        crate::replace::resume(&db).map_err(sm_write_err)?;
         let revision = get_sm_meta(&db, KEY_REVISION)
             .map_err(sm_read_err)?
             .unwrap_or(0);
@@ -216,6 +217,46 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Applies a transaction that replaces the whole state (see [`crate::replace`]): its
+    /// guards are checked here; if they hold, the swap runs off the async threads, with no
+    /// snapshot build looking meanwhile.
+    async fn apply_replace(
+        &mut self,
+        entry: openraft::Entry<TypeConfig>,
+    ) -> Result<TxnResult, StorageError> {
+        let EntryPayload::Normal(Command::Txn(txn)) = entry.payload else {
+            return Err(sm_write_err("not a replace"));
+        };
+        let guards = crate::txn::Txn {
+            compares: txn.compares.clone(),
+            ops: Vec::new(),
+        };
+        let (checked, _) = plan(&guards, &DbView(&self.db), self.revision).map_err(sm_read_err)?;
+        if !checked.succeeded {
+            // Nothing replaced: the entry is applied as a failed transaction.
+            let failed = openraft::Entry {
+                log_id: entry.log_id,
+                payload: EntryPayload::Normal(Command::Txn(guards)),
+            };
+            return self.apply_one(failed);
+        }
+        let db = self.db.clone();
+        let gate = self.snapshots.gate();
+        let (log_id, revision) = (entry.log_id, self.revision);
+        let result = tokio::task::spawn_blocking(move || {
+            gate.changing(|| crate::replace::apply(&db, log_id, txn, revision))
+        })
+        .await
+        .map_err(sm_write_err)?
+        .map_err(sm_write_err)?;
+        self.revision = result.revision;
+        self.last_applied = Some(log_id.index);
+        self.applied_tx.send_replace(log_id.index);
+        Ok(result)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotFiles;
 
@@ -234,7 +275,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        entries.into_iter().map(|e| self.apply_one(e)).collect()
+        let mut results = Vec::new();
+        for entry in entries {
+            let result = match &entry.payload {
+                EntryPayload::Normal(Command::Txn(txn)) if crate::replace::is_replace(txn) => {
+                    self.apply_replace(entry).await?
+                }
+                _ => self.apply_one(entry)?,
+            };
+            results.push(result);
+        }
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

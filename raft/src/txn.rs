@@ -58,7 +58,23 @@ pub enum Op {
         /// The prefix; must not be empty (that would wipe the store).
         prefix: Vec<u8>,
     },
+    /// Replace the whole store with the records staged under `staged` (a prefix under
+    /// [`STAGING_PREFIX`], stripped as they move), keeping every key under a prefix in `keep`
+    /// as it is: a restore into a running cluster. Only as a transaction's first op; the
+    /// state machine applies it in bounded batches (crash-safe, see `crate::replace`), and
+    /// the ops after it run on the replaced state. Restored records get the transaction's
+    /// revision as their create and mod revision.
+    Replace {
+        /// Where the new state was staged.
+        staged: Vec<u8>,
+        /// Prefixes of keys that stay as they are (and are not taken from the staging).
+        keep: Vec<Vec<u8>>,
+    },
 }
+
+/// Keys under this prefix are staging areas for [`Op::Replace`] (no application key starts
+/// with `0xff`, so staged records never mix with live ones or show in their scans).
+pub const STAGING_PREFIX: &[u8] = b"\xffstaged/";
 
 impl std::fmt::Debug for Op {
     // Values are ciphertext, but a Debug that prints them invites copying that habit.
@@ -74,6 +90,12 @@ impl std::fmt::Debug for Op {
             Op::DeletePrefix { prefix } => {
                 write!(f, "DeletePrefix({:?})", String::from_utf8_lossy(prefix))
             }
+            Op::Replace { staged, keep } => write!(
+                f,
+                "Replace(from {:?}, keeping {} prefixes)",
+                String::from_utf8_lossy(staged),
+                keep.len()
+            ),
         }
     }
 }
@@ -246,6 +268,9 @@ fn writes_for(ops: &[Op], state: &dyn StateView, new_rev: u64) -> Result<Vec<Wri
                         *pending = None;
                     }
                 }
+            }
+            Op::Replace { .. } => {
+                return Err("a replace is applied by the state machine, not planned".into())
             }
         }
     }

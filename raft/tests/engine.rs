@@ -151,3 +151,129 @@ async fn restart_keeps_everything_and_snapshots_round_trip() {
         "revisions keep increasing after restart"
     );
 }
+
+/// A replace swaps in what was staged, keeps what it is told to keep, and applies the ops
+/// after it on the result; a failed guard replaces nothing; the result survives a restart
+/// and a snapshot, and no staging is left behind.
+#[tokio::test]
+async fn a_replace_swaps_the_whole_state_and_keeps_what_it_is_told() {
+    use coffer_raft::{Op, STAGING_PREFIX};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    for i in 0..300 {
+        engine
+            .write(Txn::new().put(format!("data/{i:04}"), format!("old{i}")))
+            .await
+            .unwrap();
+    }
+    engine
+        .write(
+            Txn::new()
+                .put("audit/1", "kept")
+                .put("core/keyring", "ring"),
+        )
+        .await
+        .unwrap();
+    let mut area = STAGING_PREFIX.to_vec();
+    area.extend_from_slice(b"r1/");
+    let staged = |key: &str| [area.as_slice(), key.as_bytes()].concat();
+    // The new state: fewer records, one changed, one new, and one under a kept prefix
+    // (which must not override the live one).
+    let mut txn = Txn::new();
+    for i in 0..100 {
+        txn = txn.put(staged(&format!("data/{i:04}")), format!("new{i}"));
+    }
+    txn = txn
+        .put(staged("other/x"), "fresh")
+        .put(staged("audit/1"), "from the backup");
+    engine.write(txn).await.unwrap();
+    // Leftovers of another, abandoned staging are swept too.
+    let mut stale = STAGING_PREFIX.to_vec();
+    stale.extend_from_slice(b"abandoned/data/1");
+    engine.write(Txn::new().put(stale, "junk")).await.unwrap();
+    let before = engine.get(b"data/0000").unwrap().unwrap().mod_revision;
+
+    let replace = |guard: Check| {
+        Txn {
+            compares: Vec::new(),
+            ops: vec![Op::Replace {
+                staged: area.clone(),
+                keep: vec![b"audit/".to_vec(), b"core/keyring".to_vec()],
+            }],
+        }
+        .when("core/keyring", guard)
+        .put("marker", "after")
+    };
+
+    // A guard that fails: nothing changes.
+    let r = engine.write(replace(Check::Absent)).await.unwrap();
+    assert!(!r.succeeded);
+    assert_eq!(engine.get(b"data/0299").unwrap().unwrap().value, b"old299");
+
+    let r = engine
+        .write(replace(Check::ValueHash(coffer_raft::value_hash(b"ring"))))
+        .await
+        .unwrap();
+    assert!(r.succeeded);
+    assert!(r.revision > before);
+    let check = |engine: &Engine| {
+        let data = engine.scan(b"data/", None, 1000).unwrap();
+        assert_eq!(data.len(), 100, "only the staged records remain");
+        assert_eq!(data[7].1.value, b"new7");
+        assert!(data
+            .iter()
+            .all(|(_, e)| e.mod_revision == r.revision && e.create_revision == r.revision));
+        assert_eq!(engine.get(b"other/x").unwrap().unwrap().value, b"fresh");
+        assert_eq!(engine.get(b"audit/1").unwrap().unwrap().value, b"kept");
+        assert_eq!(engine.get(b"core/keyring").unwrap().unwrap().value, b"ring");
+        assert_eq!(engine.get(b"marker").unwrap().unwrap().value, b"after");
+        assert!(
+            engine.scan(STAGING_PREFIX, None, 10).unwrap().is_empty(),
+            "no staging is left behind"
+        );
+    };
+    check(&engine);
+    assert_eq!(engine.state_generation(), 1);
+    engine.snapshot_now().await.unwrap();
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let engine = open(dir.path()).await;
+    check(&engine);
+    let next = engine
+        .write(Txn::new().put("data/0000", "x"))
+        .await
+        .unwrap();
+    assert!(next.revision > r.revision, "revisions keep rising");
+}
+
+/// A replace must be a transaction's first op, over a staging area of its own, keeping
+/// prefixes outside it: anything else is refused before it reaches the log.
+#[tokio::test]
+async fn malformed_replaces_are_refused() {
+    use coffer_raft::{Op, STAGING_PREFIX};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let area = [STAGING_PREFIX, b"r/"].concat();
+    let replace = |staged: Vec<u8>, keep: Vec<Vec<u8>>| Op::Replace { staged, keep };
+    let cases = [
+        vec![
+            Op::Delete { key: b"a".to_vec() },
+            replace(area.clone(), vec![]),
+        ],
+        vec![replace(b"data/".to_vec(), vec![])],
+        vec![replace(STAGING_PREFIX.to_vec(), vec![])],
+        vec![replace(area.clone(), vec![Vec::new()])],
+        vec![replace(area.clone(), vec![STAGING_PREFIX.to_vec()])],
+    ];
+    for ops in cases {
+        let txn = Txn {
+            compares: Vec::new(),
+            ops,
+        };
+        let err = engine.write(txn.clone()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("replace"),
+            "{txn:?} refused with {err}"
+        );
+    }
+}

@@ -1020,3 +1020,196 @@ fn scheduled_backups_rotate_report_and_say_when_they_fail() {
     let (code, _, err) = c.cli(1, &["kv", "put", "secret/still", "v=1"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Reads `secret/<path>`'s `v` through node `id` (None when there is no such secret).
+fn kv_v(c: &ProcCluster, id: u64, path: &str) -> Option<String> {
+    let client = c.client(id);
+    let path = format!("secret/data/{path}");
+    block_on(async move {
+        match client.request("GET", &path, None).await {
+            Ok(r) => r.body["data"]["data"]["v"].as_str().map(str::to_string),
+            Err(coffer_api::client::ClientError::Server { status: 404, .. }) => None,
+            Err(e) => panic!("reading {path}: {e}"),
+        }
+    })
+}
+
+/// POSTs `file` to `route` on node `id` with `token`; returns the status and error text.
+fn upload(c: &ProcCluster, id: u64, token: &str, route: &str, file: &Path) -> (u16, String) {
+    let ca = std::fs::read_to_string(&c.ca_path).unwrap();
+    let client = Client::new(&c.addrs[&id].api, Some(&ca), Some(token.to_string())).unwrap();
+    let (route, file) = (route.to_string(), file.to_path_buf());
+    block_on(async move {
+        match client
+            .upload(&route, &file, std::sync::Arc::new(|_| {}))
+            .await
+        {
+            Ok(r) => (r.status.as_u16(), String::new()),
+            Err(coffer_api::client::ClientError::Server {
+                status, messages, ..
+            }) => (status, messages.join("; ")),
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+/// `operator snapshot restore` (Vault's `POST sys/storage/raft/snapshot`) on a running
+/// three-voter cluster, sent to a follower: every member ends with the backup's secrets,
+/// users and policies; the audit log keeps every record, those made after the backup
+/// included, and records the restore; the cluster keeps its seal and members. A backup of
+/// another cluster, a damaged one, and a caller without sudo are refused, with or without
+/// force, and change nothing.
+#[test]
+fn a_backup_restored_into_the_running_cluster_reaches_every_member_and_keeps_the_audit() {
+    let _serial = serial();
+    let mut c = ProcCluster::found();
+    c.add_node(1, 2, true);
+    c.add_node(1, 3, true);
+    for (path, v) in [("keep", "1"), ("changed", "before")] {
+        let (code, _, err) = c.cli(
+            1,
+            &["kv", "put", &format!("secret/{path}"), &format!("v={v}")],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let root = c.client(1);
+    block_on(async move {
+        let reader = json!({"policy": "path \"secret/*\" { capabilities = [\"read\"] }"});
+        root.request("PUT", "sys/policies/acl/reader", Some(&reader))
+            .await
+            .unwrap();
+        let alice = json!({"password": "alice-password", "token_policies": ["reader"]});
+        root.request("POST", "auth/userpass/users/alice", Some(&alice))
+            .await
+            .unwrap();
+    });
+    let backup = c.dir.path().join("live.snap");
+    let (code, _, err) = c.cli(
+        1,
+        &["operator", "snapshot", "save", backup.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // After the backup: changes the restore rolls back, and an access it must not forget.
+    for (path, v) in [("changed", "after"), ("new", "1")] {
+        let (code, _, err) = c.cli(
+            1,
+            &["kv", "put", &format!("secret/{path}"), &format!("v={v}")],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = c.cli(
+        1,
+        &[
+            "user",
+            "create",
+            "mallory",
+            "--password",
+            "mallory-password",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(kv_v(&c, 1, "keep").as_deref(), Some("1"));
+
+    // Refusals first; each leaves everything as it was.
+    let other = ProcCluster::found();
+    let foreign = other.dir.path().join("foreign.snap");
+    let (code, _, err) = other.cli(
+        1,
+        &["operator", "snapshot", "save", foreign.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = c.token.clone();
+    let (status, why) = upload(&c, 2, &token, "sys/storage/raft/snapshot", &foreign);
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("the snapshot is of cluster"), "{why}");
+    let (status, why) = upload(&c, 2, &token, "sys/storage/raft/snapshot-force", &foreign);
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("not made under this cluster's keys"), "{why}");
+    let (code, _, err) = c.cli(
+        2,
+        &["operator", "snapshot", "restore", foreign.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("the snapshot is of cluster"), "{err}");
+    drop(other);
+    let mut damaged = std::fs::read(&backup).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    let damaged_file = c.dir.path().join("damaged.snap");
+    std::fs::write(&damaged_file, &damaged).unwrap();
+    let (status, why) = upload(&c, 1, &token, "sys/storage/raft/snapshot", &damaged_file);
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("the snapshot is refused"), "{why}");
+    let truncated_file = c.dir.path().join("truncated.snap");
+    std::fs::write(&truncated_file, &damaged[..middle]).unwrap();
+    let (status, why) = upload(&c, 1, &token, "sys/storage/raft/snapshot", &truncated_file);
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("truncated"), "{why}");
+    let (status, why) = upload(&c, 1, "not-a-token", "sys/storage/raft/snapshot", &backup);
+    assert_eq!(status, 403, "{why}");
+    let alice_token = block_on({
+        let client = c.client(1);
+        async move {
+            let r = client
+                .request(
+                    "POST",
+                    "auth/userpass/login/alice",
+                    Some(&json!({"password": "alice-password"})),
+                )
+                .await
+                .unwrap();
+            r.body["auth"]["client_token"].as_str().unwrap().to_string()
+        }
+    });
+    let (status, _) = upload(&c, 1, &alice_token, "sys/storage/raft/snapshot", &backup);
+    assert_eq!(status, 403, "a caller without sudo is refused");
+    assert_eq!(kv_v(&c, 3, "changed").as_deref(), Some("after"));
+    assert_eq!(kv_v(&c, 3, "new").as_deref(), Some("1"));
+
+    // The restore, sent to a follower.
+    let (code, _, err) = c.cli(
+        2,
+        &["operator", "snapshot", "restore", backup.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Every member now holds it"), "{err}");
+    for id in 1..=3 {
+        assert_eq!(kv_v(&c, id, "keep").as_deref(), Some("1"), "node {id}");
+        assert_eq!(
+            kv_v(&c, id, "changed").as_deref(),
+            Some("before"),
+            "node {id}"
+        );
+        assert_eq!(kv_v(&c, id, "new"), None, "node {id}");
+    }
+    let (code, out, err) = c.cli(3, &["user", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("alice") && !out.contains("mallory"),
+        "the users are the backup's: {out}"
+    );
+    let (code, _, err) = c.cli(3, &["login", "username=alice", "password=alice-password"]);
+    assert_eq!(code, 0, "alice (in the backup) still logs in: {err}");
+    // The cluster is as it was: three voters, unsealed, writable.
+    assert_eq!(c.members(1).map(|m| m.len()), Some(3));
+    let (code, _, err) = c.cli(3, &["kv", "put", "secret/after-restore", "v=ok"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The audit log kept what happened after the backup, and says who restored what.
+    let client = c.client(1);
+    let (writes_after_backup, restores) = block_on(async move {
+        (
+            audit_records(&client, "path_prefix=secret/data/new").await,
+            audit_records(&client, "operation=restore.live").await,
+        )
+    });
+    assert!(
+        !writes_after_backup.is_empty(),
+        "the write made after the backup is still on record"
+    );
+    assert_eq!(restores.len(), 1, "{restores:?}");
+    assert!(restores[0].to_string().contains("root"), "{}", restores[0]);
+    let (code, out, err) = c.cli(2, &["audit", "verify"]);
+    assert_eq!(code, 0, "audit verify after the restore: {out}\n{err}");
+}

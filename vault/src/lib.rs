@@ -28,8 +28,8 @@ pub use ops::{
 pub use ops::{
     AuditFilter, Auth, BackupRecord, BackupSchedule, Consistency, HealthInfo, InitRequest,
     InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus,
-    MemberChange, MergedRecord, NodeChainReport, NodeInfo, NodeMetrics, NodeStatus,
-    RaftConfiguration, RaftServer, RestoreMarker, SealStatus, StoredPolicy, TokenRequest,
-    UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS, LOCAL_SESSION_MAX_TTL_SECS,
-    MAX_TTL_SECS, SHIP_BATCH,
+    LiveRestoreSummary, MemberChange, MergedRecord, NodeChainReport, NodeInfo, NodeMetrics,
+    NodeStatus, RaftConfiguration, RaftServer, RestoreMarker, SealStatus, StoredPolicy,
+    TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
+    LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SHIP_BATCH,
 };

@@ -1,5 +1,7 @@
-//! Backups over HTTP: `GET sys/storage/raft/snapshot` streams a backup file of this node's
-//! state (Vault's path and shape, so `hvac`'s `take_raft_snapshot` works unchanged).
+//! Backups over HTTP, on Vault's paths and in its shapes (so `hvac`'s `take_raft_snapshot`,
+//! `restore_raft_snapshot` and `force_restore_raft_snapshot` work unchanged):
+//! `GET sys/storage/raft/snapshot` streams a backup file of this node's state; `POST` to it
+//! (or to `snapshot-force`) restores one into the running cluster.
 
 use axum::body::Body;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -12,6 +14,65 @@ use crate::error::{ApiError, ApiResult};
 
 /// Bytes per chunk of the streamed body.
 const STREAM_CHUNK_BYTES: usize = 256 << 10;
+/// The largest backup a restore takes over HTTP (the disk bounds it first, in practice).
+const MAX_UPLOAD_BYTES: u64 = 64 << 30;
+
+/// `POST sys/storage/raft/snapshot[-force]`: the caller is checked before a byte of the
+/// body is read; the body goes to an unnamed file in the data directory (bounded memory),
+/// and the vault restores it into the cluster.
+pub(super) async fn restore(
+    state: &AppState,
+    req: &ApiRequest,
+    force: bool,
+) -> ApiResult<Response> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let auth = req.authenticate(&state.vault)?;
+    let route = if force {
+        "sys/storage/raft/snapshot-force"
+    } else {
+        "sys/storage/raft/snapshot"
+    };
+    auth.require_sudo(route, coffer_vault::rules::policy::Capability::Update)?;
+    let body = req
+        .upload
+        .lock()
+        .ok()
+        .and_then(|mut u| u.take())
+        .ok_or_else(|| ApiError::BadRequest("the request carries no snapshot".into()))?;
+    let internal = |e: std::io::Error| ApiError::Vault(coffer_vault::VaultError::internal(e));
+    let mut file = tokio::fs::File::from_std(scratch_file(state)?);
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(state.body_read_timeout, stream.next()).await {
+            Err(_) => return Err(ApiError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::BadRequest(
+                    "the snapshot upload was cut off".into(),
+                ))
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        total += chunk.len() as u64;
+        if total > MAX_UPLOAD_BYTES {
+            return Err(ApiError::TooLarge(MAX_UPLOAD_BYTES as usize));
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    if total == 0 {
+        return Err(ApiError::BadRequest(
+            "the request carries no snapshot".into(),
+        ));
+    }
+    file.flush().await.map_err(internal)?;
+    let summary = state
+        .vault
+        .restore_live(&auth, file.into_std().await, force)
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "data": summary })).into_response())
+}
 
 /// `GET sys/storage/raft/snapshot`: the backup is written to an unnamed temporary file in
 /// the data directory (bounded memory whatever the state's size; the space is freed when

@@ -181,7 +181,7 @@ async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError>
 }
 
 /// `sys/*` paths with an exact route: a known path with another method is a 405.
-const SYS_PATHS: [&str; 19] = [
+const SYS_PATHS: [&str; 20] = [
     "init",
     "seal-status",
     "unseal",
@@ -194,6 +194,7 @@ const SYS_PATHS: [&str; 19] = [
     "storage/raft/configuration",
     "storage/raft/remove-peer",
     "storage/raft/snapshot",
+    "storage/raft/snapshot-force",
     "coffer/packs",
     "coffer/members",
     "coffer/sessions",
@@ -222,6 +223,8 @@ async fn sys(state: &AppState, req: &ApiRequest, rest: &str) -> Result<Response,
         ("storage/raft/configuration", Read) => cluster::raft_configuration(state, req),
         ("storage/raft/remove-peer", Write) => cluster::remove_peer(state, req).await,
         ("storage/raft/snapshot", Read) => backup::save(state, req).await,
+        ("storage/raft/snapshot", Write) => backup::restore(state, req, false).await,
+        ("storage/raft/snapshot-force", Write) => backup::restore(state, req, true).await,
         ("coffer/packs", Write) => cluster::create_pack(state, req).await,
         ("coffer/members", Read | List) => cluster::members(state, req).await,
         ("coffer/sessions", Read | List) => cluster::sessions(state, req),

@@ -25,6 +25,9 @@ pub struct ApiRequest {
     pub token: Option<String>,
     /// The request body (bounded).
     pub body: Bytes,
+    /// The body of an upload route ([`UPLOAD_PATHS`]), left unread: its handler checks
+    /// the caller first, then streams it to disk (it may be far larger than `body`'s bound).
+    pub upload: std::sync::Mutex<Option<axum::body::Body>>,
     /// The client's address, when served over the network.
     pub client: Option<ClientAddr>,
     /// Request id, echoed in responses.
@@ -66,6 +69,12 @@ impl std::fmt::Debug for ApiRequest {
     }
 }
 
+/// Writes whose body is a file to stream to disk, not a JSON document to hold in memory.
+pub const UPLOAD_PATHS: [&str; 2] = [
+    "sys/storage/raft/snapshot",
+    "sys/storage/raft/snapshot-force",
+];
+
 impl ApiRequest {
     /// Parses method, path, query, token and body; refuses what cannot be a valid request.
     pub async fn parse(
@@ -97,11 +106,17 @@ impl ApiRequest {
                 .headers
                 .get("x-coffer-consistency")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"stale"));
-        let body = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit))
-            .await
-            .map_err(|_| ApiError::BodyTimeout)?
-            .map_err(|_| ApiError::TooLarge(limit))?;
+        let (body, upload) = if op == Op::Write && UPLOAD_PATHS.contains(&path.as_str()) {
+            (Bytes::new(), Some(body))
+        } else {
+            let body = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit))
+                .await
+                .map_err(|_| ApiError::BodyTimeout)?
+                .map_err(|_| ApiError::TooLarge(limit))?;
+            (body, None)
+        };
         Ok(Self {
+            upload: std::sync::Mutex::new(upload),
             stale,
             op,
             token: token(&parts.headers),

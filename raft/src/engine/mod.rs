@@ -61,6 +61,8 @@ pub struct Engine {
     db: Arc<Db>,
     /// This node's id.
     node_id: NodeId,
+    /// Wholesale changes of the state (restores, installed snapshots).
+    gate: Arc<crate::replace::StateGate>,
     /// Last applied log index, published by the state machine after each apply.
     applied: tokio::sync::watch::Receiver<u64>,
     /// Sends writes and read-index requests to the leader when this node is not it.
@@ -132,6 +134,7 @@ impl Engine {
         let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"), db.clone())
             .map_err(EngineError::storage)?;
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
+        let gate = snapshots.gate();
         let sm =
             StateMachine::open(db.clone(), snapshots, applied_tx).map_err(EngineError::storage)?;
         let log = LogStore::new(db.clone());
@@ -177,6 +180,7 @@ impl Engine {
             raft,
             db,
             node_id: config.node_id,
+            gate,
             applied,
             forwarder: None,
             contacts: None,
@@ -370,6 +374,13 @@ impl Engine {
         self.node_id
     }
 
+    /// How many times this node's whole state was replaced since it started (a restore
+    /// into the running cluster, a snapshot installed from the leader): what was read and
+    /// kept from the state before may be stale when this moves.
+    pub fn state_generation(&self) -> u64 {
+        self.gate.generation()
+    }
+
     /// Live Raft metrics.
     pub fn metrics(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
         self.raft.metrics()
@@ -505,16 +516,32 @@ async fn open_db_when_released(path: &std::path::Path) -> Result<Arc<Db>, Engine
 
 /// Refuses a transaction that can never be valid, before it is proposed.
 pub(crate) fn validate(txn: &Txn) -> Result<(), EngineError> {
-    for op in &txn.ops {
+    let invalid = |why: &str| Err(EngineError::InvalidTxn(why.into()));
+    for (i, op) in txn.ops.iter().enumerate() {
         let (key, value_len) = match op {
             Op::Put { key, value } => (key, value.len()),
             Op::Delete { key } => (key, 0),
             Op::DeletePrefix { prefix } if prefix.is_empty() => {
-                return Err(EngineError::InvalidTxn(
-                    "delete-prefix needs a non-empty prefix".into(),
-                ))
+                return invalid("delete-prefix needs a non-empty prefix")
             }
             Op::DeletePrefix { prefix } => (prefix, 0),
+            Op::Replace { .. } if i > 0 => return invalid("a replace must be the first op"),
+            Op::Replace { staged, .. }
+                if !staged.starts_with(crate::txn::STAGING_PREFIX)
+                    || staged.len() == crate::txn::STAGING_PREFIX.len() =>
+            {
+                return invalid("a replace must name a staging area of its own")
+            }
+            Op::Replace { staged, keep } => {
+                if keep.iter().any(|k| {
+                    k.is_empty()
+                        || k.starts_with(crate::txn::STAGING_PREFIX)
+                        || staged.starts_with(k)
+                }) {
+                    return invalid("a replace keeps non-empty prefixes outside the staging");
+                }
+                (staged, 0)
+            }
         };
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(EngineError::InvalidTxn(format!(

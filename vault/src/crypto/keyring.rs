@@ -145,6 +145,16 @@ impl Keyring {
         Ok(Self { terms })
     }
 
+    /// Whether every term of `other` is a term of this keyring with the same key, so that
+    /// whatever was sealed under `other` opens under this one.
+    pub fn covers(&self, other: &Keyring) -> bool {
+        other.terms.iter().all(|(term, theirs)| {
+            self.terms
+                .get(term)
+                .is_some_and(|mine| mine.key.expose() == theirs.key.expose())
+        })
+    }
+
     /// A subkey for `purpose`, derived from the first term's key (stable across rotations and
     /// identical on every node): HMAC-SHA256(first key, purpose).
     pub fn derive(&self, purpose: &[u8]) -> Key {

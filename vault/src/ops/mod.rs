@@ -8,6 +8,7 @@ mod auth;
 mod backup;
 mod join;
 mod kv;
+mod live_restore;
 mod mount;
 mod pack;
 mod records;
@@ -36,6 +37,7 @@ pub use auth::{Auth, StoredPolicy};
 pub use backup::{BackupRecord, BackupSchedule, RestoreMarker};
 pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
 pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
+pub use live_restore::LiveRestoreSummary;
 pub use pack::{
     PackRequest, PackSummary, PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
@@ -94,6 +96,8 @@ pub struct Vault {
     token_limits: crate::rules::token::TokenLimits,
     /// Scheduled backups: how the last ones went (`None` without a schedule).
     backups: std::sync::Mutex<Option<BackupRecord>>,
+    /// Held while this node restores a backup into the cluster (one at a time).
+    restoring: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -118,6 +122,7 @@ impl Vault {
             mode_changes: AtomicU64::new(0),
             token_limits: Default::default(),
             backups: Default::default(),
+            restoring: Default::default(),
             spool,
         };
         if let Err(e) = vault.load_spool_recipient() {

@@ -1,0 +1,205 @@
+//! Replacing the whole state in one log entry ([`Op::Replace`]): a restore into a running
+//! cluster, applied by every replica alike.
+//!
+//! The new state arrives first as ordinary transactions that put records under a staging
+//! prefix (so a snapshot taken meanwhile carries them to a lagging member); one transaction
+//! then swaps it in. That swap touches every record, so it runs in bounded batches:
+//!
+//! 1. a marker with the entry is written (synced) to the `sm` column family;
+//! 2. every key that is neither kept nor staged is deleted (then the marker says so);
+//! 3. every staged record moves to its key (its staging copy deleted in the same batch);
+//! 4. the transaction's other ops run on the result, and the last batch (synced) sets the
+//!    applied log id and revision and clears the marker.
+//!
+//! A node that crashes in between finds the marker when it opens and carries on from the
+//! step it names: step 2 again is harmless (it deletes what step 2 deletes), and step 3
+//! only sees the records not moved yet. Snapshots are never built from the state in between
+//! (see [`StateGate`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{cf, decode_entry, encode_entry, CF_KV, CF_SM, KEY_APPLIED, KEY_REVISION};
+use crate::state_machine::DbView;
+use crate::txn::{plan, KvEntry, Op, Txn, TxnResult, Write};
+use crate::types::LogId;
+
+/// `sm`: a replace in progress (postcard [`Replacing`]).
+pub(crate) const KEY_REPLACING: &[u8] = b"replacing";
+/// Upper bound of one write batch of a replace.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What a node needs to finish a replace after a crash.
+#[derive(Serialize, Deserialize)]
+struct Replacing {
+    /// The entry being applied.
+    log_id: LogId,
+    /// Its transaction (the replace, then the ops that follow it).
+    txn: Txn,
+    /// The revision before the entry.
+    revision: u64,
+    /// Step 2 is done.
+    cleared: bool,
+}
+
+/// Orders snapshot builds against wholesale changes of the state, and counts those changes.
+///
+/// A snapshot build takes a consistent RocksDB view; a replace or a snapshot install
+/// changes the state over many batches, and a view taken between two of them would be a
+/// state that never existed (half the old records, half the new, under the old applied
+/// index). Builds take the read side for the moment they take their view; replaces and
+/// installs hold the write side throughout.
+#[derive(Default)]
+pub struct StateGate {
+    lock: RwLock<()>,
+    generation: AtomicU64,
+}
+
+impl StateGate {
+    /// Runs `f` with no replace or install in progress (a snapshot build's view).
+    pub(crate) fn stable<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _guard = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    /// Runs `f`, a wholesale change, with no build taking a view meanwhile; counts it.
+    pub(crate) fn changing<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _guard = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        let out = f();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        out
+    }
+
+    /// How many times the whole state was replaced (restores, installed snapshots) since
+    /// the node started: a layer that caches what it read (a keyring) reads it again when
+    /// this moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether `txn` replaces the state.
+pub(crate) fn is_replace(txn: &Txn) -> bool {
+    matches!(txn.ops.first(), Some(Op::Replace { .. }))
+}
+
+/// Applies the replace transaction `txn` at `log_id`, its guards having held at `revision`.
+/// Blocking.
+pub(crate) fn apply(db: &DB, log_id: LogId, txn: Txn, revision: u64) -> Result<TxnResult, String> {
+    let marker = Replacing {
+        log_id,
+        txn,
+        revision,
+        cleared: false,
+    };
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(cf(db, CF_SM), KEY_REPLACING, encode(&marker)?, &opts)
+        .map_err(|e| format!("marking the replace: {e}"))?;
+    finish(db, marker)
+}
+
+/// Finishes a replace a crash interrupted, if there is one; returns the entry it applied.
+pub(crate) fn resume(db: &DB) -> Result<Option<LogId>, String> {
+    let Some(raw) = db
+        .get_cf(cf(db, CF_SM), KEY_REPLACING)
+        .map_err(|e| format!("reading the replace marker: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let marker: Replacing =
+        postcard::from_bytes(&raw).map_err(|e| format!("reading the replace marker: {e}"))?;
+    tracing::warn!(
+        index = marker.log_id.index,
+        "finishing a state replace (a restore) interrupted by a crash"
+    );
+    let log_id = marker.log_id;
+    finish(db, marker).map(|_| Some(log_id))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(value).map_err(|e| e.to_string())
+}
+
+fn finish(db: &DB, mut marker: Replacing) -> Result<TxnResult, String> {
+    let Some(Op::Replace { staged, keep }) = marker.txn.ops.first().cloned() else {
+        return Err("the replace marker holds no replace".into());
+    };
+    let kept = |key: &[u8]| keep.iter().any(|k| key.starts_with(k));
+    let new_revision = marker.revision + 1;
+    let kv = cf(db, CF_KV);
+    let sm = cf(db, CF_SM);
+    let write = |batch: WriteBatch| db.write(batch).map_err(|e| format!("replacing state: {e}"));
+    if !marker.cleared {
+        let snapshot = db.snapshot();
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snapshot);
+        let mut batch = WriteBatch::default();
+        for item in db.iterator_cf_opt(kv, opts, IteratorMode::Start) {
+            let (key, _) = item.map_err(|e| format!("reading state: {e}"))?;
+            if !key.starts_with(&staged) && !kept(&key) {
+                batch.delete_cf(kv, key);
+            }
+            if batch.size_in_bytes() >= BATCH_BYTES {
+                write(std::mem::take(&mut batch))?;
+            }
+        }
+        marker.cleared = true;
+        batch.put_cf(sm, KEY_REPLACING, encode(&marker)?);
+        write(batch)?;
+    }
+    let mut batch = WriteBatch::default();
+    let iter = db.iterator_cf(kv, IteratorMode::From(&staged, Direction::Forward));
+    for item in iter {
+        let (key, raw) = item.map_err(|e| format!("reading state: {e}"))?;
+        if !key.starts_with(&staged) {
+            break;
+        }
+        batch.delete_cf(kv, &key);
+        let real = &key[staged.len()..];
+        if !real.is_empty() && !kept(real) {
+            let staged_entry = decode_entry(&raw).ok_or("a corrupt staged record")?;
+            let entry = KvEntry {
+                mod_revision: new_revision,
+                create_revision: new_revision,
+                value: staged_entry.value,
+            };
+            batch.put_cf(kv, real, encode_entry(&entry));
+        }
+        if batch.size_in_bytes() >= BATCH_BYTES {
+            write(std::mem::take(&mut batch))?;
+        }
+    }
+    write(std::mem::take(&mut batch))?;
+    let rest = Txn {
+        compares: Vec::new(),
+        ops: marker.txn.ops[1..].to_vec(),
+    };
+    let (_, writes) = plan(&rest, &DbView(db), marker.revision)?;
+    for w in writes {
+        match w {
+            Write::Put(key, entry) => batch.put_cf(kv, key, encode_entry(&entry)),
+            Write::Delete(key) => batch.delete_cf(kv, key),
+        }
+    }
+    batch.put_cf(sm, KEY_APPLIED, encode(&Some(marker.log_id))?);
+    batch.put_cf(sm, KEY_REVISION, encode(&new_revision)?);
+    batch.delete_cf(sm, KEY_REPLACING);
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)
+        .map_err(|e| format!("replacing state: {e}"))?;
+    tracing::info!(
+        index = marker.log_id.index,
+        revision = new_revision,
+        "state replaced"
+    );
+    Ok(TxnResult {
+        succeeded: true,
+        failed_compare: None,
+        revision: new_revision,
+    })
+}
