@@ -52,6 +52,10 @@ pub enum EngineError {
     /// RocksDB, snapshot files or openraft failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A local read met the whole state being replaced (a restore, or a snapshot installed
+    /// from the leader): refused rather than answered from half of each. Retry shortly.
+    #[error("the state is being replaced (a restore or a snapshot install); retry shortly")]
+    Replacing,
 }
 
 impl EngineError {
@@ -87,6 +91,8 @@ impl From<EngineError> for ForwardError {
             EngineError::NotLeader { leader_id, .. } => ForwardError::NotLeader(leader_id),
             EngineError::ReadOnly { last_contact_ms } => ForwardError::ReadOnly(last_contact_ms),
             EngineError::NoLeader(msg) => ForwardError::Unreachable(msg),
+            // A read refused: nothing was done, and it is safe to repeat.
+            e @ EngineError::Replacing => ForwardError::Unreachable(e.to_string()),
             EngineError::InvalidTxn(msg) => ForwardError::Invalid(msg),
             EngineError::Refused(msg) => ForwardError::Refused(msg),
             // The leader received the request; a failure now leaves its outcome unknown.

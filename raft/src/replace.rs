@@ -56,6 +56,8 @@ struct Replacing {
 pub struct StateGate {
     lock: RwLock<()>,
     generation: AtomicU64,
+    /// A wholesale change is under way (readers refuse rather than see half of it).
+    changing: std::sync::atomic::AtomicBool,
 }
 
 impl StateGate {
@@ -68,9 +70,30 @@ impl StateGate {
     /// Runs `f`, a wholesale change, with no build taking a view meanwhile; counts it.
     pub(crate) fn changing<T>(&self, f: impl FnOnce() -> T) -> T {
         let _guard = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        self.changing.store(true, Ordering::SeqCst);
         let out = f();
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changing.store(false, Ordering::SeqCst);
         out
+    }
+
+    /// Runs `read`, a local read of the state, and returns what it read only if no
+    /// wholesale change overlapped it (checked before and after, without blocking: a read
+    /// never waits on a restore, it is refused and retried).
+    pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, crate::EngineError> {
+        let before = self.generation.load(Ordering::SeqCst);
+        if self.changing.load(Ordering::SeqCst) {
+            return Err(crate::EngineError::Replacing);
+        }
+        let out = read().map_err(crate::EngineError::Storage)?;
+        if self.changing.load(Ordering::SeqCst) || self.generation.load(Ordering::SeqCst) != before
+        {
+            return Err(crate::EngineError::Replacing);
+        }
+        Ok(out)
     }
 
     /// How many times the whole state was replaced (restores, installed snapshots) since
@@ -324,5 +347,32 @@ mod tests {
             assert!(db.get_cf(cf(&db, CF_SM), KEY_REPLACING).unwrap().is_none());
             assert_eq!(resume(&db).unwrap(), None, "nothing left to finish");
         }
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    /// A read that overlaps a wholesale change, at its start or its end, is refused; one
+    /// before or after it is served.
+    #[test]
+    fn reads_that_overlap_a_replace_are_refused() {
+        let gate = StateGate::default();
+        assert_eq!(gate.read(|| Ok(1)).unwrap(), 1);
+        gate.changing(|| {
+            assert!(matches!(
+                gate.read(|| Ok(2)),
+                Err(crate::EngineError::Replacing)
+            ));
+        });
+        // A change that starts and ends while a read runs.
+        let overlapped = gate.read(|| {
+            gate.changing(|| ());
+            Ok(3)
+        });
+        assert!(matches!(overlapped, Err(crate::EngineError::Replacing)));
+        assert_eq!(gate.read(|| Ok(4)).unwrap(), 4);
+        assert_eq!(gate.generation(), 2);
     }
 }

@@ -64,7 +64,9 @@ impl From<EngineError> for VaultError {
                 None => "no leader: the cluster is electing one or has no quorum".into(),
             }),
             EngineError::NoLeader(msg) => VaultError::Unavailable(format!("no leader: {msg}")),
-            e @ EngineError::ReadOnly { .. } => VaultError::Unavailable(e.to_string()),
+            e @ (EngineError::ReadOnly { .. } | EngineError::Replacing) => {
+                VaultError::Unavailable(e.to_string())
+            }
             EngineError::OutcomeUnknown(msg) => VaultError::OutcomeUnknown(msg),
             EngineError::InvalidTxn(msg) | EngineError::Refused(msg) => {
                 VaultError::InvalidRequest(msg)

@@ -25,7 +25,7 @@ pub struct ApiRequest {
     pub token: Option<String>,
     /// The request body (bounded).
     pub body: Bytes,
-    /// The body of an upload route ([`UPLOAD_PATHS`]), left unread: its handler checks
+    /// The body of an upload route (`sys/storage/raft/snapshot[-force]`), left unread: its handler checks
     /// the caller first, then streams it to disk (it may be far larger than `body`'s bound).
     pub upload: std::sync::Mutex<Option<axum::body::Body>>,
     /// The client's address, when served over the network.

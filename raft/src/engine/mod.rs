@@ -356,7 +356,7 @@ impl Engine {
 
     /// Reads one key from local state.
     pub fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, EngineError> {
-        read_entry(&self.db, key).map_err(EngineError::Storage)
+        self.gate.read(|| read_entry(&self.db, key))
     }
 
     /// Reads up to `limit` keys under `prefix` after `after`, from one consistent view.
@@ -366,7 +366,8 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, KvEntry)>, EngineError> {
-        scan_prefix(&self.db, prefix, after, limit).map_err(EngineError::Storage)
+        self.gate
+            .read(|| scan_prefix(&self.db, prefix, after, limit))
     }
 
     /// This node's id.
