@@ -13,7 +13,7 @@ use crate::transport::ForwardError;
 use crate::types::{NodeAddr, NodeId};
 
 /// Why an engine operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum EngineError {
     /// This node is not the leader; writes must go to `leader_id`. Nothing was written.
     #[error("not the leader (leader: {leader_id:?})")]

@@ -157,6 +157,58 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
     let (status, _) = c.health(follower).unwrap();
     assert_eq!(status, 429, "a follower answers 429 like a Vault standby");
 
+    // Concurrent linearizable reads share leadership confirmations (read-index batching),
+    // on the leader and for the read index a follower asks of it.
+    let confirmations = |id: u64, side: &str| {
+        let client = c.client(id);
+        let text = block_on(async move { client.get_text("sys/metrics").await.unwrap() });
+        let get = |name: &str| {
+            coffer_tests::procs::metric_value(&text, &format!("{name}{{side=\"{side}\"}}"))
+                .unwrap_or(0.0)
+        };
+        (
+            get("coffer_read_index_reads_total"),
+            get("coffer_read_index_rounds_total"),
+        )
+    };
+    let before = (
+        confirmations(leader, "leader"),
+        confirmations(follower, "follower"),
+    );
+    for id in [leader, follower] {
+        let client = c.client(id);
+        block_on(async move {
+            let mut reads = tokio::task::JoinSet::new();
+            for _ in 0..64 {
+                let client = client.clone();
+                reads.spawn(async move {
+                    for _ in 0..5 {
+                        let r = client.request("GET", "secret/data/anywhere", None).await;
+                        assert_eq!(r.unwrap().body["data"]["data"]["v"], "from-the-learner");
+                    }
+                });
+            }
+            while let Some(r) = reads.join_next().await {
+                r.unwrap();
+            }
+        });
+    }
+    let after = (
+        confirmations(leader, "leader"),
+        confirmations(follower, "follower"),
+    );
+    for ((reads0, rounds0), (reads1, rounds1), side) in [
+        (before.0, after.0, "leader"),
+        (before.1, after.1, "follower"),
+    ] {
+        let (reads, rounds) = (reads1 - reads0, rounds1 - rounds0);
+        assert!(reads >= 320.0, "{side}: {reads} reads confirmed");
+        assert!(
+            rounds < reads / 2.0,
+            "{side}: {rounds} confirmations for {reads} concurrent reads"
+        );
+    }
+
     // The load: 6 clients, each given all three voters' addresses.
     let all = c.client_all(&[1, 2, 3]);
     let start = Instant::now();

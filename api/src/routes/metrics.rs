@@ -155,5 +155,25 @@ pub(super) fn export(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
     for (reason, n) in &m.peer_refusals {
         let _ = writeln!(out, "coffer_peer_refusals_total{{reason=\"{reason}\"}} {n}");
     }
+    out.push_str(
+        "# HELP coffer_read_index_reads_total Linearizable reads confirmed, by where (leader: a quorum round; follower: a read index asked of the leader).\n\
+         # TYPE coffer_read_index_reads_total counter\n",
+    );
+    for (side, reads, _) in &m.read_index {
+        let _ = writeln!(
+            out,
+            "coffer_read_index_reads_total{{side=\"{side}\"}} {reads}"
+        );
+    }
+    out.push_str(
+        "# HELP coffer_read_index_rounds_total Leadership confirmations run for them (concurrent reads share one).\n\
+         # TYPE coffer_read_index_rounds_total counter\n",
+    );
+    for (side, _, rounds) in &m.read_index {
+        let _ = writeln!(
+            out,
+            "coffer_read_index_rounds_total{{side=\"{side}\"}} {rounds}"
+        );
+    }
     Ok(([(CONTENT_TYPE, PROMETHEUS_TEXT)], out).into_response())
 }

@@ -20,6 +20,7 @@ use openraft::ServerState;
 pub(crate) mod membership;
 pub(crate) mod mode;
 mod peers;
+mod read_batch;
 mod requests;
 
 use membership::Contacts;
@@ -90,6 +91,11 @@ pub struct Engine {
     /// whose metrics do not show its membership yet (the first moments after a restart)
     /// refuses instead.
     blank_at_open: bool,
+    /// Linearizable reads on this node while it leads (and read indexes asked of it by
+    /// followers): one quorum round per batch.
+    leader_reads: Arc<read_batch::ReadBatcher<EngineError>>,
+    /// Linearizable reads on this node while it follows: one request to the leader per batch.
+    forwarded_reads: Arc<read_batch::ReadBatcher<crate::transport::ForwardError>>,
 }
 
 /// How long reopening a database this process still holds waits for its last handle to go
@@ -189,6 +195,8 @@ impl Engine {
             learned_roster: Arc::default(),
             registrations: Arc::default(),
             blank_at_open,
+            leader_reads: Arc::default(),
+            forwarded_reads: Arc::default(),
         })
     }
 
@@ -368,6 +376,13 @@ impl Engine {
     ) -> Result<Vec<(Vec<u8>, KvEntry)>, EngineError> {
         self.gate
             .read(|| scan_prefix(&self.db, prefix, after, limit))
+    }
+
+    /// Linearizable reads served since start and the leadership confirmations they took
+    /// (on the leader: quorum rounds; on a follower: read-index requests to the leader):
+    /// `(reads, confirmations)`, leader side then follower side.
+    pub fn read_index_stats(&self) -> ((u64, u64), (u64, u64)) {
+        (self.leader_reads.stats(), self.forwarded_reads.stats())
     }
 
     /// This node's id.

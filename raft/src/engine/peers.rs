@@ -3,7 +3,7 @@
 //! last reached this node, application messages, and the answer to each admitted request.
 
 use super::{Engine, ROSTER_ASK_TIMEOUT};
-use crate::errors::{proposal_error, read_index_error};
+use crate::errors::proposal_error;
 use crate::transport::server::PeerService;
 use crate::transport::trust::{PeerCaller, Refusal, Refusals, RegistrationLimiter, Roster};
 use crate::transport::{ForwardError, PeerRequest, PeerResponse};
@@ -232,9 +232,6 @@ impl Engine {
     /// The leader confirms its leadership with a quorum and returns the index a read must
     /// see.
     async fn read_index_for_peer(&self) -> Result<u64, ForwardError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, applied)) => Ok(read.max(applied).map_or(0, |l| l.index)),
-            Err(e) => Err(read_index_error(e).into()),
-        }
+        self.leader_read_index().await.map_err(ForwardError::from)
     }
 }

@@ -163,10 +163,23 @@ impl Engine {
     async fn read_index_once(&self) -> Attempt<()> {
         if !self.is_leader() {
             if let Some(fw) = &self.forwarder {
-                let Some((leader, addr)) = self.leader() else {
+                if self.leader().is_none() {
                     return Attempt::Retry(EngineError::NoLeader("no leader is known".into()));
+                }
+                // Each round asks the leader of its moment (a round task outlives leaders
+                // while reads keep coming).
+                let (fw, engine) = (fw.clone(), self.clone());
+                let confirm = move || {
+                    let (fw, engine) = (fw.clone(), engine.clone());
+                    async move {
+                        let (leader, addr) = engine.leader().ok_or_else(|| {
+                            ForwardError::Unreachable("no leader is known".into())
+                        })?;
+                        fw.read_index(leader, &addr).await
+                    }
                 };
-                return match fw.read_index(leader, &addr).await {
+                let dropped = || ForwardError::Unreachable("the read-index round stopped".into());
+                return match self.forwarded_reads.read_index(confirm, dropped).await {
                     Ok(index) => Attempt::Done(self.wait_applied(index).await),
                     // A read changes nothing: an unanswered one is simply not confirmed.
                     Err(ForwardError::OutcomeUnknown(why)) => {
@@ -176,9 +189,9 @@ impl Engine {
                 };
             }
         }
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Attempt::Done(Ok(())),
-            Err(e) => match read_index_error(e) {
+        match self.leader_read_index().await {
+            Ok(index) => Attempt::Done(self.wait_applied(index).await),
+            Err(e) => match e {
                 e @ EngineError::NotLeader { .. } => self.moved(e),
                 // The quorum check timed out: still the leader as far as anyone knows.
                 e @ EngineError::NoLeader(_) => Attempt::Retry(e),
@@ -187,8 +200,28 @@ impl Engine {
         }
     }
 
+    /// On the leader: the index a read arriving now must see, confirmed with a quorum in a
+    /// round shared with the reads that arrived with it (see [`super::read_batch`]).
+    pub(super) async fn leader_read_index(&self) -> Result<u64, EngineError> {
+        let raft = self.raft.clone();
+        let confirm = move || {
+            let raft = raft.clone();
+            async move {
+                match raft.get_read_log_id().await {
+                    Ok((read, applied)) => Ok(read.max(applied).map_or(0, |l| l.index)),
+                    Err(e) => Err(read_index_error(e)),
+                }
+            }
+        };
+        let dropped = || EngineError::NoLeader("the read-index round stopped".into());
+        self.leader_reads.read_index(confirm, dropped).await
+    }
+
     /// Waits until this node has applied `index`.
     async fn wait_applied(&self, index: u64) -> Result<(), EngineError> {
+        if *self.applied.borrow() >= index {
+            return Ok(());
+        }
         self.raft
             .wait(Some(APPLY_WAIT))
             .applied_index_at_least(Some(index), "read index")

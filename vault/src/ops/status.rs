@@ -106,6 +106,9 @@ pub struct NodeMetrics {
     pub unseal_failures: u64,
     /// Peer refusals by reason.
     pub peer_refusals: Vec<(&'static str, u64)>,
+    /// Linearizable reads and the leadership confirmations they took, by where the node
+    /// confirmed: `[("leader", reads, rounds), ("follower", reads, requests)]`.
+    pub read_index: [(&'static str, u64, u64); 2],
     /// Scheduled backups: how they went (`None` without a schedule).
     pub backups: Option<crate::BackupRecord>,
 }
@@ -213,6 +216,10 @@ impl Vault {
             sealed: self.is_sealed(),
             unseal_failures: self.seal_status().map(|s| s.unseal_failures).unwrap_or(0),
             peer_refusals: self.engine.refusals().snapshot(),
+            read_index: {
+                let ((lr, lc), (fr, fc)) = self.engine.read_index_stats();
+                [("leader", lr, lc), ("follower", fr, fc)]
+            },
             backups: self.backup_record(),
         })
     }
