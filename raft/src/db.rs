@@ -106,18 +106,53 @@ pub fn open(path: &Path) -> Result<Arc<Db>, OpenError> {
     }
 }
 
+/// RocksDB's footprint, chosen for a store of up to a few hundred MB of small, incompressible
+/// values (ciphertext) on a machine it shares. Memory: at most [`WRITE_BUFFER_TOTAL_BYTES`]
+/// of memtables plus [`BLOCK_CACHE_BYTES`] of cached blocks, whatever the store's size. Disk:
+/// the write-ahead log stays under about [`WAL_TOTAL_BYTES`] (column families that hold the
+/// oldest log file are flushed when it is exceeded), plus SST files and one snapshot.
+mod footprint {
+    /// One memtable of a column family. Default 8 MiB: a flush writes an 8 MiB SST; larger
+    /// buffers mean fewer, larger flushes (a little less write amplification) for more memory.
+    pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
+    /// Memtables per column family (one filling while one flushes). Default 2.
+    pub const WRITE_BUFFERS_PER_CF: i32 = 2;
+    /// Memtables of all column families together; past it the largest is flushed. Default
+    /// 32 MiB: the memory bound (four column families could otherwise hold 4 × 2 × 8 MiB).
+    pub const WRITE_BUFFER_TOTAL_BYTES: usize = 32 << 20;
+    /// Write-ahead log files together; past it, the column families holding the oldest file
+    /// are flushed so it can be deleted. Default 64 MiB: without it, a column family written
+    /// rarely (the vote, the applied index) keeps every log file since its last flush.
+    /// Smaller means more small flushes.
+    pub const WAL_TOTAL_BYTES: u64 = 64 << 20;
+    /// Block cache, shared by the column families. Default 16 MiB: reads of recent secrets
+    /// hit the memtables or the OS page cache anyway; a larger cache trades memory for fewer
+    /// block decompressions on a large store.
+    pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
+}
+
 fn open_rocks(path: &Path) -> Result<DB, rocksdb::Error> {
-    let mut opts = Options::default();
+    use footprint::*;
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let cf_opts = || {
+        let mut o = Options::default();
+        o.set_write_buffer_size(WRITE_BUFFER_BYTES);
+        o.set_max_write_buffer_number(WRITE_BUFFERS_PER_CF);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        o.set_block_based_table_factory(&table);
+        o
+    };
+    let mut opts = cf_opts();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Bounded memory: a vault is small; 4 write buffers of 16 MiB per CF is plenty.
-    opts.set_write_buffer_size(16 << 20);
-    opts.set_max_write_buffer_number(4);
+    opts.set_db_write_buffer_size(WRITE_BUFFER_TOTAL_BYTES);
+    opts.set_max_total_wal_size(WAL_TOTAL_BYTES);
     opts.set_keep_log_file_num(4);
     opts.increase_parallelism(2);
     let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM]
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
     DB::open_cf_descriptors(&opts, path, cfs)
 }
 
