@@ -343,6 +343,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let target = self.target;
+        if let Some(fit) = entries_that_fit(&rpc.entries) {
+            return Err(RPCError::PayloadTooLarge(
+                openraft::error::PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         match self
             .call(
                 PeerRequest::AppendEntries(rpc),
@@ -395,5 +400,87 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             _ => Err(protocol_error()),
         }
+    }
+}
+
+/// Entry payload bytes one AppendEntries may carry. Past it the request is refused here with
+/// openraft's `PayloadTooLarge` and a hint of how many entries fit, and openraft sends fewer:
+/// without it, 256 entries of a restore's 512 KiB staging transactions would exceed the
+/// peer frame bound and replication to a lagging member would stall.
+const APPEND_PAYLOAD_BYTES: usize = 16 << 20;
+
+/// How many of `entries` fit in [`APPEND_PAYLOAD_BYTES`] (at least one: an entry larger
+/// than the bound goes alone), if fewer than all of them.
+fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> Option<u64> {
+    let mut total = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        total += entry_bytes(entry);
+        if total > APPEND_PAYLOAD_BYTES {
+            let fit = i.max(1);
+            return (fit < entries.len()).then_some(fit as u64);
+        }
+    }
+    None
+}
+
+/// A generous estimate of an entry's encoded size.
+fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    use crate::txn::Op;
+    const OVERHEAD: usize = 64;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(crate::types::Command::Txn(txn)) => {
+            let ops: usize = txn
+                .ops
+                .iter()
+                .map(|op| {
+                    OVERHEAD
+                        + match op {
+                            Op::Put { key, value } => key.len() + value.len(),
+                            Op::Delete { key } => key.len(),
+                            Op::DeletePrefix { prefix } => prefix.len(),
+                            Op::Replace { staged, keep } => {
+                                staged.len() + keep.iter().map(Vec::len).sum::<usize>()
+                            }
+                        }
+                })
+                .sum();
+            let compares: usize = txn.compares.iter().map(|c| OVERHEAD + c.key.len()).sum();
+            OVERHEAD + ops + compares
+        }
+        // Memberships name every node with its addresses and certificate pin.
+        openraft::EntryPayload::Membership(_) => 16 << 10,
+        openraft::EntryPayload::Blank => OVERHEAD,
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    fn entry(index: u64, value_bytes: usize) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::types::Command::Txn(
+                crate::txn::Txn::new().put("k", vec![0u8; value_bytes]),
+            )),
+        }
+    }
+
+    /// Small entries go as they are; 256 entries of 512 KiB (a restore's staging) are cut
+    /// to what fits; one entry larger than the bound still goes alone.
+    #[test]
+    fn append_entries_are_cut_to_what_fits() {
+        let small: Vec<_> = (1..=256).map(|i| entry(i, 1024)).collect();
+        assert_eq!(entries_that_fit(&small), None);
+        let staging: Vec<_> = (1..=256).map(|i| entry(i, 512 << 10)).collect();
+        let fit = entries_that_fit(&staging).expect("cut");
+        assert!((16..32).contains(&fit), "{fit}");
+        let huge = vec![entry(1, 20 << 20), entry(2, 1)];
+        assert_eq!(entries_that_fit(&huge), Some(1));
+        assert_eq!(
+            entries_that_fit(&huge[..1]),
+            None,
+            "sent alone, not refused forever"
+        );
     }
 }
