@@ -382,6 +382,18 @@ fn crash_during_merge(kill_standby: bool) {
     many_reads(&c, 2, N);
     let spooled = c.metric(2, "coffer_audit_spool_last_seq").unwrap();
     assert!(spooled - before >= N as f64, "{spooled} {before}");
+    // The backlog is visible while the standby cannot merge: metric and health field.
+    let backlog = c.metric(2, "coffer_audit_spool_backlog_records").unwrap();
+    assert!(backlog >= N as f64, "backlog {backlog}");
+    let client = c.client(2);
+    let health = block_on(async move {
+        let r = client.request("GET", "sys/health?readonlycode=200", None);
+        r.await.unwrap().body
+    });
+    assert!(
+        health["audit_spool_backlog"].as_u64().unwrap() >= N as u64,
+        "{health}"
+    );
 
     c.start(1);
     // Kill when the cluster's cursor for node 2 has moved but not reached the end.
@@ -405,6 +417,8 @@ fn crash_during_merge(kill_standby: bool) {
         c.health_code(2) == 429
     });
     c.wait_merged(2, Duration::from_secs(120));
+    let backlog = c.metric(2, "coffer_audit_spool_backlog_records").unwrap();
+    assert!(backlog < 100.0, "the backlog drains: {backlog}");
     // Every root read of secret/data/app on node 2 while read-only, exactly once.
     let client = c.client(1);
     let records =

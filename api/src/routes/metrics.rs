@@ -62,6 +62,12 @@ pub(super) fn export(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
         "Highest sequence number of this node merged into the cluster log.",
         m.audit_merged_seq.to_string(),
     );
+    metric(
+        "coffer_audit_spool_backlog_records",
+        "gauge",
+        "Audit records in this node's spool not yet merged into the cluster log.",
+        m.audit_spool_backlog.to_string(),
+    );
     if let Some(b) = &m.backups {
         metric(
             "coffer_last_backup_timestamp_seconds",

@@ -190,6 +190,13 @@ impl Vault {
             .map_or(0, |c| c.cursor))
     }
 
+    /// Records of this node's spool not merged yet (0 while the cursor cannot be read).
+    pub fn audit_backlog(&self) -> u64 {
+        self.spool
+            .last_seq()
+            .saturating_sub(self.own_audit_cursor().unwrap_or(self.spool.last_seq()))
+    }
+
     /// The cluster's cursor for this node's own spool.
     pub fn own_audit_cursor(&self) -> Result<u64> {
         let key = cursor_key(self.spool.node(), self.spool.epoch());

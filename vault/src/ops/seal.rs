@@ -286,6 +286,7 @@ impl Vault {
             read_only: self.engine.mode() == coffer_raft::NodeMode::ReadOnly,
             last_contact_ms: self.engine.contact_age_ms(),
             audit_spool_error: self.spool().failure(),
+            audit_spool_backlog: self.audit_backlog(),
             last_backup: self.backup_record(),
         })
     }

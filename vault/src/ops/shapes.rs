@@ -106,6 +106,10 @@ pub struct HealthInfo {
     /// every audited request).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_spool_error: Option<String>,
+    /// Coffer: audit records in this node's spool not yet merged into the cluster's log (a
+    /// read-only standby's grow until it reconnects; a node serving more audited requests
+    /// than it can merge grows them too).
+    pub audit_spool_backlog: u64,
     /// Coffer: how scheduled backups went (present when `[backup]` is configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<super::BackupRecord>,

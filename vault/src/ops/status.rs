@@ -86,6 +86,8 @@ pub struct NodeMetrics {
     pub audit_spool_last_seq: u64,
     /// Highest sequence number of this node's spool merged into the cluster log.
     pub audit_merged_seq: u64,
+    /// Records of this node's spool not merged yet.
+    pub audit_spool_backlog: u64,
     /// Last log index applied locally.
     pub applied_index: u64,
     /// Last log index.
@@ -206,6 +208,7 @@ impl Vault {
             audit_wait_seconds: secs(stats.wait_nanos.load(Relaxed)),
             audit_spool_last_seq: self.spool.last_seq(),
             audit_merged_seq: self.own_audit_cursor().unwrap_or(0),
+            audit_spool_backlog: self.audit_backlog(),
             applied_index: self.engine.applied_index(),
             last_log_index: m.last_log_index.unwrap_or(0),
             term: m.current_term,
