@@ -37,8 +37,10 @@ use super::Vault;
 use crate::audit::{AuditEvent, AuditRecord, SpoolKey};
 use crate::error::{Result, VaultError};
 
-/// Records per shipping transaction.
-pub const SHIP_BATCH: usize = 256;
+/// Records per shipping transaction. 1,024 records of about 1 KiB sealed each make a
+/// transaction of about 1 MiB: a quarter as many Raft rounds and fsyncs per record as 256,
+/// under the peer link's per-message bound (large appends are cut to what fits).
+pub const SHIP_BATCH: usize = 1024;
 /// How often the shipper looks again while records are pending but could not be merged
 /// (sealed, no leader, read-only): short enough that merge-back follows reconnection within
 /// a fraction of a second, long enough to cost nothing while it waits.
