@@ -13,9 +13,6 @@
 //! | [`audit_epoch_count`] | epochs a node has had (u32 BE) | a number |
 //! | [`token_child`], [`token_revoking`] | the marker `1` | the key (a token hash) is the information |
 //! | [`RESTORED`] | JSON: how, when, by whom and from what a node was restored; the backup's checksum and MAC | written offline, without the keys; holds no secret |
-//! | [`CARRY_KEYRING`] | the keyring before a forced restore, wrapped by a one-time key | it opens the records the restore kept |
-//! | [`CARRY_KEY`] | that one-time key, sealed to the restored spool public key | written without the restored keys |
-//! | [`CARRY_OPENER`] | an envelope bound to [`SPOOL_SECRET_KEY`], not to its own key | it was moved aside by the restore |
 
 use sha2::{Digest, Sha256};
 
@@ -34,18 +31,6 @@ pub const CA: &[u8] = b"core/ca";
 pub const SPOOL_PUBLIC_KEY: &[u8] = b"core/audit-spool-pub";
 /// The audit spool's private key.
 pub const SPOOL_SECRET_KEY: &[u8] = b"core/audit-spool-key";
-/// The audit log's keys (spool chain MAC, accessor HMAC), once a forced restore under other
-/// keys carried them over; absent, they are derived from the keyring.
-pub const AUDIT_KEYS: &[u8] = b"core/audit-keys";
-/// Prefix of what a forced restore under other keys carries until the first unseal.
-pub const CARRY: &str = "core/carry/";
-/// The cluster's keyring before a forced restore, wrapped by a one-time carry key.
-pub const CARRY_KEYRING: &[u8] = b"core/carry/keyring";
-/// That carry key, sealed to the restored state's audit spool public key.
-pub const CARRY_KEY: &[u8] = b"core/carry/key";
-/// The restored state's audit spool private key, its envelope bound to [`SPOOL_SECRET_KEY`]
-/// (the key that opens [`CARRY_KEY`] once the restored keyring is unsealed).
-pub const CARRY_OPENER: &[u8] = b"core/carry/opener";
 
 /// Prefix of bootstrap pack records.
 pub const PACKS: &str = "core/packs/";

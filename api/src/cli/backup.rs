@@ -194,13 +194,8 @@ async fn restore_live(common: &Common, path: &Path, force: bool) -> Result<i32, 
         return Ok(exit::OK);
     }
     let m = &verified.manifest;
-    let after = if answer.body["data"]["sealed"].as_bool() == Some(true) {
-        "It was made under other keys: every member has sealed itself; unseal each with the backup's shares (`coffer operator unseal`). The audit log kept every record and records the restore."
-    } else {
-        "Every member now holds it; the audit log kept every record and records the restore."
-    };
     eprintln!(
-        "Restored the backup of cluster {} made {} on node {} (log index {}): {} secrets, {} versions, {} users, {} policies, {} tokens. {after}",
+        "Restored the backup of cluster {} made {} on node {} (log index {}): {} secrets, {} versions, {} users, {} policies, {} tokens. Every member now holds it; the audit log kept every record and records the restore.",
         m.cluster_id,
         m.created_at,
         m.node_id,

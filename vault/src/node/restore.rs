@@ -482,7 +482,6 @@ async fn build(
         backup_sha256: backup_check.as_ref().map(|(d, _)| d.clone()),
         backup_mac: backup_check.map(|(_, m)| m),
         new_ca,
-        ..Default::default()
     };
     let mut edits = vec![
         Op::Put {

@@ -104,10 +104,11 @@ impl Vault {
     /// HMAC-SHA256 of a token accessor under a key derived from the keyring's first term, so
     /// every node of the cluster computes the same value; empty while sealed.
     pub fn accessor_hmac(&self, accessor: &str) -> String {
-        let Ok(key) = self.unsealed(|_, audit| audit.accessor.clone()) else {
+        let Ok(ring) = self.keyring() else {
             return String::new();
         };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_slice()) else {
+        let key = ring.derive(b"coffer audit accessor hmac");
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose()) else {
             return String::new();
         };
         mac.update(accessor.as_bytes());
@@ -161,26 +162,14 @@ impl Vault {
         Ok(Some(SpoolKey::from_bytes(arr)))
     }
 
-    /// The audit keys under `ring`: derived from its first term, unless the cluster carried
-    /// earlier ones over a forced restore under other keys (then those, so that the log
-    /// made before the restore stays verifiable and its accessor HMACs stay comparable).
-    pub(crate) fn audit_keys(&self, ring: &crate::crypto::keyring::Keyring) -> Result<AuditKeys> {
-        let carried = self.carried_keyring(ring)?;
-        if let Some(entry) = self.engine.get(crate::keys::AUDIT_KEYS)? {
-            let opened = ring
-                .open(crate::keys::AUDIT_KEYS, &entry.value)
-                .or_else(|e| {
-                    carried
-                        .as_ref()
-                        .ok_or(e)?
-                        .open(crate::keys::AUDIT_KEYS, &entry.value)
-                });
-            let json = opened.map_err(|e| self.integrity_error(crate::keys::AUDIT_KEYS, e))?;
-            let stored: StoredAuditKeys =
-                serde_json::from_slice(&json).map_err(VaultError::internal)?;
-            return AuditKeys::from_stored(&stored);
-        }
-        Ok(AuditKeys::derive(carried.as_ref().unwrap_or(ring)))
+    /// The spool's MAC key, derived from the keyring (the node is unsealed).
+    pub(crate) fn spool_mac_key(
+        ring: &crate::crypto::keyring::Keyring,
+    ) -> zeroize::Zeroizing<[u8; 32]> {
+        let key = ring.derive(b"coffer audit spool mac");
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(key.expose());
+        out
     }
 
     /// The cluster's cursor for `node`'s latest epoch (0 if none merged).
@@ -382,9 +371,6 @@ impl Vault {
     pub async fn run_shipper(self: Arc<Self>) {
         let mut modes = self.engine.mode_changes();
         loop {
-            // Follows a replaced state: a forced restore under other keys seals this node
-            // within one turn, requests or not.
-            let _ = self.is_sealed();
             if self.engine.mode() == coffer_raft::NodeMode::ReadOnly {
                 // Nothing can be written; resume when the mode changes.
                 tokio::select! {
@@ -405,64 +391,5 @@ impl Vault {
                 _ = tokio::time::sleep(SHIP_RETRY) => {}
             }
         }
-    }
-}
-
-/// The keys the audit log is kept under: the spool chain's MAC key and the accessor HMAC
-/// key. Zeroized on drop.
-pub(crate) struct AuditKeys {
-    spool_mac: zeroize::Zeroizing<[u8; 32]>,
-    /// The accessor HMAC key.
-    pub(crate) accessor: zeroize::Zeroizing<[u8; 32]>,
-}
-
-/// [`AuditKeys`] as `core/audit-keys` holds them (sealed under the keyring).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct StoredAuditKeys {
-    spool_mac: String,
-    accessor: String,
-}
-
-impl AuditKeys {
-    /// Derived from `ring`'s first term (stable across rotations, the same on every node).
-    pub(crate) fn derive(ring: &crate::crypto::keyring::Keyring) -> Self {
-        let take = |purpose: &[u8]| {
-            let mut out = zeroize::Zeroizing::new([0u8; 32]);
-            out.copy_from_slice(ring.derive(purpose).expose());
-            out
-        };
-        Self {
-            spool_mac: take(b"coffer audit spool mac"),
-            accessor: take(b"coffer audit accessor hmac"),
-        }
-    }
-
-    fn from_stored(stored: &StoredAuditKeys) -> Result<Self> {
-        let take = |h: &str| {
-            let bytes = zeroize::Zeroizing::new(hex::decode(h).map_err(VaultError::internal)?);
-            let mut out = zeroize::Zeroizing::new([0u8; 32]);
-            if bytes.len() != 32 {
-                return Err(VaultError::internal("corrupt audit keys"));
-            }
-            out.copy_from_slice(&bytes);
-            Ok(out)
-        };
-        Ok(Self {
-            spool_mac: take(&stored.spool_mac)?,
-            accessor: take(&stored.accessor)?,
-        })
-    }
-
-    /// What `core/audit-keys` stores.
-    pub(crate) fn to_stored(&self) -> StoredAuditKeys {
-        StoredAuditKeys {
-            spool_mac: hex::encode(self.spool_mac.as_slice()),
-            accessor: hex::encode(self.accessor.as_slice()),
-        }
-    }
-
-    /// The spool chain's MAC key.
-    pub(crate) fn spool_mac(&self) -> zeroize::Zeroizing<[u8; 32]> {
-        self.spool_mac.clone()
     }
 }

@@ -184,7 +184,7 @@ impl Vault {
         self.keyring()?;
         let mut merged = Vec::new();
         let cursors = self.epoch_cursors(None)?;
-        let mac_key = self.unsealed(|_, audit| audit.spool_mac())?;
+        let mac_key = Self::spool_mac_key(&*self.keyring()?);
         for (i, cursor) in cursors.iter().enumerate() {
             // A later epoch of the same node exists: this one's spool is gone for good.
             let superseded = cursors[i + 1..].iter().any(|c| c.node == cursor.node);

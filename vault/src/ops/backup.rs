@@ -77,14 +77,6 @@ pub struct RestoreMarker {
     pub backup_mac: Option<String>,
     /// The node made a new CA (on disk until the first unseal moves it into the state).
     pub new_ca: bool,
-    /// A restore into the running cluster (its audit log was kept whole: nothing to
-    /// declare lost).
-    #[serde(default)]
-    pub live: bool,
-    /// Records kept under the cluster's previous keyring wait to be sealed again under the
-    /// restored one (a forced restore of a backup made under other keys).
-    #[serde(default)]
-    pub carry: bool,
 }
 
 impl Vault {
@@ -257,9 +249,6 @@ impl Vault {
         let Some(marker) = self.restore_marker()? else {
             return Ok(false);
         };
-        if marker.carry {
-            self.reseal_carried().await?;
-        }
         let ca = match (marker.new_ca, pending_ca) {
             (true, Some(ca)) => Some(ca),
             (true, None) => {
@@ -295,24 +284,7 @@ impl Vault {
         self.audit(event).await?;
         let ring = self.keyring()?;
         let mut txn = coffer_raft::Txn::new().delete(crate::keys::RESTORED);
-        if marker.carry {
-            if self.engine.get(crate::keys::AUDIT_KEYS)?.is_none() {
-                let keys = self.unsealed(|_, audit| audit.to_stored())?;
-                txn = txn
-                    .when(crate::keys::AUDIT_KEYS, coffer_raft::Check::Absent)
-                    .put(
-                        crate::keys::AUDIT_KEYS,
-                        super::records::seal_json(&ring, crate::keys::AUDIT_KEYS, &keys)?,
-                    );
-            }
-            txn = txn.delete_prefix(crate::keys::CARRY);
-        }
-        let lost = if marker.live {
-            Vec::new()
-        } else {
-            self.unrestorable_audit(&marker)?
-        };
-        for (node, epoch_id, lost) in lost {
+        for (node, epoch_id, lost) in self.unrestorable_audit(&marker)? {
             tracing::error!(
                 node,
                 epoch = %epoch_id,
@@ -329,11 +301,7 @@ impl Vault {
                 super::records::seal_json(&ring, super::CA_KEY, ca)?,
             );
         }
-        if !self.engine.write(txn).await?.succeeded {
-            return Err(VaultError::Unavailable(
-                "another node finished part of the restore meanwhile; trying again".into(),
-            ));
-        }
+        self.engine.write(txn).await?;
         tracing::info!(kind = %marker.kind, "restore finished");
         // The audit chains the restore brought back, checked once with the keys: the result
         // is in the log (and `audit verify` says the same at any time).

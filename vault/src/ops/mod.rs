@@ -54,13 +54,10 @@ pub use userpass::{UserRecord, UserUpdate};
 enum Sealing {
     /// Sealed; shares entered so far.
     Sealed(UnsealProgress),
-    /// Unsealed: the root key (to re-wrap the keyring on rotation), the keyring, the audit
-    /// keys, and the engine's state generation they were read at.
+    /// Unsealed: the root key (to re-wrap the keyring on rotation) and the keyring.
     Unsealed {
         root: crate::crypto::Key,
         keyring: Arc<crate::crypto::keyring::Keyring>,
-        audit: Arc<audit::AuditKeys>,
-        generation: u64,
     },
 }
 

@@ -33,64 +33,9 @@ pub(crate) fn seal_json<T: Serialize>(ring: &Keyring, key: &[u8], value: &T) -> 
 impl Vault {
     /// The current keyring, or `Sealed`.
     pub(crate) fn keyring(&self) -> Result<Arc<Keyring>> {
-        self.unsealed(|keyring, _| keyring.clone())
-    }
-
-    /// Runs `f` on the keyring and audit keys, or answers `Sealed`. When the whole state
-    /// was replaced since they were read (a restore, an installed snapshot), they are read
-    /// again first; if the root key no longer opens the keyring (a forced restore of a
-    /// backup made under other keys), this node seals itself.
-    pub(crate) fn unsealed<T>(
-        &self,
-        f: impl FnOnce(&Arc<Keyring>, &super::audit::AuditKeys) -> T,
-    ) -> Result<T> {
-        let now = self.engine.state_generation();
-        {
-            let guard = self.sealing.read().map_err(VaultError::internal)?;
-            match &*guard {
-                Sealing::Unsealed {
-                    keyring,
-                    audit,
-                    generation,
-                    ..
-                } if *generation == now => return Ok(f(keyring, audit)),
-                Sealing::Sealed(_) => return Err(VaultError::Sealed),
-                Sealing::Unsealed { .. } => {}
-            }
-        }
-        let wrapped = self
-            .engine
-            .get(KEYRING_STORAGE_KEY)?
-            .ok_or_else(|| VaultError::internal("keyring missing from storage"))?;
-        let mut guard = self.sealing.write().map_err(VaultError::internal)?;
-        let Sealing::Unsealed { root, .. } = &*guard else {
-            return Err(VaultError::Sealed);
-        };
-        match Keyring::unwrap(root, &wrapped.value) {
-            Ok(fresh) => {
-                let audit = Arc::new(self.audit_keys(&fresh)?);
-                let keyring = Arc::new(fresh);
-                let out = f(&keyring, &audit);
-                if let Sealing::Unsealed {
-                    keyring: k,
-                    audit: a,
-                    generation,
-                    ..
-                } = &mut *guard
-                {
-                    (*k, *a, *generation) = (keyring, audit, now);
-                }
-                Ok(out)
-            }
-            Err(_) => {
-                *guard = Sealing::Sealed(Default::default());
-                self.spool.set_mac_key(None);
-                tracing::warn!(
-                    "the cluster's keyring was replaced by a forced restore of a backup made under \
-                     other keys: this node sealed itself; unseal it with that backup's shares"
-                );
-                Err(VaultError::Sealed)
-            }
+        match &*self.sealing.read().map_err(VaultError::internal)? {
+            Sealing::Unsealed { keyring, .. } => Ok(keyring.clone()),
+            Sealing::Sealed(_) => Err(VaultError::Sealed),
         }
     }
 
@@ -102,7 +47,7 @@ impl Vault {
             .ok_or_else(|| VaultError::internal("keyring missing from storage"))?;
         let mut guard = self.sealing.write().map_err(VaultError::internal)?;
         match &mut *guard {
-            Sealing::Unsealed { root, keyring, .. } => {
+            Sealing::Unsealed { root, keyring } => {
                 let fresh =
                     Arc::new(Keyring::unwrap(root, &wrapped.value).map_err(VaultError::internal)?);
                 *keyring = fresh.clone();
@@ -129,7 +74,7 @@ impl Vault {
         }
     }
 
-    pub(crate) fn integrity_error(&self, key: &[u8], e: EnvelopeError) -> VaultError {
+    fn integrity_error(&self, key: &[u8], e: EnvelopeError) -> VaultError {
         VaultError::Internal(format!(
             "record at {:?} failed to decrypt: {e}",
             String::from_utf8_lossy(key)

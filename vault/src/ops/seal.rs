@@ -56,9 +56,7 @@ impl Vault {
 
     /// Whether this node is sealed.
     pub fn is_sealed(&self) -> bool {
-        // Follows a replaced state first: a forced restore under other keys seals the node.
-        self.keyring().is_err()
-            || !matches!(self.sealing.read().as_deref(), Ok(Sealing::Unsealed { .. }))
+        !matches!(self.sealing.read().as_deref(), Ok(Sealing::Unsealed { .. }))
     }
 
     /// `sys/init`: creates the root key, its shares, the keyring, the mount table and the root
@@ -160,14 +158,10 @@ impl Vault {
             )
         })?;
         self.check_restored_backup(&keyring)?;
-        let generation = self.engine.state_generation();
-        let audit = self.audit_keys(&keyring)?;
-        self.spool.set_mac_key(Some(audit.spool_mac()));
+        self.spool.set_mac_key(Some(Vault::spool_mac_key(&keyring)));
         *self.sealing.write().map_err(VaultError::internal)? = Sealing::Unsealed {
             root,
             keyring: Arc::new(keyring),
-            audit: Arc::new(audit),
-            generation,
         };
         tracing::info!("vault unsealed");
         Ok(())
@@ -223,7 +217,6 @@ impl Vault {
 
     /// `sys/seal-status`.
     pub fn seal_status(&self) -> Result<SealStatus> {
-        let _ = self.keyring(); // a node a forced restore sealed says so at once
         let config = self.seal_config()?;
         let guard = self.sealing.read().map_err(VaultError::internal)?;
         match config {
