@@ -1141,6 +1141,24 @@ fn a_backup_restored_into_the_running_cluster_reaches_every_member_and_keeps_the
     let (status, why) = upload(&c, 1, &token, "sys/storage/raft/snapshot", &damaged_file);
     assert_eq!(status, 400, "{why}");
     assert!(why.contains("the snapshot is refused"), "{why}");
+    // A checksum that holds with a MAC that does not (a file assembled from this cluster's
+    // records, its checksum recomputed): refused, forced or not.
+    let mut forged = std::fs::read(&backup).unwrap();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let forged_file = c.dir.path().join("forged.snap");
+    std::fs::write(&forged_file, &forged).unwrap();
+    for route in [
+        "sys/storage/raft/snapshot",
+        "sys/storage/raft/snapshot-force",
+    ] {
+        let (status, why) = upload(&c, 1, &token, route, &forged_file);
+        assert_eq!(status, 400, "{route}: {why}");
+        assert!(
+            why.contains("not made under this cluster's keys"),
+            "{route}: {why}"
+        );
+    }
     let truncated_file = c.dir.path().join("truncated.snap");
     std::fs::write(&truncated_file, &damaged[..middle]).unwrap();
     let (status, why) = upload(&c, 1, &token, "sys/storage/raft/snapshot", &truncated_file);

@@ -219,24 +219,28 @@ async fn a_cut_spool_is_reported_and_a_fresh_spool_is_a_new_epoch() {
 /// lost with anchored records still unmerged is reported when the node starts afresh.
 #[tokio::test(flavor = "multi_thread")]
 async fn anchored_records_cannot_be_rewritten_or_lost_quietly() {
+    use coffer_vault::SHIP_BATCH;
+    // One batch and 44 records more; one of those is rewritten.
+    const HEAD: u64 = SHIP_BATCH as u64 + 44;
+    const REWRITTEN: u64 = SHIP_BATCH as u64 + 24;
     let dir = tempfile::tempdir().unwrap();
     {
         let node = open(dir.path(), None).await;
-        for i in 0..300 {
+        for i in 0..HEAD {
             node.vault.audit(event(i)).await.unwrap();
         }
-        // One batch: records 1..=256 merged, the head (300) anchored.
-        assert_eq!(node.vault.ship_once().await.unwrap(), 256);
+        // One batch: records 1..=SHIP_BATCH merged, the head anchored.
+        assert_eq!(node.vault.ship_once().await.unwrap(), SHIP_BATCH);
         node.vault.shutdown().await.unwrap();
     }
-    // Record 280 rewritten (its MAC dropped, as if written while sealed), the rest re-chained.
+    // Record REWRITTEN (anchored, not merged) rewritten (its MAC dropped, as if written while sealed), the rest re-chained.
     let segment = dir.path().join("audit/spool-00000000000000000001.jsonl");
     let text = std::fs::read_to_string(&segment).unwrap();
     let lines: Vec<String> = text
         .lines()
         .map(|l| {
             let mut line: serde_json::Value = serde_json::from_str(l).unwrap();
-            if line["seq"] == 280 {
+            if line["seq"] == REWRITTEN {
                 line["hash"] = "f".repeat(64).into();
                 line.as_object_mut().unwrap().remove("mac");
             }
@@ -248,12 +252,14 @@ async fn anchored_records_cannot_be_rewritten_or_lost_quietly() {
         let node = open(dir.path(), Some("hvs.audit-root")).await;
         let err = format!("{:?}", node.vault.ship_once().await.unwrap_err());
         assert!(
-            err.contains("record 280 does not continue the merged chain"),
+            err.contains(&format!(
+                "record {REWRITTEN} does not continue the merged chain"
+            )),
             "{err}"
         );
         node.vault.shutdown().await.unwrap();
     }
-    // The spool is gone: records 257..=300 were anchored, never merged.
+    // The spool is gone: records SHIP_BATCH+1..=HEAD were anchored, never merged.
     std::fs::remove_dir_all(dir.path().join("audit")).unwrap();
     let node = open(dir.path(), Some("hvs.audit-root")).await;
     node.vault.audit(event(1)).await.unwrap();
@@ -262,11 +268,14 @@ async fn anchored_records_cannot_be_rewritten_or_lost_quietly() {
     let report = node.vault.audit_verify(&auth).unwrap();
     assert!(!report.ok);
     let lost = &report.merged[0];
-    assert_eq!((lost.epoch, lost.cursor, lost.anchored), (1, 256, 300));
+    assert_eq!(
+        (lost.epoch, lost.cursor, lost.anchored),
+        (1, SHIP_BATCH as u64, HEAD)
+    );
     assert!(
-        lost.problems
-            .iter()
-            .any(|p| p.kind == "truncated" && p.seq == 257 && p.detail.contains("lost")),
+        lost.problems.iter().any(|p| p.kind == "truncated"
+            && p.seq == SHIP_BATCH as u64 + 1
+            && p.detail.contains("lost")),
         "{:?}",
         lost.problems
     );

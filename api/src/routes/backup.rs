@@ -67,10 +67,12 @@ pub(super) async fn restore(
         ));
     }
     file.flush().await.map_err(internal)?;
-    let summary = state
-        .vault
-        .restore_live(&auth, file.into_std().await, force)
-        .await?;
+    // In its own task: a client that goes away mid-restore does not leave a half-staged
+    // restore behind (the restore finishes or cleans up either way).
+    let (vault, file) = (state.vault.clone(), file.into_std().await);
+    let summary = tokio::spawn(async move { vault.restore_live(&auth, file, force).await })
+        .await
+        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))??;
     Ok(axum::Json(serde_json::json!({ "data": summary })).into_response())
 }
 

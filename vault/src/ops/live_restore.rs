@@ -17,10 +17,14 @@
 //! and are not in a backup. Everything else (secrets, mounts, policies, users, tokens) is
 //! the backup's.
 //!
-//! A backup made under other keys is refused even with force: this cluster's audit log is
-//! chained and encrypted under its own keyring, and swapping the keyring in place would
-//! leave that log unreadable. Such a backup is restored with `coffer operator restore`
-//! into a new cluster, which takes the backup's keys (and members join it from packs).
+//! A backup made under other keys is refused even with force, unlike Vault. Whoever made
+//! such a file chose its keys. Taking it in place would either hand them what this cluster
+//! keeps under its own keyring (the audit log, the CA's private key, the spool key, and
+//! with them the means to read older backups or forge old audit records), or leave all of
+//! it unreadable. A forced restore still needs the backup's MAC to verify under this
+//! keyring: a file assembled from this cluster's records with a recomputed checksum is
+//! refused. A backup under other keys is restored with `coffer operator restore` into a
+//! new cluster, which takes the backup's keys, and members join that cluster from packs.
 
 use std::io::{Read, Seek};
 
@@ -74,6 +78,9 @@ pub struct LiveRestoreSummary {
 
 /// A staging batch: (key, value) records.
 type Batch = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Staged records removed per transaction when a restore is abandoned.
+const DROP_PAGE: usize = 1024;
 
 impl Vault {
     /// Restores the backup in `file` into the running cluster (sudo on the route's path).
@@ -141,10 +148,7 @@ impl Vault {
         let restored = match staged {
             Ok(n) => n,
             Err(e) => {
-                let _ = self
-                    .engine
-                    .write(Txn::new().delete_prefix(area.clone()).delete(opened_key))
-                    .await;
+                self.drop_staging(&area, &opened_key).await;
                 return Err(e);
             }
         };
@@ -160,15 +164,19 @@ impl Vault {
                 keep: kept_prefixes(),
             }],
         }
-        .when(opened_key, Check::Revision(guard_revision))
+        .when(opened_key.clone(), Check::Revision(guard_revision))
         .unchanged(crate::keys::SEAL_CONFIG, seal.as_ref())
         .unchanged(crate::keys::KEYRING, ring.as_ref());
-        let result = self.engine.write(commit).await?;
+        let result = match self.engine.write(commit).await {
+            Ok(result) => result,
+            Err(e) => {
+                // Applied or not, the staging goes (a swap already removed it).
+                self.drop_staging(&area, &opened_key).await;
+                return Err(e.into());
+            }
+        };
         if !result.succeeded {
-            let _ = self
-                .engine
-                .write(Txn::new().delete_prefix(area.clone()))
-                .await;
+            self.drop_staging(&area, &opened_key).await;
             return Err(VaultError::Unavailable(
                 "the restore was overtaken (another restore, or a key rotation, committed \
                  first); nothing was replaced"
@@ -238,13 +246,13 @@ impl Vault {
         let other_keys = || {
             VaultError::InvalidRequest(
                 "the snapshot was not made under this cluster's keys (or it was altered): \
-                 restoring it in place would leave this cluster's audit log unreadable, so \
-                 it is refused, forced or not; restore it into a new cluster with `coffer \
-                 operator restore --from FILE`"
+                 it is not restored in place, forced or not; restore it into a new cluster \
+                 with `coffer operator restore --from FILE`"
                     .into(),
             )
         };
-        let ring = self.keyring()?;
+        // Read afresh: a rotation on another node is not in this node's cached keyring yet.
+        let ring = self.refresh_keyring()?;
         if !backup::mac_matches(&ring.derive(MAC_PURPOSE), &verified.digest, &verified.mac) {
             return Err(other_keys());
         }
@@ -259,6 +267,28 @@ impl Vault {
             return Err(other_keys());
         }
         Ok(())
+    }
+
+    /// Removes a staging area that will not be swapped in, a page at a time (bounded
+    /// transactions, whatever was staged), then its opening record. Best effort: what a
+    /// failure leaves, the next restore's swap removes (it keeps no staging but its own).
+    async fn drop_staging(&self, area: &[u8], opened: &[u8]) {
+        loop {
+            let page = match self.engine.scan(area, None, DROP_PAGE) {
+                Ok(page) if !page.is_empty() => page,
+                _ => break,
+            };
+            let txn = page
+                .into_iter()
+                .fold(Txn::new(), |txn, (key, _)| txn.delete(key));
+            if self.engine.write(txn).await.is_err() {
+                tracing::warn!(
+                    "a restore's staging could not be removed; the next restore removes it"
+                );
+                return;
+            }
+        }
+        let _ = self.engine.write(Txn::new().delete(opened.to_vec())).await;
     }
 
     /// Puts the backup's records under `area` through the log, in bounded batches, each
