@@ -136,6 +136,7 @@ impl Vault {
                     serde_json::to_vec(&serde_json::json!({
                         "backup_sha256": hex::encode(verified.digest),
                         "started": crate::clock::rfc3339(crate::clock::now()),
+                        "started_unix": crate::clock::now().unix_timestamp(),
                     }))
                     .map_err(VaultError::internal)?,
                 ),
@@ -269,6 +270,50 @@ impl Vault {
         Ok(())
     }
 
+    /// Removes staging areas opened more than `older_than` ago: their restore was abandoned
+    /// (the node that ran it crashed mid-upload) or has outlived any request. Run by the
+    /// leader now and then; returns how many areas went. A restore still staging under one
+    /// stops at its next batch (its guard on the opening record fails) with nothing replaced.
+    pub async fn sweep_abandoned_restores(&self, older_than: std::time::Duration) -> Result<usize> {
+        let prefix = coffer_raft::STAGING_PREFIX;
+        let now = crate::clock::now().unix_timestamp();
+        let mut after: Option<Vec<u8>> = None;
+        let mut swept = 0;
+        loop {
+            let Some((key, entry)) = self
+                .engine
+                .scan(prefix, after.as_deref(), 1)?
+                .into_iter()
+                .next()
+            else {
+                return Ok(swept);
+            };
+            // The area's id runs to the first '/' (its records) or the key's end (its
+            // opening record, which sorts first).
+            let rest = &key[prefix.len()..];
+            let id_len = rest.iter().position(|b| *b == b'/').unwrap_or(rest.len());
+            let opened = key[..prefix.len() + id_len].to_vec();
+            let mut area = opened.clone();
+            area.push(b'/');
+            let started = (key == opened)
+                .then(|| serde_json::from_slice::<serde_json::Value>(&entry.value).ok())
+                .flatten()
+                .and_then(|v| v["started_unix"].as_i64());
+            let age = started.map_or(i64::MAX, |s| now.saturating_sub(s));
+            if age >= i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX) {
+                tracing::warn!(
+                    area = %String::from_utf8_lossy(&opened[prefix.len()..]),
+                    "removing an abandoned restore's staging"
+                );
+                self.drop_staging(&area, &opened).await;
+                swept += 1;
+            }
+            // Past this area: no application key holds 0xff.
+            area.push(0xff);
+            after = Some(area);
+        }
+    }
+
     /// Removes a staging area that will not be swapped in, a page at a time (bounded
     /// transactions, whatever was staged), then its opening record. Best effort: what a
     /// failure leaves, the next restore's swap removes (it keeps no staging but its own).
@@ -316,7 +361,12 @@ impl Vault {
             let mut bytes = 0usize;
             let mut stopped = false;
             coffer_raft::scan_snapshot(&mut hashing, &mut |key, entry| {
-                if stopped || keep.iter().any(|k| key.starts_with(k)) {
+                // Kept keys stay as they are; another restore's staging (a backup taken while
+                // one ran) means nothing here.
+                if stopped
+                    || keep.iter().any(|k| key.starts_with(k))
+                    || key.starts_with(coffer_raft::STAGING_PREFIX)
+                {
                     return;
                 }
                 bytes += key.len() + entry.value.len();

@@ -30,6 +30,9 @@ const REVOKE_BATCH: usize = 256;
 
 /// How often the leader looks for revocations a crash interrupted.
 const REVOCATION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// A restore's staging left this long (its node crashed mid-upload) is removed by the
+/// leader's sweep; no restore runs this long (the HTTPS request bound is 2 minutes).
+const ABANDONED_RESTORE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 use crate::keys::{token_revoking as revoking_key, TOKEN_REVOKING as REVOKING_PREFIX};
 
@@ -382,6 +385,9 @@ impl Vault {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(tokens = n, "finished an interrupted token revocation"),
                 Err(e) => tracing::debug!("token revocation sweep paused: {e}"),
+            }
+            if let Err(e) = self.sweep_abandoned_restores(ABANDONED_RESTORE_AFTER).await {
+                tracing::debug!("restore staging sweep paused: {e}");
             }
         }
     }
