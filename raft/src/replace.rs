@@ -97,8 +97,7 @@ impl StateGate {
     }
 
     /// How many times the whole state was replaced (restores, installed snapshots) since
-    /// the node started: a layer that caches what it read (a keyring) reads it again when
-    /// this moves.
+    /// the node started; a local read this moved under is refused.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }

@@ -1036,8 +1036,7 @@ fn kv_v(c: &ProcCluster, id: u64, path: &str) -> Option<String> {
 
 /// POSTs `file` to `route` on node `id` with `token`; returns the status and error text.
 fn upload(c: &ProcCluster, id: u64, token: &str, route: &str, file: &Path) -> (u16, String) {
-    let ca = std::fs::read_to_string(&c.ca_path).unwrap();
-    let client = Client::new(&c.addrs[&id].api, Some(&ca), Some(token.to_string())).unwrap();
+    let client = client_at(&c.addrs[&id].api, &c.ca_path, Some(token));
     let (route, file) = (route.to_string(), file.to_path_buf());
     block_on(async move {
         match client

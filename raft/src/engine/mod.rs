@@ -391,8 +391,7 @@ impl Engine {
     }
 
     /// How many times this node's whole state was replaced since it started (a restore
-    /// into the running cluster, a snapshot installed from the leader): what was read and
-    /// kept from the state before may be stale when this moves.
+    /// into the running cluster, a snapshot installed from the leader).
     pub fn state_generation(&self) -> u64 {
         self.gate.generation()
     }

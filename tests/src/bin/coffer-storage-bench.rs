@@ -72,37 +72,24 @@ fn peak_rss() -> String {
         .map_or_else(|| "?".into(), |kb| mib(kb * 1024))
 }
 
+/// The one-voter engine over `dir` (initialized on first open), leading.
 async fn open(dir: &Path) -> Engine {
-    let engine = Engine::open(
+    Engine::open_single(
         EngineConfig {
             node_id: 1,
             data_dir: dir.to_path_buf(),
             tuning: RaftTuning::default(),
         },
         NoPeers,
-    )
-    .await
-    .expect("open");
-    if engine.raft().is_initialized().await.unwrap_or(false) {
-        engine
-            .wait_leader(Duration::from_secs(30))
-            .await
-            .expect("leader");
-        return engine;
-    }
-    engine
-        .initialize_single(NodeAddr {
+        NodeAddr {
             api_addr: "https://127.0.0.1:1".into(),
             peer_addr: "127.0.0.1:2".into(),
             cert_sha256: String::new(),
-        })
-        .await
-        .expect("initialize");
-    engine
-        .wait_leader(Duration::from_secs(30))
-        .await
-        .expect("leader");
-    engine
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("open the engine")
 }
 
 #[tokio::main]

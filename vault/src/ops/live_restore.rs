@@ -26,9 +26,7 @@
 //! refused. A backup under other keys is restored with `coffer operator restore` into a
 //! new cluster, which takes the backup's keys, and members join that cluster from packs.
 
-use std::io::{Read, Seek};
-
-use sha2::{Digest, Sha256};
+use std::io::Seek;
 
 use super::auth::Auth;
 use super::{Sealing, Vault};
@@ -356,7 +354,7 @@ impl Vault {
             let section = SectionReader::new(&mut reader, offset, len)
                 .map_err(|e| VaultError::InvalidRequest(e.to_string()))?;
             // Hashed again as it is read: a file changed after it was verified is refused.
-            let mut hashing = Rehashing::new(section);
+            let mut hashing = backup::HashingReader::new(section);
             let mut batch = Batch::new();
             let mut bytes = 0usize;
             let mut stopped = false;
@@ -377,7 +375,7 @@ impl Vault {
                 }
             })
             .map_err(|e| VaultError::InvalidRequest(format!("the snapshot inside: {e}")))?;
-            if hex::encode(hashing.hasher.finalize()) != want_hash {
+            if hashing.finish() != want_hash {
                 return Err(VaultError::InvalidRequest(
                     "the snapshot changed while it was restored; nothing was replaced".into(),
                 ));
@@ -405,39 +403,5 @@ impl Vault {
         }
         producer.await.map_err(VaultError::internal)??;
         Ok(staged)
-    }
-}
-
-/// The backup's snapshot section, hashed as it is read from its start (a scan seeks to the
-/// end for its length, then reads from the start once).
-struct Rehashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R> Rehashing<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-}
-
-impl<R: Read> Read for Rehashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<R: Seek> Seek for Rehashing<R> {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        let at = self.inner.seek(pos)?;
-        if at == 0 {
-            self.hasher = Sha256::new();
-        }
-        Ok(at)
     }
 }

@@ -365,7 +365,9 @@ fn copy_hashing<R: Read>(file: &mut R, n: u64, hasher: &mut Sha256) -> Result<()
     Ok(())
 }
 
-/// A reader that hashes what passes through it (SHA-256, hex at the end).
+/// A reader that hashes what passes through it (SHA-256, hex at the end). Seeking back to
+/// the start begins the hash again (a snapshot scan seeks to the end for the length, then
+/// reads once from the start).
 pub struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
@@ -391,6 +393,16 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for HashingReader<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let at = self.inner.seek(pos)?;
+        if at == 0 {
+            self.hasher = Sha256::new();
+        }
+        Ok(at)
     }
 }
 
