@@ -101,6 +101,10 @@ impl FaultyClient {
 }
 
 impl RaftNetwork<TypeConfig> for FaultyClient {
+    fn backoff(&self) -> openraft::network::Backoff {
+        coffer_raft::transport::client::backoff()
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

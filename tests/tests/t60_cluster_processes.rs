@@ -98,6 +98,14 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
         c.members(1)
             .is_some_and(|m| voters_and_learners(&m).0 == BTreeSet::from([1, 2, 3]))
     });
+    // Growing from one voter never cost the founder its quorum: a joining node is promoted
+    // only once it has answered the leader (promoting it unheard left the leader without a
+    // quorum, refusing writes, until the registration timed out).
+    assert!(
+        !c.log_contains(1, "no quorum acknowledgement"),
+        "the leader lost its quorum while nodes joined:\n{}",
+        c.logs()
+    );
     // The learner joins with `--start`: one command from pack to running node.
     let (pack, pass) = c.pack(3, 4, false, &[]);
     c.join_and_run(4, &pack, &pass);

@@ -16,6 +16,10 @@ use crate::{Engine, EngineError};
 /// A learner is promoted only when it is at most this many entries behind the leader.
 pub const PROMOTE_MAX_LAG: u64 = 100;
 
+/// How long a promotion waits for a learner the leader has not heard from yet (just added,
+/// or a leader just elected) to answer, before it is refused.
+const PROMOTE_WAIT: Duration = Duration::from_secs(3);
+
 /// How long a stepping-down leader waits (heartbeats off) for another voter to be elected:
 /// a few election timeouts, after which it leads on and says so.
 const STEP_DOWN_WAIT: Duration = Duration::from_secs(10);
@@ -131,13 +135,15 @@ impl Engine {
             .nodes()
             .map(|(id, addr)| {
                 let is_self = *id == self.node_id();
+                // A member the leader replicates to but that never answered has matched
+                // nothing: no progress (not index 0), so it is never promoted unheard.
                 let matched = if is_self && leading {
                     m.last_log_index
                 } else {
                     m.replication
                         .as_ref()
                         .and_then(|r| r.get(id))
-                        .map(|l| l.map_or(0, |l| l.index))
+                        .and_then(|l| l.map(|l| l.index))
                 };
                 MemberStatus {
                     id: *id,
@@ -208,6 +214,19 @@ impl Engine {
                 if membership.get_node(&id).is_none() {
                     return Err(EngineError::Refused(format!("node {id} is not a member")));
                 }
+                // A voter never answered would leave the quorum short until it does.
+                let _ = raft
+                    .wait(Some(PROMOTE_WAIT))
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id))
+                                .is_some_and(Option::is_some)
+                        },
+                        "the learner answered",
+                    )
+                    .await;
                 let lag = self
                     .members_local()
                     .into_iter()

@@ -272,6 +272,7 @@ impl Engine {
 
     /// Records when peers last answered (shown by `members`).
     pub fn with_contacts(mut self, contacts: Contacts) -> Self {
+        let _ = self.tracker.contacts.set(contacts.clone());
         self.contacts = Some(contacts);
         self
     }

@@ -1,14 +1,16 @@
 //! Node modes: leader, follower (or learner) in contact, or read-only standby.
 //!
 //! A follower or learner that has heard nothing from a leader for `standby_after`, or a leader
-//! that has had no quorum acknowledgement for that long, is a **standby**: writes are refused
+//! that has heard from no quorum for that long, is a **standby**: writes are refused
 //! at once (never left hanging on a quorum that is not there) and reads are served from local
 //! state. It leaves standby by itself once a leader is back (for a leader: a quorum answers
 //! again) and it has applied everything it knows to be committed. A one-voter cluster's
 //! leader is its own quorum and never turns standby.
 //!
-//! Detection reads openraft's metrics and the time of the last message from a leader (kept by
-//! the peer server), on a timer, never client traffic.
+//! Detection reads openraft's metrics, the time of the last message from a leader (kept by
+//! the peer server) and, on a leader, when each peer last answered it (kept by the peer
+//! network, answers that came after openraft stopped waiting included), on a timer, never
+//! client traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +87,8 @@ pub(crate) struct ModeTracker {
     /// elected has no quorum acknowledgement of its own yet, and openraft's
     /// `millis_since_quorum_ack` still reports an older one.
     pub leading_since: Arc<Mutex<Option<(u64, Instant)>>>,
+    /// When each peer last answered this node, once the peer network is attached.
+    pub contacts: Arc<std::sync::OnceLock<crate::engine::membership::Contacts>>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -108,7 +112,36 @@ impl ModeTracker {
             started: Instant::now(),
             standby_after_ms: Arc::new(AtomicU64::new(millis(DEFAULT_STANDBY_AFTER))),
             leading_since: Arc::default(),
+            contacts: Arc::default(),
         }
+    }
+
+    /// On a leader: milliseconds since a quorum of every configuration of `joint` last
+    /// answered this node (itself counting as answering now), from the contacts book. Unlike
+    /// openraft's quorum acknowledgement, this counts answers that came after openraft
+    /// stopped waiting for them: followers that are slow (syncing a batch to a loaded disk)
+    /// are not followers that are gone. `None` without a peer network.
+    fn quorum_heard_ms(&self, joint: &[std::collections::BTreeSet<NodeId>]) -> Option<u64> {
+        let contacts = self.contacts.get()?;
+        let mut oldest = 0;
+        for config in joint {
+            let mut ages: Vec<u64> = config
+                .iter()
+                .map(|id| {
+                    if *id == self.node_id {
+                        0
+                    } else {
+                        contacts.since(*id).unwrap_or(u64::MAX)
+                    }
+                })
+                .collect();
+            ages.sort_unstable();
+            // A majority answered within the age of its slowest member.
+            if let Some(age) = ages.get(config.len() / 2) {
+                oldest = oldest.max(*age);
+            }
+        }
+        Some(oldest)
     }
 
     /// Milliseconds since a leader last reached this node, if ever.
@@ -118,20 +151,22 @@ impl ModeTracker {
     }
 
     /// Milliseconds since this node last had evidence of a working cluster: on a leader,
-    /// since a quorum last acknowledged it (0 when it is the only voter); elsewhere, since a
-    /// leader last reached it (since start if never).
+    /// since a quorum last acknowledged it or answered it at all (0 when it is the only
+    /// voter); elsewhere, since a leader last reached it (since start if never).
     pub fn contact_age_ms(&self) -> u64 {
         let since_start = || millis(self.started.elapsed());
-        let (leading, sole_voter, quorum_ack, term) = {
+        let (leading, sole_voter, quorum_ack, term, joint) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            let mut voters = m.membership_config.membership().voter_ids();
+            let membership = m.membership_config.membership();
+            let mut voters = membership.voter_ids();
             let sole = voters.next() == Some(self.node_id) && voters.next().is_none();
             (
                 m.state == ServerState::Leader && m.current_leader == Some(self.node_id),
                 sole,
                 m.millis_since_quorum_ack,
                 m.current_term,
+                membership.get_joint_config().clone(),
             )
         };
         match (leading, sole_voter) {
@@ -147,7 +182,11 @@ impl ModeTracker {
                             0
                         }
                     });
-                quorum_ack.unwrap_or_else(since_start).min(elected)
+                let heard = self.quorum_heard_ms(&joint).unwrap_or(u64::MAX);
+                quorum_ack
+                    .unwrap_or_else(since_start)
+                    .min(heard)
+                    .min(elected)
             }
             (false, _) => self.leader_contact_age_ms().unwrap_or_else(since_start),
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -26,6 +26,16 @@ use crate::types::{NodeAddr, NodeId, TypeConfig};
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long an exchange that openraft stopped waiting for still waits for its answer (see
+/// [`PeerClient::call`]), at least: a later answer is dropped with its connection.
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// The first pause after a failed RPC to a peer, doubled after each further failure up to
+/// [`MAX_BACKOFF`] and reset by a success (openraft waits 500 ms after every failure).
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between attempts at a peer that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
 /// The factory openraft asks for clients.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -36,10 +46,13 @@ pub struct PeerNetwork {
     /// Idle connections by peer, handed to the next client for that peer. openraft makes a
     /// fresh client for every leadership check (each linearizable read on the leader); this
     /// keeps those from costing a TLS handshake each.
-    idle: Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Conn>>>>,
+    idle: IdlePool,
 }
 
 type Conn = TlsStream<TcpStream>;
+
+/// Idle connections by peer.
+type IdlePool = Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Conn>>>>;
 
 /// Pooled connections are to one node id at one address with one pinned certificate: when
 /// the membership re-pins an id (removed and joined again), old connections are not reused.
@@ -137,18 +150,23 @@ pub struct PeerClient {
     /// Where answers are recorded.
     contacts: Contacts,
     /// The network's idle connections (this client takes one and gives it back on drop).
-    idle: Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Conn>>>>,
+    idle: IdlePool,
 }
 
 impl Drop for PeerClient {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if let Ok(mut idle) = self.idle.lock() {
-                let pool = idle.entry(self.pool_key()).or_default();
-                if pool.len() < MAX_IDLE_PER_PEER {
-                    pool.push(conn);
-                }
-            }
+            park(&self.idle, self.pool_key(), conn);
+        }
+    }
+}
+
+/// Puts an idle connection into the pool, unless the pool for that peer is full.
+fn park(idle: &IdlePool, key: PoolKey, conn: Conn) {
+    if let Ok(mut idle) = idle.lock() {
+        let pool = idle.entry(key).or_default();
+        if pool.len() < MAX_IDLE_PER_PEER {
+            pool.push(conn);
         }
     }
 }
@@ -227,27 +245,51 @@ impl PeerClient {
     }
 
     /// Sends one request and waits for its answer within `ttl`.
+    ///
+    /// Once the connection is made, the exchange runs in a task of its own that outlives
+    /// this call when openraft stops waiting (it gives an AppendEntries one heartbeat
+    /// interval, which a follower syncing a batch to a slow disk can exceed): the late
+    /// answer still counts as contact from the peer — a leader whose followers are slow,
+    /// not gone, keeps its quorum (see `engine::mode`) — and the connection goes back to
+    /// the pool instead of being redialed. The connection is out of `self.conn` while a
+    /// request is on it, so it is never reused with an answer still in flight.
     async fn call<E: std::error::Error>(
         &mut self,
         request: PeerRequest,
         action: RPCTypes,
         ttl: Duration,
     ) -> Result<PeerResponse, RpcErr<E>> {
-        // The connection is out of `self.conn` while a request is on it: if this future is
-        // dropped half-way, the connection goes with it and is never reused with an answer
-        // still in flight.
         let exchange = async {
             let mut conn = match self.conn.take() {
                 Some(conn) => conn,
                 None => self.connect().await.map_err(|e| e.message)?,
             };
-            write_frame(&mut conn, &request)
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (target, contacts) = (self.target, self.contacts.clone());
+            let (idle, key) = (self.idle.clone(), self.pool_key());
+            tokio::spawn(async move {
+                let answer = tokio::time::timeout(ttl.max(LATE_ANSWER_WAIT), async {
+                    write_frame(&mut conn, &request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    read_frame::<_, PeerResponse>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
                 .await
-                .map_err(|e| e.to_string())?;
-            let response = read_frame::<_, PeerResponse>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((conn, response))
+                .unwrap_or_else(|_| Err(format!("node {target} did not answer")));
+                let answered = matches!(&answer, Ok(r) if !matches!(r, PeerResponse::Refused(_)));
+                if answered {
+                    contacts.heard_from(target);
+                }
+                if let Err(Ok((conn, _))) = tx.send(answer.map(|r| (conn, r))) {
+                    // Nobody waits any more: keep the connection for the next request.
+                    if answered {
+                        park(&idle, key, conn);
+                    }
+                }
+            });
+            rx.await.map_err(|_| "the exchange stopped".to_string())?
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok((_, PeerResponse::Refused(why)))) => {
@@ -255,7 +297,6 @@ impl PeerClient {
             }
             Ok(Ok((conn, response))) => {
                 self.conn = Some(conn);
-                self.contacts.heard_from(self.target);
                 Ok(response)
             }
             Ok(Err(e)) => Err(unreachable(e)),
@@ -336,7 +377,24 @@ fn protocol_error<E: std::error::Error>() -> RpcErr<E> {
     )))
 }
 
+/// The pauses between attempts at a failing peer: [`FIRST_BACKOFF`], doubling up to
+/// [`MAX_BACKOFF`].
+pub fn backoff() -> Backoff {
+    Backoff::new((0u32..).map(|failures| {
+        FIRST_BACKOFF
+            .saturating_mul(1 << failures.min(10))
+            .min(MAX_BACKOFF)
+    }))
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
+    /// A connection lost once (a restart, a dropped link) is retried within tens of
+    /// milliseconds: with openraft's fixed 500 ms, two failures in a row to the one
+    /// follower a leader can still reach cost it its quorum for a second.
+    fn backoff(&self) -> Backoff {
+        backoff()
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

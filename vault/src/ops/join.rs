@@ -237,6 +237,7 @@ impl Vault {
                 used
             }
         };
+        let mut just_added = false;
         let addr = NodeAddr {
             api_addr: pack.api_addr.clone(),
             peer_addr: pack.peer_addr.clone(),
@@ -253,6 +254,7 @@ impl Vault {
                 .change_membership_local(MembershipChange::AddLearner { id: origin, addr })
                 .await
                 .map_err(|e| e.to_string())?;
+            just_added = true;
             let current = self
                 .read_record::<PackRecord>(&key)
                 .map_err(|e| e.to_string())?
@@ -271,6 +273,14 @@ impl Vault {
         };
         if !pack.voter {
             return Ok(answer("learner", format!("node {origin} is a learner")));
+        }
+        if just_added {
+            // The node starts its Raft only once this answer reaches it, and asks again
+            // until it is promoted (a learner that never answered is never promoted).
+            return Ok(answer(
+                "learner",
+                format!("node {origin} is a learner until it has caught up"),
+            ));
         }
         match self
             .engine
