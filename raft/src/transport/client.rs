@@ -377,8 +377,7 @@ fn protocol_error<E: std::error::Error>() -> RpcErr<E> {
     )))
 }
 
-/// The pauses between attempts at a failing peer: [`FIRST_BACKOFF`], doubling up to
-/// [`MAX_BACKOFF`].
+/// The pauses between attempts at a failing peer: 20 ms, doubling up to 500 ms.
 pub fn backoff() -> Backoff {
     Backoff::new((0u32..).map(|failures| {
         FIRST_BACKOFF
