@@ -14,6 +14,11 @@
 //! cargo build --workspace --release --bins
 //! target/release/coffer-cluster-bench --seconds 10 --rounds 10 --merge-records 100000
 //! ```
+//!
+//! `--serve FILE` only forms the 3-voter cluster, writes what a load generator needs to
+//! reach it to FILE as JSON (API addresses, leader, root token, CA file, process ids and
+//! data directories), and keeps it up until its standard input closes: the side-by-side
+//! suite (`scripts/bench-peers.sh`) drives it with the same tool as etcd and OpenBao.
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +51,42 @@ fn form() -> ProcCluster {
     c
 }
 
+/// Forms the cluster, describes it in `file`, and serves until standard input closes.
+fn serve(file: &str) {
+    let c = form();
+    let leader = c.leader_seen_by(1).expect("leader");
+    let nodes: Vec<serde_json::Value> = [1u64, 2, 3]
+        .into_iter()
+        .map(|id| {
+            json!({
+                "id": id,
+                "api": c.addrs[&id].api,
+                "pid": c.pid(id),
+                "data_dir": c.data_dir(id),
+            })
+        })
+        .collect();
+    let about = json!({
+        "leader": leader,
+        "token": c.token,
+        "ca": c.ca_path,
+        "bin": coffer_tests::coffer_bin(),
+        "nodes": nodes,
+    });
+    std::fs::write(file, serde_json::to_vec_pretty(&about).expect("json")).expect("serve file");
+    eprintln!("3 voters up, leader {leader}; described in {file}; close stdin to stop");
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+}
+
 fn main() {
+    if let Some(file) = std::env::args()
+        .skip_while(|a| a != "--serve")
+        .nth(1)
+    {
+        serve(&file);
+        return;
+    }
     let seconds = arg("--seconds", 10);
     let rounds = arg("--rounds", 10);
     if arg("--skip-cluster", 0) == 0 {
