@@ -75,9 +75,12 @@ class Http:
         req = urllib.request.Request(url, data=data, method=method, headers=self.headers)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as r:
-            text = r.read()
-            return json.loads(text) if text else {}
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as r:
+                text = r.read()
+                return json.loads(text) if text else {}
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{method} {url}: {e.code} {e.read()[:500]!r}") from None
 
 
 def make_certs(d):
@@ -100,12 +103,17 @@ def make_certs(d):
     return ca, cert, key
 
 
+# Every server this suite started, killed when it ends however it ends.
+SPAWNED = []
+
+
 class Proc:
     """A server process that can be SIGKILLed and started again with the same command."""
 
     def __init__(self, argv, logfile, env=None, cwd=None):
         self.argv, self.logfile, self.env, self.cwd = argv, logfile, env, cwd
         self.p = None
+        SPAWNED.append(self)
         self.start()
 
     def start(self):
@@ -161,7 +169,8 @@ class Etcd:
                     "--listen-peer-urls", f"https://127.0.0.1:{peer}",
                     "--initial-advertise-peer-urls", f"https://127.0.0.1:{peer}",
                     "--initial-cluster", initial, "--initial-cluster-state", "new",
-                    "--cert-file", cert, "--key-file", key, "--trusted-ca-file", self.ca,
+                    # Clients verify the server; wrk presents no client certificate.
+                    "--cert-file", cert, "--key-file", key,
                     "--peer-cert-file", cert, "--peer-key-file", key,
                     "--peer-trusted-ca-file", self.ca, "--peer-client-cert-auth",
                     "--logger", "zap", "--log-level", "warn"]
@@ -243,6 +252,8 @@ api_addr = "https://127.0.0.1:{api}"
 cluster_addr = "https://127.0.0.1:{cluster}"
 disable_mlock = true
 log_level = "warn"
+# The file audit device is switched on and off between phases through the API.
+unsafe_allow_api_audit_creation = true
 ''')
             self.procs.append(Proc(["bao", "server", "-config", config], data + ".log"))
             self.dirs.append(data)
@@ -250,7 +261,7 @@ log_level = "warn"
         wait_for("OpenBao to listen",
                  lambda: plain.call("GET", self.urls[0] + "/v1/sys/seal-status") is not None)
         init = plain.call("PUT", self.urls[0] + "/v1/sys/init",
-                          {"secret_shares": 1, "secret_threshold": 1})
+                          {"secret_shares": 1, "secret_threshold": 1}, timeout=120)
         self.unseal_key = init["keys_base64"][0]
         self.token = init["root_token"]
         self.http = Http(self.ca, ("X-Vault-Token", self.token))
@@ -260,7 +271,7 @@ log_level = "warn"
                      lambda: not plain.call("GET", self.urls[i] + "/v1/sys/seal-status")["sealed"])
         wait_for("OpenBao's active node", lambda: self.leader() is not None)
         self.http.call("POST", self.urls[self.leader()] + "/v1/sys/mounts/secret",
-                       {"type": "kv", "options": {"version": "2"}})
+                       {"type": "kv", "options": {"version": "2"}}, timeout=60)
         wait_for("three OpenBao voters", lambda: len(self.http.call(
             "GET", self.urls[self.leader()] + "/v1/sys/storage/raft/configuration")
             ["data"]["config"]["servers"]) == 3)
@@ -307,6 +318,7 @@ class Coffer(Vaultish):
     name = "Coffer"
 
     def __init__(self, work, release):
+        release = os.path.abspath(release)
         about_file = os.path.join(work, "coffer.json")
         env = dict(os.environ, COFFER_BIN=os.path.join(release, "coffer"))
         out = open(os.path.join(work, "coffer-cluster.log"), "ab")
@@ -318,7 +330,7 @@ class Coffer(Vaultish):
         about = json.load(open(about_file))
         self.ca, self.token, self.bin = about["ca"], about["token"], about["bin"]
         nodes = sorted(about["nodes"], key=lambda n: n["id"])
-        self.urls = [f"https://{n['api']}" for n in nodes]
+        self.urls = [n["api"] for n in nodes]
         self.dirs = [n["data_dir"] for n in nodes]
         # The nodes are the former's children; this suite kills and restarts them itself,
         # with the command line and directory they were started with.
@@ -331,12 +343,11 @@ class Coffer(Vaultish):
             if not self.procs[i].alive():
                 continue
             try:
+                # 200 only on the leader (429 on a follower, 473 read-only, as Vault's codes).
                 s = Http(self.ca).call("GET", url + "/v1/sys/health", timeout=1)
-            except urllib.error.HTTPError:
-                continue
             except Exception:
                 continue
-            if s.get("mode") == "leader":
+            if not s.get("standby") and not s.get("read_only"):
                 return i
         return None
 
@@ -367,6 +378,7 @@ class Adopted:
         self.env = dict(e.split(b"=", 1) for e in env)
         self.logfile = logfile
         self.p = None
+        SPAWNED.append(self)
 
     def alive(self):
         if self.p is not None:
@@ -503,17 +515,18 @@ def failover(system, rounds):
         survivors = [i for i in range(3) if i != old]
         killed = time.monotonic()
         system.procs[old].kill()
-        done = None
+        done, last_error = None, None
         while done is None and time.monotonic() - killed < 30:
             for i in survivors:
                 try:
-                    system.put(i, f"failover/{r}", "x", timeout=2)
+                    system.put(i, f"failover/{r}", "x", timeout=5)
                     done = time.monotonic() - killed
                     break
-                except Exception:
-                    pass
+                except Exception as e:
+                    last_error = e
         times.append(done * 1000 if done is not None else float("inf"))
-        log(f"{system.name}: failover round {r}: {times[-1]:.0f} ms")
+        log(f"{system.name}: failover round {r}: {times[-1]:.0f} ms"
+            + ("" if done is not None else f" (last error: {last_error})"))
         system.restart(old)
         wait_for(f"{system.name} node {old + 1} back",
                  lambda: probe_write(system, old), timeout=120)
@@ -604,6 +617,8 @@ def main():
     finally:
         for system in started:
             stop(system)
+        for p in SPAWNED:
+            p.kill()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     report(results, args)

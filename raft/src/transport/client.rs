@@ -30,6 +30,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`PeerClient::call`]), at least: a later answer is dropped with its connection.
 const LATE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
+/// Above this many entries per AppendEntries, a peer's reduced limit is lifted (openraft's
+/// `max_payload_entries` applies again).
+const MAX_ENTRIES_LIMIT: u64 = 1 << 16;
+
 /// The first pause after a failed RPC to a peer, doubled after each further failure up to
 /// [`MAX_BACKOFF`] and reset by a success (openraft waits 500 ms after every failure).
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -50,6 +54,12 @@ pub struct PeerNetwork {
 }
 
 type Conn = TlsStream<TcpStream>;
+
+/// What a request's exchange task hands back: its connection and the answer, or why there
+/// is none.
+type Exchanged = Result<(Conn, PeerResponse), String>;
+/// Where that arrives.
+type LateAnswer = tokio::sync::oneshot::Receiver<Exchanged>;
 
 /// Idle connections by peer.
 type IdlePool = Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Conn>>>>;
@@ -128,6 +138,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             pin: node.cert_sha256.clone(),
             identity: self.identity.clone(),
             conn: None,
+            late: None,
+            entries_limit: None,
             contacts: self.contacts.clone(),
             idle: self.idle.clone(),
         }
@@ -147,6 +159,12 @@ pub struct PeerClient {
     identity: Arc<PeerIdentity>,
     /// The open connection, if any.
     conn: Option<TlsStream<TcpStream>>,
+    /// The answer to a request openraft stopped waiting for, still on its way (see
+    /// [`PeerClient::call`]).
+    late: Option<LateAnswer>,
+    /// At most this many entries per AppendEntries, after one took longer than openraft
+    /// waits (see `append_entries`); `None`: openraft's own limit.
+    entries_limit: Option<u64>,
     /// Where answers are recorded.
     contacts: Contacts,
     /// The network's idle connections (this client takes one and gives it back on drop).
@@ -248,65 +266,92 @@ impl PeerClient {
     ///
     /// Once the connection is made, the exchange runs in a task of its own that outlives
     /// this call when openraft stops waiting (it gives an AppendEntries one heartbeat
-    /// interval, which a follower syncing a batch to a slow disk can exceed): the late
+    /// interval, which a follower syncing a batch to a slow disk can exceed). The late
     /// answer still counts as contact from the peer — a leader whose followers are slow,
-    /// not gone, keeps its quorum (see `engine::mode`) — and the connection goes back to
-    /// the pool instead of being redialed. The connection is out of `self.conn` while a
-    /// request is on it, so it is never reused with an answer still in flight.
+    /// not gone, keeps its quorum (see `engine::mode`) — and the next request waits for it
+    /// (within its own `ttl`) and reuses its connection: a client never has two requests in
+    /// flight, so a slow follower is never sent a pile of retries that each wait behind the
+    /// last, which would keep every later one late too.
     async fn call<E: std::error::Error>(
         &mut self,
         request: PeerRequest,
         action: RPCTypes,
         ttl: Duration,
     ) -> Result<PeerResponse, RpcErr<E>> {
-        let exchange = async {
-            let mut conn = match self.conn.take() {
-                Some(conn) => conn,
-                None => self.connect().await.map_err(|e| e.message)?,
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let (target, contacts) = (self.target, self.contacts.clone());
-            let (idle, key) = (self.idle.clone(), self.pool_key());
-            tokio::spawn(async move {
-                let answer = tokio::time::timeout(ttl.max(LATE_ANSWER_WAIT), async {
-                    write_frame(&mut conn, &request)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    read_frame::<_, PeerResponse>(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|_| Err(format!("node {target} did not answer")));
-                let answered = matches!(&answer, Ok(r) if !matches!(r, PeerResponse::Refused(_)));
-                if answered {
-                    contacts.heard_from(target);
-                }
-                if let Err(Ok((conn, _))) = tx.send(answer.map(|r| (conn, r))) {
-                    // Nobody waits any more: keep the connection for the next request.
-                    if answered {
-                        park(&idle, key, conn);
-                    }
-                }
-            });
-            rx.await.map_err(|_| "the exchange stopped".to_string())?
-        };
-        match tokio::time::timeout(ttl, exchange).await {
-            Ok(Ok((_, PeerResponse::Refused(why)))) => {
-                Err(unreachable(format!("node {} refused: {why}", self.target)))
-            }
-            Ok(Ok((conn, response))) => {
-                self.conn = Some(conn);
-                Ok(response)
-            }
-            Ok(Err(e)) => Err(unreachable(e)),
-            Err(_) => Err(RPCError::Timeout(Timeout {
+        let deadline = tokio::time::Instant::now() + ttl;
+        let timeout = || {
+            RPCError::Timeout(Timeout {
                 action,
                 id: self.identity.node_id,
                 target: self.target,
                 timeout: ttl,
-            })),
+            })
+        };
+        if let Some(late) = self.late.as_mut() {
+            match tokio::time::timeout_at(deadline, late).await {
+                Err(_) => return Err(timeout()),
+                // Its answer was for a caller that is gone; the connection serves this one.
+                Ok(Ok(Ok((conn, _)))) => self.conn = Some(conn),
+                Ok(_) => {}
+            }
+            self.late = None;
         }
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match tokio::time::timeout_at(deadline, self.connect()).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(unreachable(e.message)),
+                Err(_) => return Err(timeout()),
+            },
+        };
+        let answer = self.late.insert(self.exchange_in_task(conn, request, ttl));
+        let outcome = tokio::time::timeout_at(deadline, answer).await;
+        if outcome.is_ok() {
+            self.late = None;
+        }
+        match outcome {
+            Ok(Ok(Ok((_, PeerResponse::Refused(why))))) => {
+                Err(unreachable(format!("node {} refused: {why}", self.target)))
+            }
+            Ok(Ok(Ok((conn, response)))) => {
+                self.conn = Some(conn);
+                Ok(response)
+            }
+            Ok(Ok(Err(e))) => Err(unreachable(e)),
+            Ok(Err(_)) => Err(unreachable("the exchange stopped")),
+            Err(_) => Err(timeout()),
+        }
+    }
+
+    /// Sends `request` on `conn` and reads the answer in a task of its own, for at least
+    /// [`LATE_ANSWER_WAIT`]. An answer is recorded as contact from the peer; one nobody
+    /// waits for any more leaves its connection in the pool.
+    fn exchange_in_task(&self, mut conn: Conn, request: PeerRequest, ttl: Duration) -> LateAnswer {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (target, contacts) = (self.target, self.contacts.clone());
+        let (idle, key) = (self.idle.clone(), self.pool_key());
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(ttl.max(LATE_ANSWER_WAIT), async {
+                write_frame(&mut conn, &request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                read_frame::<_, PeerResponse>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("node {target} did not answer")));
+            let answered = matches!(&answer, Ok(r) if !matches!(r, PeerResponse::Refused(_)));
+            if answered {
+                contacts.heard_from(target);
+            }
+            if let Err(Ok((conn, _))) = tx.send(answer.map(|r| (conn, r))) {
+                if answered {
+                    park(&idle, key, conn);
+                }
+            }
+        });
+        rx
     }
 }
 
@@ -400,19 +445,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let target = self.target;
-        if let Some(fit) = entries_that_fit(&rpc.entries) {
+        let sent = rpc.entries.len() as u64;
+        let fit = entries_that_fit(&rpc.entries)
+            .into_iter()
+            .chain(self.entries_limit.filter(|limit| sent > *limit))
+            .min();
+        if let Some(fit) = fit {
             return Err(RPCError::PayloadTooLarge(
                 openraft::error::PayloadTooLarge::new_entries_hint(fit),
             ));
         }
-        match self
+        // openraft gives an AppendEntries one heartbeat interval and then sends the same
+        // entries again. A follower that cannot take that many in time (a slow disk, a
+        // loaded machine, a long catch-up after a leader change) would be sent the same
+        // batch for ever and never answer in time: after a timeout it gets a quarter as
+        // many, and twice as many again after each answer in time.
+        let waited_for_earlier = self.late.is_some();
+        let answer = self
             .call(
                 PeerRequest::AppendEntries(rpc),
                 RPCTypes::AppendEntries,
                 option.hard_ttl(),
             )
-            .await?
-        {
+            .await;
+        match &answer {
+            Err(RPCError::Timeout(_)) if sent > 1 && !waited_for_earlier => {
+                self.entries_limit = Some((sent / 4).max(1));
+            }
+            Ok(_) => {
+                if let Some(limit) = self.entries_limit.filter(|limit| sent >= *limit) {
+                    self.entries_limit = Some(limit * 2).filter(|l| *l < MAX_ENTRIES_LIMIT);
+                }
+            }
+            Err(_) => {}
+        }
+        match answer? {
             PeerResponse::AppendEntries(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
             }

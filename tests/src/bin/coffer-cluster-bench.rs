@@ -80,10 +80,7 @@ fn serve(file: &str) {
 }
 
 fn main() {
-    if let Some(file) = std::env::args()
-        .skip_while(|a| a != "--serve")
-        .nth(1)
-    {
+    if let Some(file) = std::env::args().skip_while(|a| a != "--serve").nth(1) {
         serve(&file);
         return;
     }
