@@ -290,8 +290,13 @@ impl PeerClient {
         if let Some(late) = self.late.as_mut() {
             match tokio::time::timeout_at(deadline, late).await {
                 Err(_) => return Err(timeout()),
-                // Its answer was for a caller that is gone; the connection serves this one.
-                Ok(Ok(Ok((conn, _)))) => self.conn = Some(conn),
+                // Its answer was for a caller that is gone; the connection serves this one,
+                // unless the peer refused (it then closes it) or closed it since.
+                Ok(Ok(Ok((conn, answer))))
+                    if !matches!(answer, PeerResponse::Refused(_)) && !is_stale(&conn) =>
+                {
+                    self.conn = Some(conn)
+                }
                 Ok(_) => {}
             }
             self.late = None;
