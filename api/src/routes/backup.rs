@@ -20,6 +20,27 @@ const MAX_UPLOAD_BYTES: u64 = 64 << 30;
 /// `POST sys/storage/raft/snapshot[-force]`: the caller is checked before a byte of the
 /// body is read; the body goes to an unnamed file in the data directory (bounded memory),
 /// and the vault restores it into the cluster.
+/// How much of a refused upload is read (and dropped) before the refusal is sent.
+const REFUSED_DRAIN_BYTES: usize = 8 << 20;
+
+/// Reads and drops up to [`REFUSED_DRAIN_BYTES`] of a refused upload. A client still
+/// sending its body when the refusal comes (hvac, curl) would otherwise see the connection
+/// reset instead of the 403; a larger body is cut off, as before.
+async fn drain_refused(state: &AppState, req: &ApiRequest) {
+    use futures::StreamExt;
+    let Some(body) = req.upload.lock().ok().and_then(|mut u| u.take()) else {
+        return;
+    };
+    let mut stream = body.into_data_stream();
+    let mut total = 0usize;
+    while total < REFUSED_DRAIN_BYTES {
+        match tokio::time::timeout(state.body_read_timeout, stream.next()).await {
+            Ok(Some(Ok(chunk))) => total += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
 pub(super) async fn restore(
     state: &AppState,
     req: &ApiRequest,
@@ -27,13 +48,23 @@ pub(super) async fn restore(
 ) -> ApiResult<Response> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let auth = req.authenticate(&state.vault)?;
     let route = if force {
         "sys/storage/raft/snapshot-force"
     } else {
         "sys/storage/raft/snapshot"
     };
-    auth.require_sudo(route, coffer_vault::rules::policy::Capability::Update)?;
+    let allowed = (|| {
+        let auth = req.authenticate(&state.vault)?;
+        auth.require_sudo(route, coffer_vault::rules::policy::Capability::Update)?;
+        ApiResult::Ok(auth)
+    })();
+    let auth = match allowed {
+        Ok(auth) => auth,
+        Err(refused) => {
+            drain_refused(state, req).await;
+            return Err(refused);
+        }
+    };
     let body = req
         .upload
         .lock()
