@@ -325,8 +325,8 @@ class Coffer(Vaultish):
         self.former = subprocess.Popen(
             [os.path.join(release, "coffer-cluster-bench"), "--serve", about_file],
             stdin=subprocess.PIPE, stdout=out, stderr=out, env=env)
-        wait_for("Coffer's cluster", lambda: os.path.exists(about_file), timeout=300)
-        time.sleep(0.2)  # the file is written in one call; let it land
+        # Waits until the file is whole: json.load raises on a half-written one.
+        wait_for("Coffer's cluster", lambda: json.load(open(about_file)), timeout=300)
         about = json.load(open(about_file))
         self.ca, self.token, self.bin = about["ca"], about["token"], about["bin"]
         nodes = sorted(about["nodes"], key=lambda n: n["id"])
