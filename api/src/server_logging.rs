@@ -4,9 +4,13 @@ use crate::config::ServerConfig;
 
 /// Installs the global subscriber. Logs carry paths and statuses, never bodies or tokens.
 pub fn init(cfg: &ServerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive("openraft=warn".parse().expect("static directive"));
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // openraft's info lines are one per vote, append and snapshot step: warnings only,
+    // unless the level names openraft itself (`info,openraft=info` to watch an election).
+    if !cfg.log_level.contains("openraft") {
+        filter = filter.add_directive("openraft=warn".parse().expect("static directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

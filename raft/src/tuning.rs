@@ -6,14 +6,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
-    /// Leader heartbeat period. Default 100 ms: followers learn of a dead leader fast enough to
-    /// elect a new one within the 2 s failover target, at ~10 small messages/s per follower.
+    /// Leader heartbeat period. Default 100 ms, about 10 small messages/s per follower. It is
+    /// also how long openraft waits for one AppendEntries answer (a later answer still counts
+    /// as contact, see `transport::client`), and 1.5 × it is openraft's tick, the granularity
+    /// at which a follower notices that its election timer ran out.
     pub heartbeat_interval_ms: u64,
-    /// Lower bound of the randomized election timeout. Default 400 ms (4 heartbeats: a single
-    /// lost heartbeat never triggers an election).
+    /// Lower bound of the randomized election timeout. Default 200 ms. A follower that has
+    /// accepted a leader stands for election only after hearing nothing from it for the leader
+    /// lease (`election_timeout_max_ms`) *plus* its own timeout, so the shortest silence that
+    /// starts an election is min + max = 600 ms, six heartbeats: losing a few heartbeats to a
+    /// busy machine never does. Each node draws its timeout once, at start.
     pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomized election timeout. Default 800 ms; the spread keeps
-    /// candidates from splitting votes.
+    /// Upper bound of the randomized election timeout, and the leader lease: for this long
+    /// after hearing from a leader a follower refuses to vote for anyone else, so a node cut
+    /// off for a while cannot depose a working leader when it comes back. Default 400 ms. A
+    /// leader SIGKILL is followed by an election after 600–800 ms of silence (whichever
+    /// survivor's timer runs out first, plus up to one tick), about 0.7 s median to the first
+    /// acknowledged write (BENCHMARKS.md). Larger values tolerate longer stalls of the leader
+    /// at the price of a slower failover; `standby_after_ms` must be at least this.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one. Default 10 000:
     /// bounds replay time on restart and the log's disk use, at the cost of a snapshot
@@ -40,8 +50,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_logs_since_last: 10_000,
             max_in_snapshot_log_to_keep: 1_000,
             install_snapshot_timeout_ms: 2_000,

@@ -81,7 +81,11 @@ impl Server {
             .expect("log file");
         let mut child = Command::new(coffer_bin())
             .args(args)
-            .env("COFFER_LOG_LEVEL", "info")
+            .env(
+                "COFFER_LOG_LEVEL",
+                // `COFFER_TEST_LOG_LEVEL=info,openraft=info` to see elections in a test's logs.
+                std::env::var("COFFER_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -476,6 +476,48 @@ pub async fn audit_records(client: &Client, query: &str) -> Vec<Value> {
 }
 
 impl ProcCluster {
+    /// Three voters formed with the documented commands: node 1 founded, nodes 2 and 3
+    /// joined from voter packs, each started once the previous one is a caught-up voter.
+    pub fn three_voters() -> Self {
+        let mut c = Self::found();
+        for id in [2, 3] {
+            let (pack, pass) = c.pack(1, id, true, &[]);
+            let (code, _, err) = c.join(id, &pack, &pass);
+            assert_eq!(code, 0, "join {id}: {err}");
+            c.start(id);
+            c.wait(Duration::from_secs(60), "a caught-up voter", |c| {
+                c.is_voter(1, id, true)
+            });
+        }
+        c
+    }
+
+    /// Whether node `via` lists `id` as a voter (and, with `caught_up`, with no lag).
+    pub fn is_voter(&self, via: u64, id: u64, caught_up: bool) -> bool {
+        self.members(via).is_some_and(|m| {
+            m.iter().any(|x| {
+                x["node_id"].as_u64() == Some(id)
+                    && x["voter"].as_bool() == Some(true)
+                    && (!caught_up || x["lag"].as_u64() == Some(0))
+            })
+        })
+    }
+
+    /// The leader as the running nodes see it (the first that names one).
+    pub fn leader(&self) -> Option<u64> {
+        self.running()
+            .into_iter()
+            .find_map(|id| self.leader_seen_by(id))
+    }
+
+    /// Each running node's Raft term (`coffer_raft_term`); a leader change raises it.
+    pub fn terms(&self) -> BTreeMap<u64, u64> {
+        self.running()
+            .into_iter()
+            .filter_map(|id| Some((id, self.metric(id, "coffer_raft_term")? as u64)))
+            .collect()
+    }
+
     /// A pack for `id`, joined and started.
     pub fn add_node(&mut self, via: u64, id: u64, voter: bool) {
         self.add_node_with(via, id, voter, "");

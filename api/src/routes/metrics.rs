@@ -181,5 +181,18 @@ pub(super) fn export(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
             "coffer_read_index_rounds_total{{side=\"{side}\"}} {rounds}"
         );
     }
+    out.push_str(
+        "# HELP coffer_raft_entries_sent_total Log entries sent to followers while leading: whole, or as ids to a follower that held them (after a leader change).\n\
+         # TYPE coffer_raft_entries_sent_total counter\n",
+    );
+    let (whole, held) = m.entries_sent;
+    let _ = writeln!(
+        out,
+        "coffer_raft_entries_sent_total{{how=\"whole\"}} {whole}"
+    );
+    let _ = writeln!(
+        out,
+        "coffer_raft_entries_sent_total{{how=\"as_ids\"}} {held}"
+    );
     Ok(([(CONTENT_TYPE, PROMETHEUS_TEXT)], out).into_response())
 }

@@ -68,14 +68,35 @@ pub struct MemberStatus {
     pub last_contact_ms: Option<u64>,
 }
 
-/// When the last successful exchange with each peer happened (kept by the peer network).
+/// When the last successful exchange with each peer happened, and how replicated entries
+/// went out (kept by the peer network).
 #[derive(Debug, Default)]
 pub struct ContactBook {
     /// Last answer per peer.
     last: Mutex<HashMap<NodeId, Instant>>,
+    /// Log entries sent whole in AppendEntries.
+    entries_whole: std::sync::atomic::AtomicU64,
+    /// Log entries sent as their ids to a follower that held them (`AppendKnown`).
+    entries_held: std::sync::atomic::AtomicU64,
 }
 
 impl ContactBook {
+    /// Counts entries sent to a follower: `whole`, and `held` (as ids, the follower had them).
+    pub fn count_entries(&self, whole: u64, held: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.entries_whole.fetch_add(whole, Relaxed);
+        self.entries_held.fetch_add(held, Relaxed);
+    }
+
+    /// `(whole, held)` entries sent since start.
+    pub fn entries_sent(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.entries_whole.load(Relaxed),
+            self.entries_held.load(Relaxed),
+        )
+    }
+
     /// Records an answer from `peer` now.
     pub fn heard_from(&self, peer: NodeId) {
         if let Ok(mut m) = self.last.lock() {

@@ -386,6 +386,13 @@ impl Engine {
         (self.leader_reads.stats(), self.forwarded_reads.stats())
     }
 
+    /// Log entries this node sent to followers while it led: `(whole, as ids)`. After a
+    /// leader change the new leader resends part of its log to find where each follower's
+    /// matches; entries a follower already holds go as their ids.
+    pub fn entries_sent(&self) -> (u64, u64) {
+        self.contacts.as_ref().map_or((0, 0), |c| c.entries_sent())
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

@@ -24,6 +24,46 @@ impl Engine {
         }
     }
 
+    /// Runs an AppendEntries from the leader.
+    async fn append_entries(
+        &self,
+        request: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig>,
+    ) -> PeerResponse {
+        let leader_commit = request.leader_commit.map(|l| l.index);
+        let answer = self.raft.append_entries(request).await;
+        // Any answer but "your term is stale" means a current leader reached us.
+        if matches!(&answer, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.note_leader_contact(leader_commit);
+        }
+        PeerResponse::AppendEntries(answer)
+    }
+
+    /// The leading entries of the local log whose ids are `ids` (consecutive ids; fewer
+    /// than asked where the log ends or differs, none if it cannot be read).
+    fn held_entries(
+        &self,
+        ids: &[crate::types::LogId],
+    ) -> Vec<openraft::Entry<crate::types::TypeConfig>> {
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Vec::new();
+        };
+        let consecutive = ids.windows(2).all(|w| w[1].index == w[0].index + 1);
+        if !consecutive {
+            return Vec::new();
+        }
+        let mut entries =
+            crate::log_store::entries_from(&self.db, first.index, |i| i <= last.index)
+                .unwrap_or_default();
+        let held = entries
+            .iter()
+            .zip(ids)
+            .take_while(|(entry, id)| entry.log_id == **id)
+            .count();
+        entries.truncate(held);
+        entries
+    }
+
     /// This node's membership view: members with their pinned certificates, and the log
     /// index of the membership entry it comes from.
     pub fn roster_local(&self) -> Roster {
@@ -173,15 +213,21 @@ impl PeerService for Engine {
     async fn answer(&self, caller: &PeerCaller, request: PeerRequest) -> PeerResponse {
         let raft = &self.raft;
         match request {
-            PeerRequest::AppendEntries(r) => {
-                let leader_commit = r.leader_commit.map(|l| l.index);
-                let answer = raft.append_entries(r).await;
-                // Any answer but "your term is stale" means a current leader reached us.
-                if matches!(&answer, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
-                {
-                    self.note_leader_contact(leader_commit);
+            PeerRequest::AppendEntries(r) => self.append_entries(r).await,
+            PeerRequest::AppendKnown(r) => {
+                let held = self.held_entries(&r.log_ids);
+                if held.len() < r.log_ids.len() {
+                    return PeerResponse::Held(held.len() as u64);
                 }
-                PeerResponse::AppendEntries(answer)
+                // Every entry is the one the leader meant (log matching): run the append
+                // with them, exactly as if they had been sent.
+                let full = openraft::raft::AppendEntriesRequest {
+                    vote: r.vote,
+                    prev_log_id: r.prev_log_id,
+                    leader_commit: r.leader_commit,
+                    entries: held,
+                };
+                self.append_entries(full).await
             }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
             PeerRequest::InstallSnapshot(r) => {

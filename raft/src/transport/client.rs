@@ -33,6 +33,12 @@ const LATE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// Above this many entries per AppendEntries, a peer's reduced limit is lifted (openraft's
 /// `max_payload_entries` applies again).
 const MAX_ENTRIES_LIMIT: u64 = 1 << 16;
+/// While a peer's log end is unknown, an AppendEntries carrying more than this many bytes
+/// of entries first asks whether the peer holds them (`AppendKnown`): a small one costs
+/// less to send than the extra exchange.
+const KNOWN_PROBE_BYTES: usize = 64 << 10;
+/// See [`PeerClient::known_failures`].
+const KNOWN_GIVE_UP: u8 = 3;
 
 /// The first pause after a failed RPC to a peer, doubled after each further failure up to
 /// [`MAX_BACKOFF`] and reset by a success (openraft waits 500 ms after every failure).
@@ -140,6 +146,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             conn: None,
             late: None,
             entries_limit: None,
+            peer_log_end: None,
+            known_failures: 0,
             contacts: self.contacts.clone(),
             idle: self.idle.clone(),
         }
@@ -165,6 +173,13 @@ pub struct PeerClient {
     /// At most this many entries per AppendEntries, after one took longer than openraft
     /// waits (see `append_entries`); `None`: openraft's own limit.
     entries_limit: Option<u64>,
+    /// One past the last log index the peer is known to hold, from its answers to this
+    /// client; `None` while unknown (a new leader's first exchanges).
+    peer_log_end: Option<u64>,
+    /// `AppendKnown` exchanges in a row that failed to reach the peer; at
+    /// [`KNOWN_GIVE_UP`] this client sends whole entries only (a peer that predates it
+    /// closes the connection on the request it cannot decode).
+    known_failures: u8,
     /// Where answers are recorded.
     contacts: Contacts,
     /// The network's idle connections (this client takes one and gives it back on drop).
@@ -446,19 +461,44 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let target = self.target;
-        let sent = rpc.entries.len() as u64;
-        let fit = entries_that_fit(&rpc.entries)
+        let ttl = option.hard_ttl();
+        let started = tokio::time::Instant::now();
+        let end = rpc
+            .entries
+            .last()
+            .map(|e| e.log_id.index + 1)
+            .or(rpc.prev_log_id.map(|p| p.index + 1));
+        // Entries the peer probably holds go as their ids; only those after the ones it
+        // holds are sent whole.
+        let held = if self.may_hold(&rpc.entries) {
+            match self.append_known(&rpc, ttl).await? {
+                Known::Appended(answer) => {
+                    self.contacts.count_entries(0, rpc.entries.len() as u64);
+                    self.note_answer(&answer, end);
+                    return Ok(answer);
+                }
+                Known::Held(held) => held,
+            }
+        } else {
+            0
+        };
+        let sent = (rpc.entries.len() - held) as u64;
+        let fit = entries_that_fit(&rpc.entries[held..])
             .into_iter()
             .chain(self.entries_limit.filter(|limit| sent > *limit))
             .min();
         if let Some(fit) = fit {
             return Err(RPCError::PayloadTooLarge(
-                openraft::error::PayloadTooLarge::new_entries_hint(fit),
+                openraft::error::PayloadTooLarge::new_entries_hint(held as u64 + fit),
             ));
+        }
+        if held > 0 {
+            rpc.prev_log_id = Some(rpc.entries[held - 1].log_id);
+            rpc.entries.drain(..held);
         }
         // openraft gives an AppendEntries one heartbeat interval and then sends the same
         // entries again. A follower that cannot take that many in time (a slow disk, a
@@ -470,7 +510,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .call(
                 PeerRequest::AppendEntries(rpc),
                 RPCTypes::AppendEntries,
-                option.hard_ttl(),
+                ttl.saturating_sub(started.elapsed()),
             )
             .await;
         match &answer {
@@ -482,11 +522,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                     self.entries_limit = Some(limit * 2).filter(|l| *l < MAX_ENTRIES_LIMIT);
                 }
             }
-            Err(_) => {}
+            Err(_) => self.peer_log_end = None,
         }
         match answer? {
+            PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Conflict)) if held > 0 => {
+                // The peer's log changed between the two exchanges (a conflict here is
+                // about the entry before the suffix, not the one openraft sent): ask again.
+                self.peer_log_end = None;
+                Err(unreachable(format!(
+                    "node {target}'s log changed during an append; retrying"
+                )))
+            }
             PeerResponse::AppendEntries(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+                let answer = r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))?;
+                self.contacts.count_entries(sent, held as u64);
+                self.note_answer(&answer, end);
+                Ok(answer)
             }
             _ => Err(protocol_error()),
         }
@@ -529,6 +580,81 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             _ => Err(protocol_error()),
         }
+    }
+}
+
+/// How an `AppendKnown` exchange ended.
+enum Known {
+    /// The peer held every entry and ran the append: its answer.
+    Appended(AppendEntriesResponse<NodeId>),
+    /// The peer holds this many of the leading entries.
+    Held(usize),
+}
+
+impl PeerClient {
+    /// Whether `entries` should first go as their ids: the peer is known to hold the first
+    /// of them, or, while its log end is unknown, they are large enough to be worth asking.
+    fn may_hold(&self, entries: &[openraft::Entry<TypeConfig>]) -> bool {
+        let Some(first) = entries.first() else {
+            return false;
+        };
+        if self.known_failures >= KNOWN_GIVE_UP {
+            return false;
+        }
+        match self.peer_log_end {
+            Some(end) => first.log_id.index < end,
+            None => {
+                let mut bytes = 0;
+                entries.iter().any(|e| {
+                    bytes += entry_bytes(e);
+                    bytes > KNOWN_PROBE_BYTES
+                })
+            }
+        }
+    }
+
+    /// Sends `rpc` as the ids of its entries (see [`super::AppendKnownRequest`]).
+    async fn append_known(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<Known, RpcErr> {
+        let request = PeerRequest::AppendKnown(super::AppendKnownRequest {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+            log_ids: rpc.entries.iter().map(|e| e.log_id).collect(),
+        });
+        let answer = self.call(request, RPCTypes::AppendEntries, ttl).await;
+        if matches!(answer, Err(RPCError::Unreachable(_))) {
+            self.known_failures = self.known_failures.saturating_add(1);
+        } else {
+            self.known_failures = 0;
+        }
+        match answer? {
+            PeerResponse::AppendEntries(r) => {
+                Ok(Known::Appended(r.map_err(|e| {
+                    RPCError::RemoteError(RemoteError::new(self.target, e))
+                })?))
+            }
+            PeerResponse::Held(held) => {
+                let held = (held as usize).min(rpc.entries.len());
+                self.peer_log_end =
+                    Some(rpc.entries.first().map_or(0, |e| e.log_id.index) + held as u64);
+                Ok(Known::Held(held))
+            }
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Learns how far the peer's log goes from its answer to an append that ended before
+    /// `end`.
+    fn note_answer(&mut self, answer: &AppendEntriesResponse<NodeId>, end: Option<u64>) {
+        self.peer_log_end = match answer {
+            AppendEntriesResponse::Success => end,
+            AppendEntriesResponse::PartialSuccess(matching) => matching.map(|m| m.index + 1),
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
+        };
     }
 }
 

@@ -84,6 +84,33 @@ pub enum PeerRequest {
     /// This node's membership view with pinned certificates (asked by a lagging member
     /// that does not know a peer yet).
     Roster,
+    /// An AppendEntries whose entries the follower probably holds already, sent as their
+    /// log ids (see [`AppendKnownRequest`]). Last, so the older variants keep their tags.
+    AppendKnown(AppendKnownRequest),
+}
+
+/// An AppendEntries carrying the ids of its entries instead of the entries.
+///
+/// A new leader does not know how far each follower's log matches its own, and openraft
+/// finds out by sending entries from the middle of the retained log, up to
+/// `max_payload_entries` at a time, until one is accepted: after a leader change under load
+/// that is thousands of entries (audit batches of up to 1 MiB among them) sent to followers
+/// that hold them all, and the first write of the new term waits for it. Raft's log matching
+/// property says that two logs with an entry of the same index and term hold the same
+/// entries up to it, so a follower holding every id listed holds exactly the entries the
+/// leader meant to send: it takes them from its own log and runs the AppendEntries as if
+/// they had come over the wire. If it lacks some, it answers [`PeerResponse::Held`] with how
+/// many of the leading ids it holds, and only the rest are sent.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AppendKnownRequest {
+    /// The leader's vote.
+    pub vote: openraft::Vote<NodeId>,
+    /// The id of the entry before the first one listed.
+    pub prev_log_id: Option<openraft::LogId<NodeId>>,
+    /// The leader's commit index.
+    pub leader_commit: Option<openraft::LogId<NodeId>>,
+    /// The ids of consecutive entries.
+    pub log_ids: Vec<openraft::LogId<NodeId>>,
 }
 
 impl PeerRequest {
@@ -91,6 +118,7 @@ impl PeerRequest {
     pub fn claimed_sender(&self) -> Option<NodeId> {
         let vote = match self {
             PeerRequest::AppendEntries(r) => &r.vote,
+            PeerRequest::AppendKnown(r) => &r.vote,
             PeerRequest::Vote(r) => &r.vote,
             PeerRequest::InstallSnapshot(r) => &r.vote,
             // Forwarded requests speak for whoever holds the certificate.
@@ -132,6 +160,9 @@ pub enum PeerResponse {
     Roster(trust::Roster),
     /// The server refused the request; the reason is also in its log.
     Refused(String),
+    /// Answer to `AppendKnown` when the follower lacks some of the entries: how many of the
+    /// leading ids it holds (the leader sends the entries after them).
+    Held(u64),
 }
 
 /// Why a forwarded request failed on the node that received it.

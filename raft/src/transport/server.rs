@@ -199,6 +199,7 @@ where
                     (&request, reason),
                     (
                         PeerRequest::AppendEntries(_)
+                            | PeerRequest::AppendKnown(_)
                             | PeerRequest::Vote(_)
                             | PeerRequest::InstallSnapshot(_),
                         Refusal::NotMember | Refusal::RevokedCertificate

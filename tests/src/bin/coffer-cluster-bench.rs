@@ -10,9 +10,13 @@
 //! rounds), audited read throughput and p99 on the standby at 64 clients, and the merge-back
 //! rate once the primary returns, for at least `--merge-records` spooled records.
 //!
+//! Between the two, `--steady S` (default 60) runs 64 writers on the leader and 32
+//! linearizable readers on a follower for S seconds and reports whether any node's term
+//! moved (a leader change under load).
+//!
 //! ```text
 //! cargo build --workspace --release --bins
-//! target/release/coffer-cluster-bench --seconds 10 --rounds 10 --merge-records 100000
+//! target/release/coffer-cluster-bench --seconds 10 --steady 60 --rounds 20 --merge-records 100000
 //! ```
 //!
 //! `--serve FILE` only forms the 3-voter cluster, writes what a load generator needs to
@@ -27,33 +31,9 @@ use coffer_tests::procs::{block_on, ProcCluster};
 use coffer_tests::random_string;
 use serde_json::json;
 
-fn is_voter(c: &ProcCluster, via: u64, id: u64, caught_up: bool) -> bool {
-    c.members(via).is_some_and(|m| {
-        m.iter().any(|x| {
-            x["node_id"].as_u64() == Some(id)
-                && x["voter"].as_bool() == Some(true)
-                && (!caught_up || x["lag"].as_u64() == Some(0))
-        })
-    })
-}
-
-fn form() -> ProcCluster {
-    let mut c = ProcCluster::found();
-    for id in [2, 3] {
-        let (pack, pass) = c.pack(1, id, true, &[]);
-        let (code, _, err) = c.join(id, &pack, &pass);
-        assert_eq!(code, 0, "join {id}: {err}");
-        c.start(id);
-        c.wait(Duration::from_secs(60), "a voter", |c| {
-            is_voter(c, 1, id, true)
-        });
-    }
-    c
-}
-
 /// Forms the cluster, describes it in `file`, and serves until standard input closes.
 fn serve(file: &str) {
-    let c = form();
+    let c = ProcCluster::three_voters();
     let leader = c.leader_seen_by(1).expect("leader");
     let nodes: Vec<serde_json::Value> = [1u64, 2, 3]
         .into_iter()
@@ -195,7 +175,7 @@ fn standby(seconds: u64, rounds: u64, merge_records: u64) {
 
 fn cluster(seconds: u64, rounds: u64) {
     let keys = 1000usize;
-    let c = form();
+    let c = ProcCluster::three_voters();
     let leader = c.leader_seen_by(1).expect("leader");
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let value = random_string(256);
@@ -231,6 +211,29 @@ fn cluster(seconds: u64, rounds: u64) {
         println!("{row}");
     }
 
+    let steady = arg("--steady", 60);
+    if steady > 0 {
+        let terms = c.terms();
+        let (to_leader, to_follower) = (c.client(leader), c.client(follower));
+        let value = random_string(256);
+        let (w, r) = block_on(async move {
+            tokio::join!(
+                phase(&to_leader, 64, steady, true, keys, &value),
+                phase(&to_follower, 32, steady, false, keys, ""),
+            )
+        });
+        let after = c.terms();
+        println!();
+        println!(
+            "{steady} s of 64 writers on the leader ({:.0}/s, {} errors) and 32 linearizable readers on a follower ({:.0}/s, {} errors): terms {terms:?} -> {after:?}, {}",
+            w.rate(),
+            w.errors,
+            r.rate(),
+            r.errors,
+            if after == terms { "no leader change" } else { "THE LEADER CHANGED" }
+        );
+    }
+
     let mut c = c;
     let mut failovers = Vec::new();
     for round in 0..rounds {
@@ -259,7 +262,7 @@ fn cluster(seconds: u64, rounds: u64) {
         c.start(old);
         let via = survivors[0];
         c.wait(Duration::from_secs(60), "the old leader caught up", |c| {
-            is_voter(c, via, old, true)
+            c.is_voter(via, old, true)
         });
     }
     if !failovers.is_empty() {

@@ -111,6 +111,8 @@ pub struct NodeMetrics {
     /// Linearizable reads and the leadership confirmations they took, by where the node
     /// confirmed: `[("leader", reads, rounds), ("follower", reads, requests)]`.
     pub read_index: [(&'static str, u64, u64); 2],
+    /// Log entries sent to followers while leading: `(whole, as ids a follower held)`.
+    pub entries_sent: (u64, u64),
     /// Scheduled backups: how they went (`None` without a schedule).
     pub backups: Option<crate::BackupRecord>,
 }
@@ -223,6 +225,7 @@ impl Vault {
                 let ((lr, lc), (fr, fc)) = self.engine.read_index_stats();
                 [("leader", lr, lc), ("follower", fr, fc)]
             },
+            entries_sent: self.engine.entries_sent(),
             backups: self.backup_record(),
         })
     }
