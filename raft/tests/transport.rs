@@ -37,8 +37,13 @@ async fn start(
     listener: TcpListener,
     dir: &std::path::Path,
 ) -> Node {
+    start_as(Arc::new(identity(ca, id)), listener, dir).await
+}
+
+/// Starts (or restarts) the node of `ident`, its data under `dir`.
+async fn start_as(ident: Arc<PeerIdentity>, listener: TcpListener, dir: &std::path::Path) -> Node {
+    let id = ident.node_id;
     let addr = listener.local_addr().unwrap().to_string();
-    let ident = Arc::new(identity(ca, id));
     let tls =
         coffer_tls::peer_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem).unwrap();
     let config = EngineConfig {
@@ -46,9 +51,12 @@ async fn start(
         data_dir: dir.join(format!("n{id}")),
         tuning: RaftTuning::default(),
     };
-    let engine = Engine::open(config, PeerNetwork::new(ident.clone()))
+    let network = PeerNetwork::new(ident.clone());
+    let contacts = network.contacts();
+    let engine = Engine::open(config, network)
         .await
-        .unwrap();
+        .unwrap()
+        .with_contacts(contacts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve_peers(listener, tls, engine.clone(), async move {
         let _ = stopped.await;
@@ -152,6 +160,109 @@ async fn three_voters_elect_replicate_and_fail_over_over_mtls() {
     .await;
     for n in &nodes {
         assert_eq!(n.engine.get(b"k").unwrap().unwrap().value, b"v2");
+    }
+}
+
+/// A new leader whose followers hold part of its log sends the part they hold as ids and
+/// only the rest whole; every node ends with the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_sends_held_entries_as_ids_and_the_rest_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("t").unwrap();
+    let idents: Vec<Arc<PeerIdentity>> = (1..=3).map(|id| Arc::new(identity(&ca, id))).collect();
+    let mut addrs = Vec::new();
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for ident in &idents {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        nodes.push(Some(start_as(ident.clone(), listener, dir.path()).await));
+    }
+    let members: BTreeMap<u64, NodeAddr> = nodes
+        .iter()
+        .flatten()
+        .map(|n| {
+            (
+                n.engine.node_id(),
+                NodeAddr {
+                    api_addr: String::new(),
+                    peer_addr: n.addr.clone(),
+                    cert_sha256: n.pin.clone(),
+                },
+            )
+        })
+        .collect();
+    nodes[0]
+        .as_ref()
+        .unwrap()
+        .engine
+        .initialize_cluster(members)
+        .await
+        .unwrap();
+    let live = |nodes: &[Option<Node>]| -> Option<u64> {
+        let up: Vec<&Node> = nodes.iter().flatten().collect();
+        leader_of(&up)
+    };
+    wait_for("a leader", || live(&nodes).is_some()).await;
+    let leader = live(&nodes).unwrap();
+    let at = |id: u64| (id - 1) as usize;
+    let value = vec![7u8; 2048];
+    let write = |engine: Engine, from: usize, to: usize| {
+        let value = value.clone();
+        async move {
+            for i in from..to {
+                let txn = Txn::new().put(format!("k{i:04}"), value.clone());
+                assert!(engine.write(txn).await.unwrap().succeeded);
+            }
+        }
+    };
+    write(nodes[at(leader)].as_ref().unwrap().engine.clone(), 0, 300).await;
+    // One follower stops; the other keeps the quorum and gets 100 more entries. (The new
+    // leader's first probe starts half-way through its log of about 400 entries: the other
+    // follower holds the first hundred entries probed and lacks the rest.)
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let ahead = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
+    let target = nodes[at(leader)].as_ref().unwrap().engine.applied_index();
+    wait_for("the followers to apply", || {
+        nodes.iter().flatten().all(|n| n.engine.applied_index() >= target)
+    })
+    .await;
+    let stop = |nodes: &mut Vec<Option<Node>>, id: u64| {
+        let mut node = nodes[at(id)].take().unwrap();
+        let _ = node.stop.take().unwrap().send(());
+        node.engine
+    };
+    stop(&mut nodes, behind).shutdown().await.unwrap();
+    write(nodes[at(leader)].as_ref().unwrap().engine.clone(), 300, 400).await;
+    let target = nodes[at(leader)].as_ref().unwrap().engine.applied_index();
+    wait_for("the other follower to apply", || {
+        nodes[at(ahead)].as_ref().unwrap().engine.applied_index() >= target
+    })
+    .await;
+    // The leader goes; the lagging follower comes back. Only the follower that kept up can
+    // win (it has the longer log), and it finds the other's log matching up to where it
+    // stopped: those entries go as ids, the rest whole.
+    stop(&mut nodes, leader).shutdown().await.unwrap();
+    let listener = TcpListener::bind(addrs[at(behind)]).await.unwrap();
+    nodes[at(behind)] = Some(start_as(idents[at(behind)].clone(), listener, dir.path()).await);
+    wait_for("the follower that kept up leading", || {
+        live(&nodes) == Some(ahead)
+    })
+    .await;
+    let new = nodes[at(ahead)].as_ref().unwrap();
+    write(new.engine.clone(), 400, 401).await;
+    let target = new.engine.applied_index();
+    wait_for("the returning follower to apply everything", || {
+        nodes[at(behind)].as_ref().unwrap().engine.applied_index() >= target
+    })
+    .await;
+    let (whole, as_ids) = new.engine.entries_sent();
+    assert!(as_ids > 0, "no entries went as ids ({whole} whole)");
+    assert!(whole >= 100, "the entries the follower lacked went whole ({whole})");
+    for id in [behind, ahead] {
+        let engine = &nodes[at(id)].as_ref().unwrap().engine;
+        let keys = engine.scan(b"k", None, 1000).unwrap();
+        assert_eq!(keys.len(), 401, "node {id}");
+        assert!(keys.iter().all(|(_, e)| e.value == value), "node {id}");
     }
 }
 

@@ -505,6 +505,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // loaded machine, a long catch-up after a leader change) would be sent the same
         // batch for ever and never answer in time: after a timeout it gets a quarter as
         // many, and twice as many again after each answer in time.
+        self.contacts.count_entries(sent, held as u64);
         let waited_for_earlier = self.late.is_some();
         let answer = self
             .call(
@@ -535,7 +536,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             PeerResponse::AppendEntries(r) => {
                 let answer = r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))?;
-                self.contacts.count_entries(sent, held as u64);
                 self.note_answer(&answer, end);
                 Ok(answer)
             }
