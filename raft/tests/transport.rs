@@ -223,7 +223,10 @@ async fn a_new_leader_sends_held_entries_as_ids_and_the_rest_whole() {
     let ahead = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
     let target = nodes[at(leader)].as_ref().unwrap().engine.applied_index();
     wait_for("the followers to apply", || {
-        nodes.iter().flatten().all(|n| n.engine.applied_index() >= target)
+        nodes
+            .iter()
+            .flatten()
+            .all(|n| n.engine.applied_index() >= target)
     })
     .await;
     let stop = |nodes: &mut Vec<Option<Node>>, id: u64| {
@@ -257,7 +260,10 @@ async fn a_new_leader_sends_held_entries_as_ids_and_the_rest_whole() {
     .await;
     let (whole, as_ids) = new.engine.entries_sent();
     assert!(as_ids > 0, "no entries went as ids ({whole} whole)");
-    assert!(whole >= 100, "the entries the follower lacked went whole ({whole})");
+    assert!(
+        whole >= 100,
+        "the entries the follower lacked went whole ({whole})"
+    );
     for id in [behind, ahead] {
         let engine = &nodes[at(id)].as_ref().unwrap().engine;
         let keys = engine.scan(b"k", None, 1000).unwrap();
