@@ -152,6 +152,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// How many of `ids` (consecutive) the log holds, from the first on: the entries are not
+/// decoded, only the log id at the front of each (an `Entry` is encoded log id first).
+pub(crate) fn held_ids(db: &Db, ids: &[LogId]) -> Result<usize, StorageError> {
+    let Some(first) = ids.first() else {
+        return Ok(0);
+    };
+    let mode = IteratorMode::From(&index_key(first.index), Direction::Forward);
+    let mut held = 0;
+    for (item, id) in db.iterator_cf(cf(db, CF_LOG), mode).zip(ids) {
+        let (_, value) = item.map_err(read_err)?;
+        let (stored, _) = postcard::take_from_bytes::<LogId>(&value).map_err(read_err)?;
+        if stored != *id {
+            break;
+        }
+        held += 1;
+    }
+    Ok(held)
+}
+
 /// The log's entries from index `start` on, for as long as `wanted` holds for their index.
 pub(crate) fn entries_from(
     db: &Db,

@@ -39,29 +39,15 @@ impl Engine {
         PeerResponse::AppendEntries(answer)
     }
 
-    /// The leading entries of the local log whose ids are `ids` (consecutive ids; fewer
-    /// than asked where the log ends or differs, none if it cannot be read).
-    fn held_entries(
-        &self,
-        ids: &[crate::types::LogId],
-    ) -> Vec<openraft::Entry<crate::types::TypeConfig>> {
-        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-            return Vec::new();
-        };
+    /// How many of the leading `ids` (consecutive) the local log holds: fewer than asked
+    /// where the log ends or differs, none if the ids are not consecutive or the log cannot
+    /// be read.
+    fn held_ids(&self, ids: &[crate::types::LogId]) -> usize {
         let consecutive = ids.windows(2).all(|w| w[1].index == w[0].index + 1);
         if !consecutive {
-            return Vec::new();
+            return 0;
         }
-        let mut entries =
-            crate::log_store::entries_from(&self.db, first.index, |i| i <= last.index)
-                .unwrap_or_default();
-        let held = entries
-            .iter()
-            .zip(ids)
-            .take_while(|(entry, id)| entry.log_id == **id)
-            .count();
-        entries.truncate(held);
-        entries
+        crate::log_store::held_ids(&self.db, ids).unwrap_or(0)
     }
 
     /// This node's membership view: members with their pinned certificates, and the log
@@ -215,19 +201,27 @@ impl PeerService for Engine {
         match request {
             PeerRequest::AppendEntries(r) => self.append_entries(r).await,
             PeerRequest::AppendKnown(r) => {
-                let held = self.held_entries(&r.log_ids);
-                if held.len() < r.log_ids.len() {
-                    return PeerResponse::Held(held.len() as u64);
-                }
-                // Every entry is the one the leader meant (log matching): run the append
-                // with them, exactly as if they had been sent.
-                let full = openraft::raft::AppendEntriesRequest {
-                    vote: r.vote,
-                    prev_log_id: r.prev_log_id,
-                    leader_commit: r.leader_commit,
-                    entries: held,
+                let held = self.held_ids(&r.log_ids);
+                let Some(last) = r.log_ids.last().filter(|_| held == r.log_ids.len()) else {
+                    return PeerResponse::Held(held as u64);
                 };
-                self.append_entries(full).await
+                // This log holds every entry listed, so (log matching) it matches the
+                // leader's up to the last of them: the append is the one with that entry as
+                // its previous and nothing to add. Nothing is read or written but ids.
+                let known = openraft::raft::AppendEntriesRequest {
+                    vote: r.vote,
+                    prev_log_id: Some(*last),
+                    leader_commit: r.leader_commit,
+                    entries: Vec::new(),
+                };
+                match self.append_entries(known).await {
+                    // The log changed since it was read (a newer leader truncated it): the
+                    // leader sends the entries whole, with the previous id it chose.
+                    PeerResponse::AppendEntries(Ok(
+                        openraft::raft::AppendEntriesResponse::Conflict,
+                    )) => PeerResponse::Held(0),
+                    answer => answer,
+                }
             }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
             PeerRequest::InstallSnapshot(r) => {

@@ -174,8 +174,10 @@ pub struct PeerClient {
     /// waits (see `append_entries`); `None`: openraft's own limit.
     entries_limit: Option<u64>,
     /// One past the last log index the peer is known to hold, from its answers to this
-    /// client; `None` while unknown (a new leader's first exchanges).
-    peer_log_end: Option<u64>,
+    /// client, and whether its log is known to end there (`false`: it may hold more, as
+    /// when it held every id it was asked about); `None` while unknown (a new leader's
+    /// first exchanges).
+    peer_log_end: Option<(u64, bool)>,
     /// `AppendKnown` exchanges in a row that failed to reach the peer; at
     /// [`KNOWN_GIVE_UP`] this client sends whole entries only (a peer that predates it
     /// closes the connection on the request it cannot decode).
@@ -467,18 +469,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let target = self.target;
         let ttl = option.hard_ttl();
         let started = tokio::time::Instant::now();
-        let end = rpc
-            .entries
-            .last()
-            .map(|e| e.log_id.index + 1)
-            .or(rpc.prev_log_id.map(|p| p.index + 1));
+        // A heartbeat (no entries) says nothing new about how far the peer's log goes.
+        let end = rpc.entries.last().map(|e| e.log_id.index + 1);
         // Entries the peer probably holds go as their ids; only those after the ones it
         // holds are sent whole.
         let held = if self.may_hold(&rpc.entries) {
             match self.append_known(&rpc, ttl).await? {
                 Known::Appended(answer) => {
                     self.contacts.count_entries(0, rpc.entries.len() as u64);
-                    self.note_answer(&answer, end);
+                    self.note_answer(&answer, end, false);
                     return Ok(answer);
                 }
                 Known::Held(held) => held,
@@ -536,7 +535,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             PeerResponse::AppendEntries(r) => {
                 let answer = r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))?;
-                self.note_answer(&answer, end);
+                self.note_answer(&answer, end, sent > 0);
                 Ok(answer)
             }
             _ => Err(protocol_error()),
@@ -602,7 +601,7 @@ impl PeerClient {
             return false;
         }
         match self.peer_log_end {
-            Some(end) => first.log_id.index < end,
+            Some((end, exact)) => first.log_id.index < end || !exact,
             None => {
                 let mut bytes = 0;
                 entries.iter().any(|e| {
@@ -639,20 +638,32 @@ impl PeerClient {
             }
             PeerResponse::Held(held) => {
                 let held = (held as usize).min(rpc.entries.len());
-                self.peer_log_end =
-                    Some(rpc.entries.first().map_or(0, |e| e.log_id.index) + held as u64);
+                let first = rpc.entries.first().map_or(0, |e| e.log_id.index);
+                // It lacks (or differs at) the entry after those it holds.
+                self.peer_log_end = Some((first + held as u64, true));
                 Ok(Known::Held(held))
             }
             _ => Err(protocol_error()),
         }
     }
 
-    /// Learns how far the peer's log goes from its answer to an append that ended before
-    /// `end`.
-    fn note_answer(&mut self, answer: &AppendEntriesResponse<NodeId>, end: Option<u64>) {
+    /// Learns how far the peer's log goes from its answer to an append whose entries ended
+    /// before `end` (`None`: a heartbeat); `exact` when the append sent entries the peer lacked (its log now ends
+    /// there), not when it only named entries the peer held (it may hold more).
+    fn note_answer(
+        &mut self,
+        answer: &AppendEntriesResponse<NodeId>,
+        end: Option<u64>,
+        exact: bool,
+    ) {
         self.peer_log_end = match answer {
-            AppendEntriesResponse::Success => end,
-            AppendEntriesResponse::PartialSuccess(matching) => matching.map(|m| m.index + 1),
+            AppendEntriesResponse::Success => match end {
+                Some(end) => Some((end, exact)),
+                None => self.peer_log_end,
+            },
+            AppendEntriesResponse::PartialSuccess(matching) => {
+                matching.map(|m| (m.index + 1, false))
+            }
             AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
         };
     }

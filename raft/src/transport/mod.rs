@@ -98,9 +98,11 @@ pub enum PeerRequest {
 /// that hold them all, and the first write of the new term waits for it. Raft's log matching
 /// property says that two logs with an entry of the same index and term hold the same
 /// entries up to it, so a follower holding every id listed holds exactly the entries the
-/// leader meant to send: it takes them from its own log and runs the AppendEntries as if
-/// they had come over the wire. If it lacks some, it answers [`PeerResponse::Held`] with how
-/// many of the leading ids it holds, and only the rest are sent.
+/// leader meant to send, and its log matches the leader's up to the last of them: it runs
+/// the AppendEntries with that entry as the previous one and nothing to add (reading only
+/// the ids at the front of its stored entries). If it lacks some, it answers
+/// [`PeerResponse::Held`] with how many of the leading ids it holds, and only the rest are
+/// sent.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AppendKnownRequest {
     /// The leader's vote.
