@@ -389,9 +389,47 @@ async fn strangers_and_impostors_are_refused() {
         err.contains("peer certificate is for node 1, expected node 3"),
         "{err}"
     );
+    // An append large enough to go as entry ids first (`AppendKnown`) is admitted the same
+    // way: from a member's pinned certificate, for the node it binds.
+    let append = |claimed: u64| openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(5, claimed),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: (1..=4)
+            .map(|i| openraft::Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(5, claimed), i),
+                payload: openraft::EntryPayload::Normal(coffer_raft::Command::Txn(
+                    Txn::new().put(format!("k{i}"), vec![0u8; 32 << 10]),
+                )),
+            })
+            .collect(),
+    };
+    let mut impostor = PeerNetwork::new(two.clone()).new_client(1, &addr).await;
+    let err = impostor
+        .append_entries(append(3), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("peer certificate is for node 2 but the request claims node 3"),
+        "{err}"
+    );
+    let mut non_member = PeerNetwork::new(Arc::new(identity(&ca, 3)))
+        .new_client(1, &addr)
+        .await;
+    let err = non_member
+        .append_entries(append(3), option())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node 3 is not a member of this cluster"),
+        "{err}"
+    );
+    assert!(node.engine.get(b"k1").unwrap().is_none(), "nothing applied");
     let counts: BTreeMap<&str, u64> = node.engine.refusals().snapshot().into_iter().collect();
-    assert_eq!(counts["claims_other_node"], 1, "{counts:?}");
-    assert_eq!(counts["not_member"], 1, "{counts:?}");
+    assert_eq!(counts["claims_other_node"], 2, "{counts:?}");
+    assert_eq!(counts["not_member"], 2, "{counts:?}");
     assert_eq!(counts["revoked_certificate"], 1, "{counts:?}");
     assert!(counts["tls_handshake"] >= 1, "{counts:?}");
 }
