@@ -148,7 +148,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
-        entries_from(&self.db, start, |index| range.contains(&index))
+        let mode = IteratorMode::From(&index_key(start), Direction::Forward);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
+            let (key, value) = item.map_err(read_err)?;
+            let index = index_from_key(&key).ok_or_else(|| read_err(io_err(std::fmt::Error)))?;
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(postcard::from_bytes(&value).map_err(read_err)?);
+        }
+        Ok(entries)
     }
 }
 
@@ -169,25 +179,6 @@ pub(crate) fn held_ids(db: &Db, ids: &[LogId]) -> Result<usize, StorageError> {
         held += 1;
     }
     Ok(held)
-}
-
-/// The log's entries from index `start` on, for as long as `wanted` holds for their index.
-pub(crate) fn entries_from(
-    db: &Db,
-    start: u64,
-    wanted: impl Fn(u64) -> bool,
-) -> Result<Vec<Entry>, StorageError> {
-    let mode = IteratorMode::From(&index_key(start), Direction::Forward);
-    let mut entries = Vec::new();
-    for item in db.iterator_cf(cf(db, CF_LOG), mode) {
-        let (key, value) = item.map_err(read_err)?;
-        let index = index_from_key(&key).ok_or_else(|| read_err(io_err(std::fmt::Error)))?;
-        if !wanted(index) {
-            break;
-        }
-        entries.push(postcard::from_bytes(&value).map_err(read_err)?);
-    }
-    Ok(entries)
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

@@ -80,6 +80,12 @@ async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
     }
 }
 
+/// Asserts that a peer request failed with a message containing `want`.
+fn refused<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>, want: &str) {
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains(want), "{err}");
+}
+
 fn leader_of(nodes: &[&Node]) -> Option<u64> {
     let leaders: Vec<Option<u64>> = nodes
         .iter()
@@ -304,14 +310,9 @@ async fn strangers_and_impostors_are_refused() {
 
     // Node 2's genuine certificate, but the vote claims node 3.
     let mut impostor = PeerNetwork::new(two.clone()).new_client(1, &addr).await;
-    let err = impostor
-        .vote(vote(3), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("peer certificate is for node 2 but the request claims node 3"),
-        "{err}"
+    refused(
+        impostor.vote(vote(3), option()).await,
+        "peer certificate is for node 2 but the request claims node 3",
     );
     // The same node speaking for itself is answered.
     let mut genuine = PeerNetwork::new(two.clone()).new_client(1, &addr).await;
@@ -322,27 +323,17 @@ async fn strangers_and_impostors_are_refused() {
     let mut outsider = PeerNetwork::new(Arc::new(identity(&ca, 3)))
         .new_client(1, &addr)
         .await;
-    let err = outsider
-        .vote(vote(3), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("node 3 is not a member of this cluster"),
-        "{err}"
+    refused(
+        outsider.vote(vote(3), option()).await,
+        "node 3 is not a member of this cluster",
     );
     // Another certificate for member 2 (an old one, or a copy of a pack's) is refused too.
     let mut revoked = PeerNetwork::new(Arc::new(identity(&ca, 2)))
         .new_client(1, &addr)
         .await;
-    let err = revoked
-        .vote(vote(2), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("node 2 is a member, but not with this certificate"),
-        "{err}"
+    refused(
+        revoked.vote(vote(2), option()).await,
+        "node 2 is a member, but not with this certificate",
     );
     // Dialing node 1 while pinning another certificate for it fails our own handshake.
     let mut pinned_wrong = PeerNetwork::new(two.clone())
@@ -354,12 +345,10 @@ async fn strangers_and_impostors_are_refused() {
             },
         )
         .await;
-    let err = pinned_wrong
-        .vote(vote(2), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("not the one the cluster pins"), "{err}");
+    refused(
+        pinned_wrong.vote(vote(2), option()).await,
+        "not the one the cluster pins",
+    );
 
     // A certificate from another CA never gets a TLS session.
     let other = CertificateAuthority::generate("other").unwrap();
@@ -380,14 +369,9 @@ async fn strangers_and_impostors_are_refused() {
     let mut confused = PeerNetwork::new(Arc::new(identity(&ca, 2)))
         .new_client(3, &addr)
         .await;
-    let err = confused
-        .vote(vote(2), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("peer certificate is for node 1, expected node 3"),
-        "{err}"
+    refused(
+        confused.vote(vote(2), option()).await,
+        "peer certificate is for node 1, expected node 3",
     );
     // An append large enough to go as entry ids first (`AppendKnown`) is admitted the same
     // way: from a member's pinned certificate, for the node it binds.
@@ -405,26 +389,16 @@ async fn strangers_and_impostors_are_refused() {
             .collect(),
     };
     let mut impostor = PeerNetwork::new(two.clone()).new_client(1, &addr).await;
-    let err = impostor
-        .append_entries(append(3), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("peer certificate is for node 2 but the request claims node 3"),
-        "{err}"
+    refused(
+        impostor.append_entries(append(3), option()).await,
+        "peer certificate is for node 2 but the request claims node 3",
     );
     let mut non_member = PeerNetwork::new(Arc::new(identity(&ca, 3)))
         .new_client(1, &addr)
         .await;
-    let err = non_member
-        .append_entries(append(3), option())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("node 3 is not a member of this cluster"),
-        "{err}"
+    refused(
+        non_member.append_entries(append(3), option()).await,
+        "node 3 is not a member of this cluster",
     );
     assert!(node.engine.get(b"k1").unwrap().is_none(), "nothing applied");
     let counts: BTreeMap<&str, u64> = node.engine.refusals().snapshot().into_iter().collect();
