@@ -91,6 +91,44 @@ impl BackupConfig {
     }
 }
 
+/// Audit retention (`[audit]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Merged audit records older than this (by the time their node wrote them) leave the
+    /// replicated state for archive segment files in each member's `archive/` directory,
+    /// still checked by `audit verify` and read by `audit export` (see ARCHITECTURE.md).
+    /// A duration like `7d`, `12h`, `90m`; `0` keeps every record in the state. Default
+    /// `7d`: a week of records stays in the state, its snapshots, backups and packs, and in
+    /// every node's queries; older ones cost disk on the members that archived them and
+    /// nothing in the state. Shorter bounds the state more tightly (a busy cluster adds
+    /// about 1 KiB per audited request); a member that catches up from a snapshot holds
+    /// only segments archived after it.
+    pub archive_after: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            archive_after: "7d".into(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The age past which records are archived; `None` keeps them all.
+    pub fn archive_after(&self) -> Result<Option<std::time::Duration>, String> {
+        let secs =
+            coffer_vault::clock::parse_duration_secs(&self.archive_after).ok_or_else(|| {
+                format!(
+                    "audit.archive_after: {:?} is not a duration like 7d, 12h or 90m (0: never)",
+                    self.archive_after
+                )
+            })?;
+        Ok((secs > 0).then(|| std::time::Duration::from_secs(secs)))
+    }
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,6 +173,8 @@ pub struct ServerConfig {
     pub http: crate::https::HttpLimits,
     /// Scheduled backups (none by default).
     pub backup: Option<BackupConfig>,
+    /// Audit retention.
+    pub audit: AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -158,6 +198,7 @@ impl Default for ServerConfig {
             max_lease_ttl_secs: 768 * 3600,
             http: crate::https::HttpLimits::default(),
             backup: None,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -194,6 +235,9 @@ impl ServerConfig {
         }
         if let Some(v) = get("COFFER_LOG_FORMAT") {
             self.log_format = v;
+        }
+        if let Some(v) = get("COFFER_AUDIT_ARCHIVE_AFTER") {
+            self.audit.archive_after = v;
         }
         Ok(())
     }
@@ -266,6 +310,7 @@ impl ServerConfig {
         if let Some(backup) = &self.backup {
             backup.schedule()?;
         }
+        self.audit.archive_after()?;
         if let Some(url) = &self.notify.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(

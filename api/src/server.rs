@@ -169,6 +169,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
             .map(crate::config::BackupConfig::schedule)
             .transpose()
             .map_err(anyhow::Error::msg)?,
+        audit_archive_after: cfg.audit.archive_after().map_err(anyhow::Error::msg)?,
     };
     let (node, api_cert, api_key) = Node::start(options, &api_host).await?;
     if let Some(peer_addr) = &node.peer_addr {

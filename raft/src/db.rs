@@ -282,7 +282,9 @@ pub fn reset_to_single_voter(
                 batch.put_cf(kv, key, encode_entry(&entry));
             }
             Op::Delete { key } => batch.delete_cf(kv, key),
-            Op::Replace { .. } => return Err("a replace is not an offline edit".into()),
+            Op::Replace { .. } | Op::Archive { .. } => {
+                return Err("a replace or an archive is not an offline edit".into())
+            }
             Op::DeletePrefix { prefix } => {
                 let iter = db.prefix_iterator_cf(kv, prefix);
                 for item in iter {

@@ -9,6 +9,7 @@
 // feed those traits return it too rather than boxing and unboxing at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod archive;
 mod db;
 mod engine;
 mod errors;
@@ -24,6 +25,7 @@ mod tuning;
 mod txn;
 mod types;
 
+pub use archive::ArchiveDir;
 pub use db::Db;
 pub use engine::membership::{
     ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG,
@@ -44,7 +46,8 @@ pub use transport::{
 };
 pub use tuning::RaftTuning;
 pub use txn::{
-    plan, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write, STAGING_PREFIX,
+    plan, range_digest, value_hash, Check, Compare, KvEntry, Op, StateView, Txn, TxnResult, Write,
+    STAGING_PREFIX,
 };
 pub use types::{
     Command, LogId, NodeAddr, NodeId, Raft, RaftMetrics, StorageError, StoredMembership, TypeConfig,

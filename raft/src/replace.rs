@@ -205,6 +205,7 @@ fn finish(db: &DB, mut marker: Replacing) -> Result<TxnResult, String> {
         match w {
             Write::Put(key, entry) => batch.put_cf(kv, key, encode_entry(&entry)),
             Write::Delete(key) => batch.delete_cf(kv, key),
+            Write::Archive(..) => return Err("an archive cannot follow a replace".into()),
         }
     }
     batch.put_cf(sm, KEY_APPLIED, encode(&Some(marker.log_id))?);

@@ -12,6 +12,7 @@ use openraft::{
 };
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
+use crate::archive::ArchiveDir;
 use crate::db::{
     cf, decode_entry, encode_entry, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION,
 };
@@ -97,6 +98,23 @@ impl StateView for DbView<'_> {
         }
         Ok(keys)
     }
+
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, KvEntry)>, String> {
+        let iter = self.0.iterator_cf(
+            cf(self.0, CF_KV),
+            IteratorMode::From(from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, raw) = item.map_err(|e| e.to_string())?;
+            if *key > *to {
+                break;
+            }
+            let entry = decode_entry(&raw).ok_or_else(|| corrupt(&key))?;
+            out.push((key.to_vec(), entry));
+        }
+        Ok(out)
+    }
 }
 
 fn sm_read_err(e: impl ToString) -> StorageError {
@@ -113,6 +131,8 @@ pub struct StateMachine {
     db: Arc<Db>,
     /// Where snapshots live; also the recovery source for an interrupted install.
     snapshots: SnapshotFiles,
+    /// Where archived ranges go ([`crate::Op::Archive`]).
+    archive: ArchiveDir,
     /// Global revision after the last applied transaction (cached; persisted with each apply).
     revision: u64,
     /// The last applied log index (`None` before the first entry).
@@ -126,6 +146,7 @@ impl StateMachine {
     pub fn open(
         db: Arc<Db>,
         snapshots: SnapshotFiles,
+        archive: ArchiveDir,
         applied_tx: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, StorageError> {
         if snapshots.install_pending(&db).map_err(sm_read_err)? {
@@ -145,6 +166,7 @@ impl StateMachine {
         Ok(Self {
             db,
             snapshots,
+            archive,
             revision,
             last_applied: applied.map(|l| l.index),
             applied_tx,
@@ -177,6 +199,11 @@ impl StateMachine {
                     match write {
                         Write::Put(key, e) => batch.put_cf(kv, key, encode_entry(&e)),
                         Write::Delete(key) => batch.delete_cf(kv, key),
+                        // On disk before the batch that deletes the keys is written.
+                        Write::Archive(digest, records) => self
+                            .archive
+                            .write(&digest, &records)
+                            .map_err(sm_write_err)?,
                     }
                 }
                 result

@@ -27,6 +27,15 @@ pub enum Check {
     Revision(u64),
     /// The key exists and the SHA-256 of its value equals this.
     ValueHash([u8; 32]),
+    /// The keys from the compare's key to `to` (both inclusive) are not none, and their
+    /// records hash to `digest` ([`crate::archive::digest`] over key and value, in key
+    /// order): the range holds exactly what the proposer read. Guards [`Op::Archive`].
+    RangeDigest {
+        /// Last key of the range (inclusive).
+        to: Vec<u8>,
+        /// The expected digest.
+        digest: [u8; 32],
+    },
 }
 
 /// One guard of a transaction.
@@ -70,6 +79,16 @@ pub enum Op {
         /// Prefixes of keys that stay as they are (and are not taken from the staging).
         keep: Vec<Vec<u8>>,
     },
+    /// Move every key from `from` to `to` (both inclusive) out of the store into an archive
+    /// segment file named by the range's digest (see [`crate::archive`]). Only before any
+    /// other kind of op, and only with a [`Check::RangeDigest`] guard on the same range: the
+    /// proposer knows exactly what moves.
+    Archive {
+        /// First key (inclusive).
+        from: Vec<u8>,
+        /// Last key (inclusive).
+        to: Vec<u8>,
+    },
 }
 
 /// Keys under this prefix are staging areas for [`Op::Replace`] (no application key starts
@@ -95,6 +114,12 @@ impl std::fmt::Debug for Op {
                 "Replace(from {:?}, keeping {} prefixes)",
                 String::from_utf8_lossy(staged),
                 keep.len()
+            ),
+            Op::Archive { from, to } => write!(
+                f,
+                "Archive({:?}..={:?})",
+                String::from_utf8_lossy(from),
+                String::from_utf8_lossy(to)
             ),
         }
     }
@@ -179,6 +204,8 @@ pub trait StateView {
     fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, String>;
     /// All keys starting with `prefix`, in order.
     fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, String>;
+    /// The entries from `from` to `to` (both inclusive), in key order.
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, KvEntry)>, String>;
 }
 
 /// A write the state machine must make.
@@ -188,6 +215,9 @@ pub enum Write {
     Put(Vec<u8>, KvEntry),
     /// Remove this key.
     Delete(Vec<u8>),
+    /// Write these `(key, value)` records to the archive segment with this digest, durably,
+    /// before the other writes (which delete the keys).
+    Archive([u8; 32], Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// Evaluates `txn` against `state` at global revision `revision`, returning the result and the
@@ -198,7 +228,14 @@ pub fn plan(
     revision: u64,
 ) -> Result<(TxnResult, Vec<Write>), String> {
     for (i, cmp) in txn.compares.iter().enumerate() {
-        if !holds(cmp, state.get(&cmp.key)?.as_ref()) {
+        let held = match &cmp.check {
+            Check::RangeDigest { to, digest } => {
+                let range = state.range(&cmp.key, to)?;
+                !range.is_empty() && range_digest(&range) == *digest
+            }
+            _ => holds(cmp, state.get(&cmp.key)?.as_ref()),
+        };
+        if !held {
             let failed = TxnResult {
                 succeeded: false,
                 failed_compare: Some(i),
@@ -234,10 +271,20 @@ fn holds(cmp: &Compare, current: Option<&KvEntry>) -> bool {
     }
 }
 
+/// The digest [`Check::RangeDigest`] compares: of the stored values, not their revisions.
+pub fn range_digest(range: &[(Vec<u8>, KvEntry)]) -> [u8; 32] {
+    crate::archive::digest(
+        range
+            .iter()
+            .map(|(k, e)| (k.as_slice(), e.value.as_slice())),
+    )
+}
+
 /// Later ops in the same transaction see earlier ones (a put then a delete of the same key
 /// deletes it), so the plan is folded over an overlay of pending writes.
 fn writes_for(ops: &[Op], state: &dyn StateView, new_rev: u64) -> Result<Vec<Write>, String> {
     let mut overlay: std::collections::BTreeMap<Vec<u8>, Option<KvEntry>> = Default::default();
+    let mut archives = Vec::new();
     for op in ops {
         match op {
             Op::Put { key, value } => {
@@ -272,15 +319,32 @@ fn writes_for(ops: &[Op], state: &dyn StateView, new_rev: u64) -> Result<Vec<Wri
             Op::Replace { .. } => {
                 return Err("a replace is applied by the state machine, not planned".into())
             }
+            Op::Archive { from, to } => {
+                // Archives come first (validated before the log), so the overlay only holds
+                // what an earlier archive moved: a key is moved once.
+                let range: Vec<(Vec<u8>, KvEntry)> = state
+                    .range(from, to)?
+                    .into_iter()
+                    .filter(|(k, _)| !overlay.contains_key(k))
+                    .collect();
+                if range.is_empty() {
+                    continue;
+                }
+                let digest = range_digest(&range);
+                let mut moved = Vec::with_capacity(range.len());
+                for (key, entry) in range {
+                    overlay.insert(key.clone(), None);
+                    moved.push((key, entry.value));
+                }
+                archives.push(Write::Archive(digest, moved));
+            }
         }
     }
-    Ok(overlay
-        .into_iter()
-        .map(|(k, v)| match v {
-            Some(entry) => Write::Put(k, entry),
-            None => Write::Delete(k),
-        })
-        .collect())
+    archives.extend(overlay.into_iter().map(|(k, v)| match v {
+        Some(entry) => Write::Put(k, entry),
+        None => Write::Delete(k),
+    }));
+    Ok(archives)
 }
 
 #[cfg(test)]
@@ -300,6 +364,13 @@ mod tests {
                 .keys()
                 .filter(|k| k.starts_with(prefix))
                 .cloned()
+                .collect())
+        }
+        fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, KvEntry)>, String> {
+            Ok(self
+                .0
+                .range(from.to_vec()..=to.to_vec())
+                .map(|(k, e)| (k.clone(), e.clone()))
                 .collect())
         }
     }
@@ -363,6 +434,66 @@ mod tests {
                 Write::Put(b"p/3".to_vec(), entry(8, "w")),
             ]
         );
+    }
+
+    #[test]
+    fn an_archive_moves_its_range_only_when_the_digest_holds() {
+        let state = Mem([
+            (b"a/1".to_vec(), entry(2, "one")),
+            (b"a/2".to_vec(), entry(3, "two")),
+            (b"a/3".to_vec(), entry(4, "three")),
+            (b"b".to_vec(), entry(5, "other")),
+        ]
+        .into());
+        let moved = state.range(b"a/1", b"a/2").unwrap();
+        let digest = range_digest(&moved);
+        let archive = |digest| {
+            Txn {
+                compares: Vec::new(),
+                ops: vec![Op::Archive {
+                    from: b"a/1".to_vec(),
+                    to: b"a/2".to_vec(),
+                }],
+            }
+            .when(
+                "a/1",
+                Check::RangeDigest {
+                    to: b"a/2".to_vec(),
+                    digest,
+                },
+            )
+            .put("anchor", "2")
+        };
+        let (res, writes) = plan(&archive(digest), &state, 9).unwrap();
+        assert!(res.succeeded);
+        assert_eq!(
+            writes,
+            vec![
+                Write::Archive(
+                    digest,
+                    vec![
+                        (b"a/1".to_vec(), b"one".to_vec()),
+                        (b"a/2".to_vec(), b"two".to_vec())
+                    ]
+                ),
+                Write::Delete(b"a/1".to_vec()),
+                Write::Delete(b"a/2".to_vec()),
+                Write::Put(b"anchor".to_vec(), entry(10, "2")),
+            ]
+        );
+        // Another digest (the range changed since it was read): nothing moves.
+        let (res, writes) = plan(&archive([7; 32]), &state, 9).unwrap();
+        assert_eq!((res.succeeded, res.failed_compare), (false, Some(0)));
+        assert!(writes.is_empty());
+        // An empty range never holds, whatever digest is claimed.
+        let empty = Txn::new().when(
+            "c/1",
+            Check::RangeDigest {
+                to: b"c/9".to_vec(),
+                digest: range_digest(&[]),
+            },
+        );
+        assert!(!plan(&empty, &state, 9).unwrap().0.succeeded);
     }
 
     #[test]

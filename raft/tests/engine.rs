@@ -277,3 +277,113 @@ async fn malformed_replaces_are_refused() {
         );
     }
 }
+
+/// An archive moves exactly the range its digest names into a segment file and deletes the
+/// keys; a stale digest moves nothing; the segment and the deletion survive a snapshot and
+/// a restart; malformed archives are refused before the log.
+#[tokio::test]
+async fn an_archive_moves_a_range_to_a_segment_only_when_its_digest_holds() {
+    use coffer_raft::{range_digest, Op};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let txn = (1..=10).fold(Txn::new().put("other", "o"), |t, i| {
+        t.put(format!("k/{i:03}"), format!("value {i}"))
+    });
+    engine.write(txn).await.unwrap();
+    let range = |engine: &Engine| {
+        engine
+            .scan(b"k/", Some(b"k/002"), 5)
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let moving = range(&engine);
+    assert_eq!(moving.len(), 5, "k/003..=k/007");
+    let digest = range_digest(&moving);
+    let archive = |digest| {
+        Txn {
+            compares: Vec::new(),
+            ops: vec![Op::Archive {
+                from: b"k/003".to_vec(),
+                to: b"k/007".to_vec(),
+            }],
+        }
+        .when(
+            "k/003",
+            Check::RangeDigest {
+                to: b"k/007".to_vec(),
+                digest,
+            },
+        )
+        .put("anchor", "through 7")
+    };
+
+    // A digest of something else: nothing moves, no file, not even the anchor.
+    let stale = engine.write(archive([9; 32])).await.unwrap();
+    assert_eq!((stale.succeeded, stale.failed_compare), (false, Some(0)));
+    assert_eq!(engine.scan(b"k/", None, 100).unwrap().len(), 10);
+    assert!(engine.get(b"anchor").unwrap().is_none());
+    assert!(engine.archive().list().is_empty());
+
+    assert!(engine.write(archive(digest)).await.unwrap().succeeded);
+    let left: Vec<String> = engine
+        .scan(b"k/", None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect();
+    assert_eq!(left, ["k/001", "k/002", "k/008", "k/009", "k/010"]);
+    assert_eq!(engine.get(b"anchor").unwrap().unwrap().value, b"through 7");
+    let expect: Vec<(Vec<u8>, Vec<u8>)> = moving
+        .iter()
+        .map(|(k, e)| (k.clone(), e.value.clone()))
+        .collect();
+    assert_eq!(engine.archive().list(), vec![digest]);
+    assert_eq!(engine.archive().read(&digest).unwrap().unwrap(), expect);
+    // Applied again (the same digest over a range now empty) it cannot hold.
+    assert!(!engine.write(archive(digest)).await.unwrap().succeeded);
+
+    engine.snapshot_now().await.unwrap();
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let engine = open(dir.path()).await;
+    assert_eq!(engine.scan(b"k/", None, 100).unwrap().len(), 5);
+    assert_eq!(engine.archive().read(&digest).unwrap().unwrap(), expect);
+
+    // Refused before the log, with the reason.
+    let unguarded = Txn {
+        compares: Vec::new(),
+        ops: vec![Op::Archive {
+            from: b"k/008".to_vec(),
+            to: b"k/010".to_vec(),
+        }],
+    };
+    let late = Txn {
+        compares: Vec::new(),
+        ops: vec![
+            Op::Delete { key: b"x".to_vec() },
+            Op::Archive {
+                from: b"k/008".to_vec(),
+                to: b"k/010".to_vec(),
+            },
+        ],
+    }
+    .when(
+        "k/008",
+        Check::RangeDigest {
+            to: b"k/010".to_vec(),
+            digest,
+        },
+    );
+    for (txn, why) in [
+        (
+            unguarded,
+            "an archive needs a range-digest guard on the same range",
+        ),
+        (late, "an archive must come before any other op"),
+    ] {
+        let err = engine.write(txn).await.unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    assert_eq!(engine.scan(b"k/", None, 100).unwrap().len(), 5);
+}

@@ -1,6 +1,8 @@
 //! openraft's storage conformance suite against the RocksDB log store and state machine.
 
-use coffer_raft::{open_db, LogStore, SnapshotFiles, StateMachine, StorageError, TypeConfig};
+use coffer_raft::{
+    open_db, ArchiveDir, LogStore, SnapshotFiles, StateMachine, StorageError, TypeConfig,
+};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
@@ -13,7 +15,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let snapshots =
             SnapshotFiles::new(dir.path().join("snapshots"), db.clone()).expect("snapshot dir");
         let (applied, _) = tokio::sync::watch::channel(0);
-        let sm = StateMachine::open(db.clone(), snapshots, applied)?;
+        let archive = ArchiveDir::new(dir.path().join("archive"));
+        let sm = StateMachine::open(db.clone(), snapshots, archive, applied)?;
         Ok((dir, LogStore::new(db), sm))
     }
 }

@@ -160,6 +160,26 @@ pub fn audit_anchor(node: u64, epoch: &str) -> Vec<u8> {
     format!("audit/anchor/{node:020}/{epoch}").into_bytes()
 }
 
+/// Prefix of every audit archive anchor.
+pub const AUDIT_ARCHIVES: &str = "audit/archive/";
+
+/// How far `node`'s epoch `epoch` is archived, and its segments (envelope).
+pub fn audit_archive(node: u64, epoch: &str) -> Vec<u8> {
+    format!("{AUDIT_ARCHIVES}{node:020}/{epoch}").into_bytes()
+}
+
+/// Prefix of the archive segments of `node`'s epoch `epoch`.
+pub fn audit_archive_segments(node: u64, epoch: &str) -> Vec<u8> {
+    format!("audit/archive-segment/{node:020}/{epoch}/").into_bytes()
+}
+
+/// One archive segment of `node`'s epoch `epoch`, by its first sequence number (envelope).
+pub fn audit_archive_segment(node: u64, epoch: &str, first: u64) -> Vec<u8> {
+    let mut key = audit_archive_segments(node, epoch);
+    key.extend_from_slice(format!("{first:020}").as_bytes());
+    key
+}
+
 /// Records of `node`'s epoch `epoch` that a restore declared lost: anchored, never merged,
 /// and their spool not part of what was restored.
 pub fn audit_lost(node: u64, epoch: &str) -> Vec<u8> {

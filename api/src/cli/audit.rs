@@ -114,6 +114,16 @@ async fn pages(
             each(r)?;
             count += 1;
         }
+        for gap in resp.body["data"]["unavailable"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            eprintln!(
+                "Warning: records {}..={} of node {} (epoch {}) are archived in segment {}, which this node cannot read; ask a member that holds it (`coffer audit verify` there)",
+                gap["from"], gap["to"], gap["node"], gap["epoch"], gap["digest"].as_str().unwrap_or("")
+            );
+        }
         match resp.body["data"]["next"].as_str() {
             Some(n) => after = Some(n.to_string()),
             None => return Ok(count),
@@ -195,6 +205,19 @@ pub async fn audit(cmd: AuditCmd) -> Result<i32, ClientError> {
                         "merged log, node {}: {} records, cursor {}",
                         n["node"], n["records"], n["cursor"]
                     );
+                    if n["archived_through"].as_u64().unwrap_or(0) > 0 {
+                        println!(
+                            "  records 1..={} archived in {} segments",
+                            n["archived_through"],
+                            n["archive_segments"].as_array().map_or(0, Vec::len)
+                        );
+                    }
+                    for gap in n["archive_missing"].as_array().into_iter().flatten() {
+                        println!(
+                            "  records {}..={} archived in segment {}, not held by this node (it caught up from a later snapshot): verify them on a member that holds it",
+                            gap["from"], gap["to"], gap["digest"].as_str().unwrap_or("")
+                        );
+                    }
                     let lost = &n["declared_lost"];
                     if lost.is_object() {
                         println!(

@@ -12,9 +12,12 @@ use crate::error::{ApiError, ApiResult};
 pub(super) fn query(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
     let auth = req.authenticate(&state.vault)?;
     let filter = filter(req)?;
-    let (records, next) = state.vault.audit_query(&auth, &filter)?;
-    let next = next.map(|(n, e, s)| format!("{n}:{e}:{s}"));
-    Ok(envelope(req, json!({ "records": records, "next": next })))
+    let page = state.vault.audit_page(&auth, &filter)?;
+    let next = page.next.map(|(n, e, s)| format!("{n}:{e}:{s}"));
+    Ok(envelope(
+        req,
+        json!({ "records": page.records, "next": next, "unavailable": page.unavailable }),
+    ))
 }
 
 /// `GET sys/coffer/audit/verify`.

@@ -26,6 +26,7 @@ mod requests;
 use membership::Contacts;
 use mode::{run_mode_task, ModeChange, ModeTracker, NodeMode};
 
+use crate::archive::ArchiveDir;
 use crate::db::{Db, OpenError};
 use crate::log_store::LogStore;
 use crate::snapshot::SnapshotFiles;
@@ -47,7 +48,8 @@ pub const MAX_VALUE_BYTES: usize = 4 << 20;
 pub struct EngineConfig {
     /// This node's id.
     pub node_id: NodeId,
-    /// Root of this node's storage: `raft/` (RocksDB) and `snapshots/` live under it.
+    /// Root of this node's storage: `raft/` (RocksDB), `snapshots/` and `archive/` live
+    /// under it.
     pub data_dir: PathBuf,
     /// Raft timing and snapshot settings.
     pub tuning: RaftTuning,
@@ -60,6 +62,8 @@ pub struct Engine {
     raft: Raft,
     /// The node's database, read directly for local reads.
     db: Arc<Db>,
+    /// The archive segments this node has applied.
+    archive: ArchiveDir,
     /// This node's id.
     node_id: NodeId,
     /// Wholesale changes of the state (restores, installed snapshots).
@@ -141,8 +145,9 @@ impl Engine {
             .map_err(EngineError::storage)?;
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
         let gate = snapshots.gate();
-        let sm =
-            StateMachine::open(db.clone(), snapshots, applied_tx).map_err(EngineError::storage)?;
+        let archive = ArchiveDir::new(config.data_dir.join("archive"));
+        let sm = StateMachine::open(db.clone(), snapshots, archive.clone(), applied_tx)
+            .map_err(EngineError::storage)?;
         let log = LogStore::new(db.clone());
         let raft_config = config
             .tuning
@@ -185,6 +190,7 @@ impl Engine {
             mode_stop: Arc::new(stop_tx),
             raft,
             db,
+            archive,
             node_id: config.node_id,
             gate,
             applied,
@@ -379,6 +385,12 @@ impl Engine {
             .read(|| scan_prefix(&self.db, prefix, after, limit))
     }
 
+    /// The archive segments this node has applied ([`Op::Archive`]); a node that caught up
+    /// from a snapshot holds only those archived after it.
+    pub fn archive(&self) -> &ArchiveDir {
+        &self.archive
+    }
+
     /// Linearizable reads served since start and the leadership confirmations they took
     /// (on the leader: quorum rounds; on a follower: read-index requests to the leader):
     /// `(reads, confirmations)`, leader side then follower side.
@@ -554,6 +566,27 @@ pub(crate) fn validate(txn: &Txn) -> Result<(), EngineError> {
                     || staged.len() == crate::txn::STAGING_PREFIX.len() =>
             {
                 return invalid("a replace must name a staging area of its own")
+            }
+            Op::Archive { .. }
+                if txn.ops[..i]
+                    .iter()
+                    .any(|o| !matches!(o, Op::Archive { .. })) =>
+            {
+                return invalid("an archive must come before any other op")
+            }
+            Op::Archive { from, to }
+                if from > to || !txn.compares.iter().any(|c| {
+                    c.key == *from
+                        && matches!(&c.check, crate::Check::RangeDigest { to: t, .. } if t == to)
+                }) =>
+            {
+                return invalid("an archive needs a range-digest guard on the same range")
+            }
+            Op::Archive { from, to } => {
+                if to.is_empty() || to.len() > MAX_KEY_BYTES {
+                    return invalid("an archive's last key is outside the key length bounds");
+                }
+                (from, 0)
             }
             Op::Replace { staged, keep } => {
                 if keep.iter().any(|k| {

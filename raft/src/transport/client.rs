@@ -707,6 +707,7 @@ fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
                             Op::Replace { staged, keep } => {
                                 staged.len() + keep.iter().map(Vec::len).sum::<usize>()
                             }
+                            Op::Archive { from, to } => from.len() + to.len(),
                         }
                 })
                 .sum();

@@ -72,6 +72,8 @@ pub struct NodeOptions {
     pub api_tls_files: Option<(PathBuf, PathBuf)>,
     /// Scheduled backups.
     pub backup: Option<crate::BackupSchedule>,
+    /// Merged audit records older than this move to archive segments (`None`: never).
+    pub audit_archive_after: Option<Duration>,
 }
 
 /// A running node.
@@ -195,6 +197,9 @@ impl Node {
         tokio::spawn(vault.clone().run_revocation_sweeper());
         if let Some(schedule) = opts.backup.clone() {
             tokio::spawn(vault.clone().run_backup_schedule(schedule));
+        }
+        if let Some(after) = opts.audit_archive_after {
+            tokio::spawn(vault.clone().run_archiver(after));
         }
         engine.set_app_handler(vault.peer_app_handler());
         if let Some(join) = pending_join {

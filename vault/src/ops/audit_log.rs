@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::audit::{decode_cursor, EpochCursor};
+use super::audit_archive::{Held, SegmentRef};
 use super::Vault;
 use crate::audit::spool::line_mac;
 use crate::audit::{verify_chain, AuditRecord, ChainProblem};
@@ -18,7 +19,7 @@ use crate::rules::policy::Capability;
 pub const MAX_QUERY: usize = 10_000;
 /// Records read from the merged log per scan while verifying or querying: bounded memory
 /// whatever the log's length.
-const SCAN_CHUNK: usize = 1024;
+pub(super) const SCAN_CHUNK: usize = 1024;
 
 /// Filters of an audit query; all optional, combined with AND.
 #[derive(Clone, Debug, Default)]
@@ -76,9 +77,29 @@ pub struct MergedRecord {
     pub record: AuditRecord,
 }
 
-/// A page of audit records and, when more may follow, the (node, epoch, seq) to resume
-/// after.
-pub type AuditPage = (Vec<MergedRecord>, Option<(u64, u32, u64)>);
+/// A record's place in the merged log: (node, epoch number, seq).
+pub type Position = (u64, u32, u64);
+
+/// A page of audit records.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditPage {
+    /// The records, in (node, epoch, seq) order.
+    pub records: Vec<MergedRecord>,
+    /// When more may follow: the (node, epoch, seq) to resume after.
+    pub next: Option<(u64, u32, u64)>,
+    /// Archived ranges in the page's span that this node cannot read (it does not hold the
+    /// segment, or the segment fails its digest: `audit verify` says which).
+    pub unavailable: Vec<ArchivedRange>,
+}
+
+/// An archive segment with its place in the log.
+#[derive(Clone, Debug)]
+struct SegmentAt {
+    first_key: Vec<u8>,
+    node: u64,
+    epoch: u32,
+    segment: SegmentRef,
+}
 
 /// One node's chain (one epoch of it) in the merged log, or this node's spool.
 #[derive(Clone, Debug, Serialize)]
@@ -102,6 +123,13 @@ pub struct NodeChainReport {
     /// Records a restore declared lost (anchored, never merged, their spool not restored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub declared_lost: Option<LostAudit>,
+    /// The last sequence number moved to archive segments (0: none); the records counted
+    /// above include the archived ones this node holds.
+    pub archived_through: u64,
+    /// Archive segments of this epoch, oldest first (their files: `archive/<digest>.seg`).
+    pub archive_segments: Vec<SegmentRef>,
+    /// Archived ranges this node does not hold (checked on a member that does).
+    pub archive_missing: Vec<ArchivedRange>,
 }
 
 /// Audit records a restore declared lost: the cluster had anchored them, they were not
@@ -136,39 +164,122 @@ impl Vault {
         serde_json::from_slice(&plaintext).map_err(VaultError::internal)
     }
 
-    /// `GET sys/coffer/audit`: merged records matching `filter`, in (node, seq) order, and
-    /// the position to resume after when more may follow.
-    pub fn audit_query(&self, auth: &super::Auth, filter: &AuditFilter) -> Result<AuditPage> {
+    /// Merged records matching `filter`, in (node, epoch, seq) order, and the position to
+    /// resume after when more may follow (see [`Vault::audit_page`]).
+    pub fn audit_query(
+        &self,
+        auth: &super::Auth,
+        filter: &AuditFilter,
+    ) -> Result<(Vec<MergedRecord>, Option<Position>)> {
+        let page = self.audit_page(auth, filter)?;
+        Ok((page.records, page.next))
+    }
+
+    /// `GET sys/coffer/audit`: merged records matching `filter`, archived ones included
+    /// where this node holds their segment, in (node, epoch, seq) order; the position to
+    /// resume after when more may follow; and the archived ranges this node does not hold.
+    pub fn audit_page(&self, auth: &super::Auth, filter: &AuditFilter) -> Result<AuditPage> {
         auth.require("sys/coffer/audit", Capability::Read)?;
         self.keyring()?;
         let limit = filter.limit.unwrap_or(100).clamp(1, MAX_QUERY);
         let prefix = log_prefix(filter.node, None);
-        let mut after = filter.after.map(|(n, e, s)| log_key(n, e, s));
-        let mut out = Vec::new();
+        let start = filter.after.map(|(n, e, s)| log_key(n, e, s));
+        let mut segments = self.archived_segments(filter.node, start.as_deref())?;
+        let mut page = AuditPage::default();
+        let mut after = start.clone();
+        // Takes one record; true once the page is full.
+        let take = |page: &mut AuditPage, key: &[u8], record: AuditRecord| {
+            if !filter.accepts(&record) {
+                return false;
+            }
+            page.records.push(MergedRecord {
+                epoch_number: crate::keys::audit_log_epoch(key),
+                record,
+            });
+            if page.records.len() < limit {
+                return false;
+            }
+            page.next = page
+                .records
+                .last()
+                .map(|r| (r.record.node, r.epoch_number, r.record.seq));
+            true
+        };
         loop {
             let chunk = self.engine.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
-            let Some((last_key, _)) = chunk.last() else {
-                break;
-            };
-            let next_after = last_key.clone();
-            for (key, entry) in chunk {
-                let record = self.decode_log(&key, &entry.value)?;
-                if filter.accepts(&record) {
-                    out.push(MergedRecord {
-                        epoch_number: crate::keys::audit_log_epoch(&key),
-                        record,
-                    });
-                    if out.len() == limit {
-                        let pos = out
-                            .last()
-                            .map(|r| (r.record.node, r.epoch_number, r.record.seq));
-                        return Ok((out, pos));
+            let next_after = chunk.last().map(|(k, _)| k.clone());
+            for item in chunk.into_iter().map(Some).chain(std::iter::once(None)) {
+                // Archived records come before the state's records of their epoch.
+                while let Some(segment) = segments
+                    .first()
+                    .filter(|s| item.as_ref().is_none_or(|(k, _)| s.first_key < *k))
+                {
+                    let segment = segment.clone();
+                    segments.remove(0);
+                    match self.read_segment(&segment.segment) {
+                        Held::Records(records) => {
+                            for (k, record) in records {
+                                if start.as_ref().is_some_and(|s| k <= *s) {
+                                    continue;
+                                }
+                                if take(&mut page, &k, record) {
+                                    return Ok(page);
+                                }
+                            }
+                        }
+                        Held::Missing | Held::Altered(_) => page.unavailable.push(ArchivedRange {
+                            node: segment.node,
+                            epoch: segment.epoch,
+                            from: segment.segment.first,
+                            to: segment.segment.last,
+                            digest: segment.segment.digest.clone(),
+                        }),
                     }
                 }
+                let Some((key, entry)) = item else {
+                    break;
+                };
+                let record = self.decode_log(&key, &entry.value)?;
+                if take(&mut page, &key, record) {
+                    return Ok(page);
+                }
             }
-            after = Some(next_after);
+            match next_after {
+                Some(k) => after = Some(k),
+                None => return Ok(page),
+            }
         }
-        Ok((out, None))
+    }
+
+    /// The archive segments of `node` (or of all), in key order, ending after `after`.
+    fn archived_segments(&self, node: Option<u64>, after: Option<&[u8]>) -> Result<Vec<SegmentAt>> {
+        let epochs: std::collections::BTreeMap<(u64, String), u32> = self
+            .epoch_cursors(node)?
+            .into_iter()
+            .map(|c| ((c.node, c.epoch_id), c.epoch))
+            .collect();
+        let mut out = Vec::new();
+        for (n, epoch_id, _) in self.archive_anchors()? {
+            if node.is_some_and(|want| want != n) {
+                continue;
+            }
+            let Some(&epoch) = epochs.get(&(n, epoch_id.clone())) else {
+                continue;
+            };
+            for segment in self.archive_segments(n, &epoch_id)? {
+                if after.is_some_and(|a| log_key(n, epoch, segment.last).as_slice() <= a) {
+                    continue;
+                }
+                out.push(SegmentAt {
+                    first_key: log_key(n, epoch, segment.first),
+                    node: n,
+                    epoch,
+                    segment,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.first_key.cmp(&b.first_key));
+        Ok(out)
     }
 
     /// `GET sys/coffer/audit/verify`: every epoch's chain in the merged log (with its
@@ -235,6 +346,9 @@ impl Vault {
             unauthenticated: verdict.unauthenticated,
             problems,
             declared_lost: None,
+            archived_through: 0,
+            archive_segments: Vec::new(),
+            archive_missing: Vec::new(),
         })
     }
 
@@ -246,28 +360,108 @@ impl Vault {
     ) -> Result<NodeChainReport> {
         let (node, cursor) = (c.node, c.cursor);
         let prefix = log_prefix(Some(node), Some(c.epoch));
-        let mut problems = Vec::new();
-        let mut records: Vec<AuditRecord> = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        let mut count = 0u64;
-        let mut unauthenticated = 0u64;
-        let problem = |seq, kind: &str, detail: String| ChainProblem {
+        let anchor = self.anchor(node, &c.epoch_id)?;
+        let mut check = EpochCheck {
             node,
             epoch: c.epoch,
-            seq,
-            kind: kind.into(),
-            detail,
+            epoch_id: &c.epoch_id,
+            mac_key,
+            problems: Vec::new(),
+            count: 0,
+            unauthenticated: 0,
+            last: Some((0, crate::audit::record::GENESIS.to_string())),
+            watch: anchor.as_ref().map(|a| a.seq).filter(|s| *s <= cursor),
+            watched: None,
         };
+        // The archived part, segment by segment, as far as this node holds it.
+        let (archive, _) = self.archive_anchor(node, &c.epoch_id)?;
+        let archive_segments = self.archive_segments(node, &c.epoch_id)?;
+        let mut missing = Vec::new();
+        for segment in &archive_segments {
+            match self.read_segment(segment) {
+                Held::Records(records) => {
+                    let (first, last) = (
+                        records.first().map(|r| r.1.seq),
+                        records.last().map(|r| r.1.seq),
+                    );
+                    if (first, last) != (Some(segment.first), Some(segment.last)) {
+                        check.problem(segment.first, "tampered", format!(
+                            "archive segment {} holds records {first:?}..={last:?}, its anchor says {}..={}",
+                            segment.digest, segment.first, segment.last
+                        ));
+                    }
+                    check.records(&prefix, records);
+                }
+                Held::Missing => {
+                    missing.push(ArchivedRange {
+                        node,
+                        epoch: c.epoch,
+                        from: segment.first,
+                        to: segment.last,
+                        digest: segment.digest.clone(),
+                    });
+                    // The chain resumes at the next segment held, from its own first link.
+                    check.last = None;
+                }
+                Held::Altered(why) => {
+                    check.problem(segment.first, "tampered", why);
+                    check.last = None;
+                }
+            }
+        }
+        // The segments tile 1..=through, each recorded once.
+        let mut next = 1;
+        for segment in &archive_segments {
+            if segment.first != next || segment.last < segment.first {
+                check.problem(
+                    segment.first,
+                    "gap",
+                    format!(
+                        "archive segments jump from record {} to {}..={}",
+                        next.saturating_sub(1),
+                        segment.first,
+                        segment.last
+                    ),
+                );
+            }
+            next = segment.last + 1;
+        }
+        if next - 1 != archive.through || archive_segments.len() as u64 != archive.segments {
+            check.problem(next, "gap", format!(
+                "the archive anchor says records 1..={} in {} segments, {} segments up to {} are recorded",
+                archive.through, archive.segments, archive_segments.len(), next - 1
+            ));
+        }
+        if archive.through > 0 {
+            if check
+                .last
+                .as_ref()
+                .is_some_and(|(seq, hash)| *seq == archive.through && *hash != archive.hash)
+            {
+                check.problem(
+                    archive.through,
+                    "fork",
+                    format!(
+                        "archived record {} is not the one the archive anchor recorded",
+                        archive.through
+                    ),
+                );
+            }
+            // The state continues from the anchor, whatever this node holds of the archive.
+            check.last = Some((archive.through, archive.hash.clone()));
+        }
+        // What remains in the state, in chunks.
+        let mut after = (archive.through > 0).then(|| log_key(node, c.epoch, archive.through));
         loop {
             let chunk = match self.engine.scan(&prefix, after.as_deref(), SCAN_CHUNK) {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    let seq = records.last().map_or(1, |r| r.seq + 1);
-                    problems.push(problem(
+                    let seq = check.last.as_ref().map_or(1, |l| l.0 + 1);
+                    check.problem(
                         seq,
                         "unreadable",
                         format!("storage refused to read on: {e}"),
-                    ));
+                    );
                     break;
                 }
             };
@@ -275,6 +469,7 @@ impl Vault {
                 break;
             };
             after = Some(last_key.clone());
+            let mut records = Vec::with_capacity(chunk.len());
             for (key, entry) in chunk {
                 let seq: u64 = String::from_utf8_lossy(&key[prefix.len()..])
                     .parse()
@@ -283,53 +478,47 @@ impl Vault {
                 if seq > cursor {
                     continue;
                 }
-                count += 1;
                 match self.decode_log(&key, &entry.value) {
-                    Ok(r) if r.node == node && r.seq == seq && r.epoch == c.epoch_id => {
-                        match &r.mac {
-                            Some(mac)
-                                if *mac != line_mac(mac_key, node, &r.epoch, seq, &r.hash) =>
-                            {
-                                problems.push(problem(
-                                    seq,
-                                    "tampered",
-                                    format!("record {seq} fails its MAC"),
-                                ))
-                            }
-                            Some(_) => {}
-                            None => unauthenticated += 1,
-                        }
-                        records.push(r)
+                    Ok(r) => records.push((key, r)),
+                    Err(_) => {
+                        check.count += 1;
+                        check.problem(
+                            seq,
+                            "tampered",
+                            format!(
+                                "record {seq} failed authentication: its ciphertext was altered"
+                            ),
+                        );
                     }
-                    Ok(r) => problems.push(problem(
-                        seq,
-                        "tampered",
-                        format!(
-                            "record stored at {seq} claims node {} epoch {} seq {}",
-                            r.node, r.epoch, r.seq
-                        ),
-                    )),
-                    Err(_) => problems.push(problem(
-                        seq,
-                        "tampered",
-                        format!("record {seq} failed authentication: its ciphertext was altered"),
-                    )),
                 }
             }
+            check.records(&prefix, records);
         }
-        let mut chain = verify_chain(node, (0, crate::audit::record::GENESIS), &records);
-        for p in &mut chain {
-            p.epoch = c.epoch;
+        let EpochCheck {
+            mut problems,
+            count,
+            unauthenticated,
+            last,
+            watched,
+            ..
+        } = check;
+        let last_seq = last.as_ref().map_or(0, |l| l.0);
+        if last_seq != cursor && problems.is_empty() {
+            problems.push(ChainProblem {
+                node,
+                epoch: c.epoch,
+                seq: cursor,
+                kind: "gap".into(),
+                detail: format!("cursor says {cursor} records were merged, the log ends earlier"),
+            });
         }
-        problems.extend(chain);
-        if records.last().map_or(0, |r| r.seq) != cursor && problems.is_empty() {
-            problems.push(problem(
-                cursor,
-                "gap",
-                format!("cursor says {cursor} records were merged, the log ends earlier"),
-            ));
-        }
-        let anchor = self.anchor(node, &c.epoch_id)?;
+        let problem = |seq, kind: &str, detail: String| ChainProblem {
+            node,
+            epoch: c.epoch,
+            seq,
+            kind: kind.into(),
+            detail,
+        };
         let declared_lost = self
             .read_record::<LostAudit>(&crate::keys::audit_lost(node, &c.epoch_id))?
             .map(|r| r.value);
@@ -348,18 +537,15 @@ impl Vault {
                     ),
                 ));
             }
-            if a.seq <= cursor {
-                let at = records.iter().find(|r| r.seq == a.seq);
-                if at.is_some_and(|r| r.hash != a.hash) {
-                    problems.push(problem(
-                        a.seq,
-                        "fork",
-                        format!(
-                            "merged record {} is not the one the node's spool held when it was anchored",
-                            a.seq
-                        ),
-                    ));
-                }
+            if a.seq <= cursor && watched.is_some_and(|hash| hash != a.hash) {
+                problems.push(problem(
+                    a.seq,
+                    "fork",
+                    format!(
+                        "merged record {} is not the one the node's spool held when it was anchored",
+                        a.seq
+                    ),
+                ));
             }
         }
         problems.sort_by_key(|p| p.seq);
@@ -373,6 +559,106 @@ impl Vault {
             unauthenticated,
             problems,
             declared_lost,
+            archived_through: archive.through,
+            archive_segments,
+            archive_missing: missing,
         })
     }
+}
+
+/// The checks of one epoch's records, fed in sequence order from archive segments and the
+/// state.
+struct EpochCheck<'a> {
+    node: u64,
+    epoch: u32,
+    epoch_id: &'a str,
+    mac_key: &'a [u8; 32],
+    problems: Vec<ChainProblem>,
+    /// Records seen.
+    count: u64,
+    /// Records without a MAC.
+    unauthenticated: u64,
+    /// The last record checked, `(seq, hash)` (`(0, GENESIS)` before the first); `None`
+    /// after a segment this node does not hold (the next record is taken on its own word).
+    last: Option<(u64, String)>,
+    /// A sequence number whose hash is wanted (the shipping anchor's), and its hash once seen.
+    watch: Option<u64>,
+    watched: Option<String>,
+}
+
+impl EpochCheck<'_> {
+    fn problem(&mut self, seq: u64, kind: &str, detail: String) {
+        self.problems.push(ChainProblem {
+            node: self.node,
+            epoch: self.epoch,
+            seq,
+            kind: kind.into(),
+            detail,
+        });
+    }
+
+    /// Checks records stored under `prefix` (their keys name their positions), in order.
+    fn records(&mut self, prefix: &[u8], records: Vec<(Vec<u8>, AuditRecord)>) {
+        let mut chain = Vec::with_capacity(records.len());
+        for (key, r) in records {
+            self.count += 1;
+            let seq: u64 = key
+                .strip_prefix(prefix)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if r.node != self.node || r.seq != seq || r.epoch != self.epoch_id {
+                self.problem(
+                    seq,
+                    "tampered",
+                    format!(
+                        "record stored at {seq} claims node {} epoch {} seq {}",
+                        r.node, r.epoch, r.seq
+                    ),
+                );
+                continue;
+            }
+            match &r.mac {
+                Some(mac) if *mac != line_mac(self.mac_key, self.node, &r.epoch, seq, &r.hash) => {
+                    self.problem(seq, "tampered", format!("record {seq} fails its MAC"))
+                }
+                Some(_) => {}
+                None => self.unauthenticated += 1,
+            }
+            if self.watch == Some(seq) {
+                self.watched = Some(r.hash.clone());
+            }
+            chain.push(r);
+        }
+        let Some(first) = chain.first() else {
+            return;
+        };
+        let start = match &self.last {
+            Some((seq, hash)) => (*seq, hash.clone()),
+            None => (first.seq.saturating_sub(1), first.prev_hash.clone()),
+        };
+        for mut p in verify_chain(self.node, (start.0, &start.1), &chain) {
+            p.epoch = self.epoch;
+            self.problems.push(p);
+        }
+        if let Some(last) = chain.last() {
+            self.last = Some((last.seq, last.hash.clone()));
+        }
+    }
+}
+
+/// Archived records of one epoch this node does not hold (it caught up from a snapshot
+/// taken after they were archived): another member's `archive/` has the segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArchivedRange {
+    /// Origin node.
+    pub node: u64,
+    /// The epoch's number.
+    pub epoch: u32,
+    /// First sequence number.
+    pub from: u64,
+    /// Last sequence number.
+    pub to: u64,
+    /// The segment's digest (its file name without `.seg`).
+    pub digest: String,
 }

@@ -3,6 +3,7 @@
 //! every API write into one guarded transaction retried on conflict.
 
 mod audit;
+mod audit_archive;
 mod audit_log;
 mod auth;
 mod backup;
@@ -32,7 +33,10 @@ pub(crate) const LIST_LIMIT: usize = 100_000;
 
 pub use crate::rules::kv::KvMetaUpdate;
 pub use audit::SHIP_BATCH;
-pub use audit_log::{AuditFilter, LostAudit, MergedRecord, NodeChainReport, VerifyReport};
+pub use audit_archive::{ArchiveAnchor, ArchiveRound, SegmentRef, SEGMENT_BYTES, SEGMENT_RECORDS};
+pub use audit_log::{
+    ArchivedRange, AuditFilter, AuditPage, LostAudit, MergedRecord, NodeChainReport, VerifyReport,
+};
 pub use auth::{Auth, StoredPolicy};
 pub use backup::{BackupRecord, BackupSchedule, RestoreMarker};
 pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
