@@ -158,6 +158,8 @@ pub struct ServerConfig {
     pub tls: TlsFiles,
     /// Raft timing and snapshot settings.
     pub raft: RaftTuning,
+    /// RocksDB's memory and disk footprint.
+    pub storage: coffer_vault::node::StorageTuning,
     /// A node that hears nothing from a leader (a leader: no quorum acknowledgement) for this
     /// long turns read-only standby. Default 1000.
     pub standby_after_ms: u64,
@@ -192,6 +194,7 @@ impl Default for ServerConfig {
             seal: SealConfig::Shamir,
             tls: TlsFiles::default(),
             raft: RaftTuning::default(),
+            storage: coffer_vault::node::StorageTuning::default(),
             standby_after_ms: 1000,
             notify: NotifyConfig::default(),
             default_lease_ttl_secs: 768 * 3600,
@@ -288,6 +291,7 @@ impl ServerConfig {
         self.raft
             .to_openraft(&self.cluster_name)
             .map_err(|e| format!("raft: {e}"))?;
+        self.storage.validate()?;
         if self.standby_after_ms < self.raft.election_timeout_max_ms {
             return Err(format!(
                 "standby_after_ms: {} is shorter than raft.election_timeout_max_ms ({}); a node would turn read-only during every normal election",
@@ -360,6 +364,10 @@ mod tests {
             seal = { type = "file", path = "/etc/coffer/root.key" }
             [raft]
             heartbeat_interval_ms = 50
+            [storage]
+            block_cache_bytes = 67108864
+            [audit]
+            archive_after = "30d"
             "#,
         )
         .unwrap();
@@ -370,6 +378,16 @@ mod tests {
             }
         );
         assert_eq!(cfg.raft.heartbeat_interval_ms, 50);
+        assert_eq!(cfg.storage.block_cache_bytes, 64 << 20);
+        assert_eq!(
+            cfg.storage.write_buffer_bytes,
+            8 << 20,
+            "the rest keep their defaults"
+        );
+        assert_eq!(
+            cfg.audit.archive_after().unwrap(),
+            Some(std::time::Duration::from_secs(30 * 86400))
+        );
         cfg.apply_env(|k| (k == "COFFER_NODE_ID").then(|| "4".to_string()))
             .unwrap();
         assert_eq!(cfg.node_id, 4);
@@ -402,6 +420,22 @@ mod tests {
                 Box::new(|c| c.http.max_connections = 1),
                 "http.max_connections",
             ),
+            (
+                Box::new(|c| c.storage.write_buffers_per_cf = 1),
+                "storage.write_buffers_per_cf",
+            ),
+            (
+                Box::new(|c| c.storage.wal_total_bytes = 1 << 20),
+                "storage.wal_total_bytes",
+            ),
+            (
+                Box::new(|c| c.storage.block_cache_bytes = 0),
+                "storage.block_cache_bytes",
+            ),
+            (
+                Box::new(|c| c.audit.archive_after = "7 days".into()),
+                "audit.archive_after",
+            ),
         ];
         for (mutate, field) in cases {
             let mut cfg = base();
@@ -413,5 +447,12 @@ mod tests {
             toml::from_str::<ServerConfig>("nodeid = 1").is_err(),
             "unknown keys are refused"
         );
+        assert!(
+            toml::from_str::<ServerConfig>("[storage]\nblock_cache = 1").is_err(),
+            "unknown storage keys are refused"
+        );
+        let mut never = base();
+        never.audit.archive_after = "0".into();
+        assert_eq!(never.audit.archive_after().unwrap(), None);
     }
 }

@@ -157,6 +157,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         peer_addr: dev.is_none().then(|| cfg.peer_addr.clone()),
         cluster_name: cfg.cluster_name.clone(),
         raft: cfg.raft.clone(),
+        storage: cfg.storage.clone(),
         standby_after: Duration::from_millis(cfg.standby_after_ms),
         token_limits: coffer_vault::rules::token::TokenLimits {
             default_ttl_secs: cfg.default_lease_ttl_secs,

@@ -28,9 +28,14 @@ pub const MAGIC: &[u8] = b"coffer archive segment v1\n";
 /// A segment's `(key, value)` records, in key order.
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Largest segment file read back (a moved range is bounded by whoever proposes it; Coffer
-/// moves at most a few MiB at a time).
-pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
+/// Largest segment: a range guarded by [`crate::Check::RangeDigest`] must fit (framed
+/// records), and nothing larger is read back. Coffer moves at most 8 MiB at a time.
+pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Whether `txn` archives a range (its first op is [`crate::Op::Archive`]).
+pub(crate) fn in_txn(txn: &crate::Txn) -> bool {
+    matches!(txn.ops.first(), Some(crate::Op::Archive { .. }))
+}
 
 /// SHA-256 over the framed `(key, value)` records, in the order given.
 pub fn digest<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> [u8; 32] {
@@ -123,10 +128,10 @@ impl ArchiveDir {
             Err(e) => return Err(SegmentError::Io(name, e)),
         };
         let mut raw = Vec::new();
-        file.take(MAX_SEGMENT_BYTES + 1)
+        file.take(MAX_SEGMENT_BYTES + MAGIC.len() as u64 + 1)
             .read_to_end(&mut raw)
             .map_err(|e| SegmentError::Io(name.clone(), e))?;
-        if raw.len() as u64 > MAX_SEGMENT_BYTES {
+        if raw.len() as u64 > MAX_SEGMENT_BYTES + MAGIC.len() as u64 {
             return Err(SegmentError::Malformed(name, "larger than any segment"));
         }
         let body = raw

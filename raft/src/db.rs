@@ -81,8 +81,14 @@ pub enum OpenError {
     Rocks(#[from] rocksdb::Error),
 }
 
-/// Opens (creating if needed) the node's RocksDB with all column families.
+/// Opens (creating if needed) the node's RocksDB with all column families, with the
+/// default footprint (offline tools).
 pub fn open(path: &Path) -> Result<Arc<Db>, OpenError> {
+    open_with(path, &StorageTuning::default())
+}
+
+/// [`open`] with the footprint `tuning` sets.
+pub fn open_with(path: &Path, tuning: &StorageTuning) -> Result<Arc<Db>, OpenError> {
     std::fs::create_dir_all(path).map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
     let canonical = path
         .canonicalize()
@@ -93,7 +99,7 @@ pub fn open(path: &Path) -> Result<Arc<Db>, OpenError> {
             return Err(OpenError::HeldHere(canonical));
         }
     }
-    match open_rocks(&canonical) {
+    match open_rocks(&canonical, tuning) {
         Ok(db) => Ok(Arc::new(Db {
             inner: Some(db),
             path: canonical,
@@ -106,38 +112,88 @@ pub fn open(path: &Path) -> Result<Arc<Db>, OpenError> {
     }
 }
 
-/// RocksDB's footprint, chosen for a store of up to a few hundred MB of small, incompressible
-/// values (ciphertext) on a machine it shares. Memory: at most [`WRITE_BUFFER_TOTAL_BYTES`]
-/// of memtables plus [`BLOCK_CACHE_BYTES`] of cached blocks, whatever the store's size. Disk:
-/// the write-ahead log stays under about [`WAL_TOTAL_BYTES`] (column families that hold the
-/// oldest log file are flushed when it is exceeded), plus SST files and one snapshot.
-mod footprint {
+/// RocksDB's footprint (config file section `[storage]`), chosen for a store of up to a
+/// few hundred MB of small, incompressible values (ciphertext) on a machine it shares.
+/// Memory: at most `write_buffer_total_bytes` of memtables plus `block_cache_bytes` of
+/// cached blocks, whatever the store's size. Disk: the write-ahead log stays under about
+/// `wal_total_bytes` (column families that hold the oldest log file are flushed when it is
+/// exceeded), plus SST files and one snapshot. Units are in the names.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageTuning {
     /// One memtable of a column family. Default 8 MiB: a flush writes an 8 MiB SST; larger
-    /// buffers mean fewer, larger flushes (a little less write amplification) for more memory.
-    pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
-    /// Memtables per column family (one filling while one flushes). Default 2.
-    pub const WRITE_BUFFERS_PER_CF: i32 = 2;
+    /// buffers mean fewer, larger flushes (a little less write amplification) for more
+    /// memory.
+    pub write_buffer_bytes: usize,
+    /// Memtables per column family (one filling while one flushes). Default 2; at least 2,
+    /// or writes stall while a memtable flushes.
+    pub write_buffers_per_cf: i32,
     /// Memtables of all column families together; past it the largest is flushed. Default
     /// 32 MiB: the memory bound (four column families could otherwise hold 4 × 2 × 8 MiB).
-    pub const WRITE_BUFFER_TOTAL_BYTES: usize = 32 << 20;
+    pub write_buffer_total_bytes: usize,
     /// Write-ahead log files together; past it, the column families holding the oldest file
     /// are flushed so it can be deleted. Default 64 MiB: without it, a column family written
     /// rarely (the vote, the applied index) keeps every log file since its last flush.
     /// Smaller means more small flushes.
-    pub const WAL_TOTAL_BYTES: u64 = 64 << 20;
+    pub wal_total_bytes: u64,
     /// Block cache, shared by the column families. Default 16 MiB: reads of recent secrets
     /// hit the memtables or the OS page cache anyway; a larger cache trades memory for fewer
-    /// block decompressions on a large store.
-    pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
+    /// block reads on a large store.
+    pub block_cache_bytes: usize,
+    /// Background flush and compaction threads. Default 2 (this machine's cores); more
+    /// helps only with more cores and a write-heavy load.
+    pub background_threads: i32,
 }
 
-fn open_rocks(path: &Path) -> Result<DB, rocksdb::Error> {
-    use footprint::*;
-    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+impl Default for StorageTuning {
+    fn default() -> Self {
+        Self {
+            write_buffer_bytes: 8 << 20,
+            write_buffers_per_cf: 2,
+            write_buffer_total_bytes: 32 << 20,
+            wal_total_bytes: 64 << 20,
+            block_cache_bytes: 16 << 20,
+            background_threads: 2,
+        }
+    }
+}
+
+impl StorageTuning {
+    /// Refuses settings RocksDB would reject or that would stall writes, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        const MIB: usize = 1 << 20;
+        if self.write_buffer_bytes < MIB {
+            return Err("storage.write_buffer_bytes: at least 1 MiB (1048576)".into());
+        }
+        if !(2..=16).contains(&self.write_buffers_per_cf) {
+            return Err("storage.write_buffers_per_cf: between 2 and 16".into());
+        }
+        if self.write_buffer_total_bytes < self.write_buffer_bytes {
+            return Err(
+                "storage.write_buffer_total_bytes: at least storage.write_buffer_bytes".into(),
+            );
+        }
+        if self.wal_total_bytes < self.write_buffer_total_bytes as u64 {
+            return Err(
+                "storage.wal_total_bytes: at least storage.write_buffer_total_bytes (smaller flushes on every write)".into(),
+            );
+        }
+        if self.block_cache_bytes < MIB {
+            return Err("storage.block_cache_bytes: at least 1 MiB (1048576)".into());
+        }
+        if !(1..=64).contains(&self.background_threads) {
+            return Err("storage.background_threads: between 1 and 64".into());
+        }
+        Ok(())
+    }
+}
+
+fn open_rocks(path: &Path, tuning: &StorageTuning) -> Result<DB, rocksdb::Error> {
+    let cache = rocksdb::Cache::new_lru_cache(tuning.block_cache_bytes);
     let cf_opts = || {
         let mut o = Options::default();
-        o.set_write_buffer_size(WRITE_BUFFER_BYTES);
-        o.set_max_write_buffer_number(WRITE_BUFFERS_PER_CF);
+        o.set_write_buffer_size(tuning.write_buffer_bytes);
+        o.set_max_write_buffer_number(tuning.write_buffers_per_cf);
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
         o.set_block_based_table_factory(&table);
@@ -146,10 +202,10 @@ fn open_rocks(path: &Path) -> Result<DB, rocksdb::Error> {
     let mut opts = cf_opts();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    opts.set_db_write_buffer_size(WRITE_BUFFER_TOTAL_BYTES);
-    opts.set_max_total_wal_size(WAL_TOTAL_BYTES);
+    opts.set_db_write_buffer_size(tuning.write_buffer_total_bytes);
+    opts.set_max_total_wal_size(tuning.wal_total_bytes);
     opts.set_keep_log_file_num(4);
-    opts.increase_parallelism(2);
+    opts.increase_parallelism(tuning.background_threads);
     let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
@@ -172,6 +228,16 @@ pub const KEY_REVISION: &[u8] = b"revision";
 /// that finds it at start knows its state is half-replaced and loads the published file
 /// again.
 pub const KEY_INSTALLING: &[u8] = b"installing";
+
+/// `sm`: prefix of the archive segments this node applied, `archived/<digest hex>` → the log
+/// index (u64 BE) of the entry that made it: a segment listed here whose file is gone was
+/// deleted, one not listed was never held (see [`crate::archive`]).
+pub const ARCHIVED_PREFIX: &str = "archived/";
+
+/// The `sm` key recording that this node wrote the segment `digest`.
+pub fn archived_key(digest: &[u8; 32]) -> Vec<u8> {
+    format!("{ARCHIVED_PREFIX}{}", hex::encode(digest)).into_bytes()
+}
 
 /// Encodes a `kv` record: `mod_revision (8, BE) | create_revision (8, BE) | value`.
 pub fn encode_entry(entry: &KvEntry) -> Vec<u8> {

@@ -26,7 +26,7 @@ mod txn;
 mod types;
 
 pub use archive::ArchiveDir;
-pub use db::Db;
+pub use db::{Db, StorageTuning};
 pub use engine::membership::{
     ContactBook, Contacts, MemberStatus, MembershipChange, PROMOTE_MAX_LAG,
 };
@@ -87,6 +87,43 @@ pub fn reset_to_single_voter(
     db::reset_to_single_voter(&db, node_id, addr, edits)?;
     // The snapshot a leader sends to new members must carry the new membership too.
     SnapshotFiles::new(data_dir.join("snapshots"), db)?.build()
+}
+
+/// Copies the archive segments under `from` into `data_dir`'s `archive/`, each checked
+/// against its digest first, and records them as this node's own (a node recovered from a
+/// survivor's directory carries the survivor's segments; a later loss of one is then
+/// reported as a deletion). Segments that fail their digest are left behind and named in
+/// the log. Returns how many were carried. On a stopped node.
+pub fn adopt_archive(data_dir: &std::path::Path, from: &std::path::Path) -> Result<usize, String> {
+    let source = ArchiveDir::new(from.to_path_buf());
+    let target = ArchiveDir::new(data_dir.join("archive"));
+    let mut carried = Vec::new();
+    for digest in source.list() {
+        match source.read(&digest) {
+            Ok(Some(records)) => {
+                target.write(&digest, &records)?;
+                carried.push(digest);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("not carried: {e}"),
+        }
+    }
+    if carried.is_empty() {
+        return Ok(0);
+    }
+    let db = db::open(&data_dir.join("raft")).map_err(|e| e.to_string())?;
+    let mut batch = rocksdb::WriteBatch::default();
+    for digest in &carried {
+        batch.put_cf(
+            db::cf(&db, db::CF_SM),
+            db::archived_key(digest),
+            0u64.to_be_bytes(),
+        );
+    }
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
+    Ok(carried.len())
 }
 
 /// Whether a running process holds the RocksDB under `data_dir` (its lock file is locked).

@@ -14,7 +14,8 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
 use crate::archive::ArchiveDir;
 use crate::db::{
-    cf, decode_entry, encode_entry, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REVISION,
+    archived_key, cf, decode_entry, encode_entry, Db, CF_KV, CF_SM, KEY_APPLIED, KEY_MEMBERSHIP,
+    KEY_REVISION,
 };
 use crate::snapshot::{SnapshotFiles, SnapshotHeader};
 use crate::txn::{plan, KvEntry, StateView, TxnResult, Write};
@@ -199,11 +200,20 @@ impl StateMachine {
                     match write {
                         Write::Put(key, e) => batch.put_cf(kv, key, encode_entry(&e)),
                         Write::Delete(key) => batch.delete_cf(kv, key),
-                        // On disk before the batch that deletes the keys is written.
-                        Write::Archive(digest, records) => self
-                            .archive
-                            .write(&digest, &records)
-                            .map_err(sm_write_err)?,
+                        // On disk before the batch that deletes the keys is written (by
+                        // `write_segments`, off the async threads; here only if it is not).
+                        Write::Archive(digest, records) => {
+                            if !self.archive.segment_path(&digest).exists() {
+                                self.archive
+                                    .write(&digest, &records)
+                                    .map_err(sm_write_err)?;
+                            }
+                            batch.put_cf(
+                                sm,
+                                archived_key(&digest),
+                                entry.log_id.index.to_be_bytes(),
+                            );
+                        }
                     }
                 }
                 result
@@ -245,6 +255,22 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// Writes the archive segments `txn` makes, durably and off the async threads, before
+    /// the entry is applied (which then deletes the archived keys).
+    async fn write_segments(&self, txn: &crate::txn::Txn) -> Result<(), StorageError> {
+        let (_, writes) = plan(txn, &DbView(&self.db), self.revision).map_err(sm_read_err)?;
+        for write in writes {
+            if let Write::Archive(digest, records) = write {
+                let archive = self.archive.clone();
+                tokio::task::spawn_blocking(move || archive.write(&digest, &records))
+                    .await
+                    .map_err(sm_write_err)?
+                    .map_err(sm_write_err)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a transaction that replaces the whole state (see [`crate::replace`]): its
     /// guards are checked here; if they hold, the swap runs off the async threads, with no
     /// snapshot build looking meanwhile.
@@ -307,6 +333,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match &entry.payload {
                 EntryPayload::Normal(Command::Txn(txn)) if crate::replace::is_replace(txn) => {
                     self.apply_replace(entry).await?
+                }
+                EntryPayload::Normal(Command::Txn(txn)) if crate::archive::in_txn(txn) => {
+                    self.write_segments(txn).await?;
+                    self.apply_one(entry)?
                 }
                 _ => self.apply_one(entry)?,
             };

@@ -27,9 +27,10 @@ pub enum Check {
     Revision(u64),
     /// The key exists and the SHA-256 of its value equals this.
     ValueHash([u8; 32]),
-    /// The keys from the compare's key to `to` (both inclusive) are not none, and their
-    /// records hash to `digest` ([`crate::archive::digest`] over key and value, in key
-    /// order): the range holds exactly what the proposer read. Guards [`Op::Archive`].
+    /// The keys from the compare's key to `to` (both inclusive) are not none, fit one
+    /// archive segment ([`crate::archive::MAX_SEGMENT_BYTES`]), and their records hash to
+    /// `digest` ([`crate::archive::digest`] over key and value, in key order): the range
+    /// holds exactly what the proposer read. Guards [`Op::Archive`].
     RangeDigest {
         /// Last key of the range (inclusive).
         to: Vec<u8>,
@@ -80,9 +81,9 @@ pub enum Op {
         keep: Vec<Vec<u8>>,
     },
     /// Move every key from `from` to `to` (both inclusive) out of the store into an archive
-    /// segment file named by the range's digest (see [`crate::archive`]). Only before any
-    /// other kind of op, and only with a [`Check::RangeDigest`] guard on the same range: the
-    /// proposer knows exactly what moves.
+    /// segment file named by the range's digest (see [`crate::archive`]). Only as a
+    /// transaction's first op, and only with a [`Check::RangeDigest`] guard on the same
+    /// range: the proposer knows exactly what moves, and it fits a segment.
     Archive {
         /// First key (inclusive).
         from: Vec<u8>,
@@ -231,7 +232,10 @@ pub fn plan(
         let held = match &cmp.check {
             Check::RangeDigest { to, digest } => {
                 let range = state.range(&cmp.key, to)?;
-                !range.is_empty() && range_digest(&range) == *digest
+                let bytes: usize = range.iter().map(|(k, e)| 8 + k.len() + e.value.len()).sum();
+                !range.is_empty()
+                    && bytes as u64 <= crate::archive::MAX_SEGMENT_BYTES
+                    && range_digest(&range) == *digest
             }
             _ => holds(cmp, state.get(&cmp.key)?.as_ref()),
         };

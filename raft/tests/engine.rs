@@ -10,6 +10,7 @@ async fn open(dir: &std::path::Path) -> Engine {
             node_id: 1,
             data_dir: dir.to_path_buf(),
             tuning: RaftTuning::default(),
+            storage: Default::default(),
         },
         NoPeers,
     )
@@ -130,6 +131,7 @@ async fn restart_keeps_everything_and_snapshots_round_trip() {
                 node_id: 1,
                 data_dir: dir.path().to_path_buf(),
                 tuning: RaftTuning::default(),
+                storage: Default::default(),
             },
             NoPeers,
         )
@@ -380,7 +382,7 @@ async fn an_archive_moves_a_range_to_a_segment_only_when_its_digest_holds() {
             unguarded,
             "an archive needs a range-digest guard on the same range",
         ),
-        (late, "an archive must come before any other op"),
+        (late, "an archive must be the first op"),
     ] {
         let err = engine.write(txn).await.unwrap_err().to_string();
         assert!(err.contains(why), "{err}");

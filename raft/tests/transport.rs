@@ -50,6 +50,7 @@ async fn start_as(ident: Arc<PeerIdentity>, listener: TcpListener, dir: &std::pa
         node_id: id,
         data_dir: dir.join(format!("n{id}")),
         tuning: RaftTuning::default(),
+        storage: Default::default(),
     };
     let network = PeerNetwork::new(ident.clone());
     let contacts = network.contacts();

@@ -99,6 +99,7 @@ async fn engine_seeds(dir: &Path) {
             node_id: 1,
             data_dir: dir.join("engine"),
             tuning: RaftTuning::default(),
+            storage: Default::default(),
         },
         NoPeers,
         NodeAddr::default(),

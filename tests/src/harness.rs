@@ -277,6 +277,7 @@ impl Cluster {
             node_id: id,
             data_dir: self.data_dir(id),
             tuning: self.tuning.clone(),
+            storage: Default::default(),
         };
         let engine = Engine::open(config, network)
             .await

@@ -81,6 +81,7 @@ async fn a_secret_value_never_reaches_the_disk_or_the_log() {
                 node_id: 1,
                 data_dir: data.clone(),
                 tuning: RaftTuning::default(),
+                storage: Default::default(),
             },
             NoPeers,
             NodeAddr {

@@ -200,6 +200,18 @@ pub fn audit_log(node: u64, epoch: u32, seq: u64) -> Vec<u8> {
     format!("audit/log/{node:020}/{epoch:010}/{seq:020}").into_bytes()
 }
 
+/// A merged record's position `(node, epoch number, seq)` from its key.
+pub fn audit_log_position(key: &[u8]) -> Option<(u64, u32, u64)> {
+    let text = std::str::from_utf8(key).ok()?.strip_prefix("audit/log/")?;
+    let mut parts = text.split('/');
+    let position = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(position)
+}
+
 /// The epoch number in a merged record's key (`audit/log/<node>/<epoch>/<seq>`).
 pub fn audit_log_epoch(key: &[u8]) -> u32 {
     String::from_utf8_lossy(key)
@@ -231,6 +243,9 @@ mod tests {
     #[test]
     fn an_audit_key_says_its_epoch() {
         assert_eq!(audit_log_epoch(&audit_log(3, 2, 99)), 2);
+        assert_eq!(audit_log_position(&audit_log(3, 2, 99)), Some((3, 2, 99)));
+        assert_eq!(audit_log_position(b"audit/log/3/2"), None);
+        assert_eq!(audit_log_position(b"audit/cursor/3/2/1"), None);
     }
 }
 

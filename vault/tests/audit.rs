@@ -424,19 +424,97 @@ async fn archived_records_leave_the_state_and_stay_provable() {
         total - (second.last - second.first + 1)
     );
 
-    // Gone instead (a member that caught up from a later snapshot never had it): named, not
-    // a problem; the chain is checked on both sides of it.
+    // Deleted instead: this node wrote it, so its absence is a problem, at its first record;
+    // the chain is checked on both sides of it.
     std::fs::remove_file(&path).unwrap();
     let report = node.vault.audit_verify(&auth).unwrap();
-    assert!(report.ok, "{report:?}");
-    let missing = &report.merged[0].archive_missing;
-    assert_eq!(missing.len(), 1);
+    assert!(!report.ok);
+    let problems = &report.merged[0].problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(
-        (missing[0].from, missing[0].to),
-        (second.first, second.last)
+        (problems[0].seq, problems[0].kind.as_str()),
+        (second.first, "deleted")
     );
     std::fs::write(&path, &original).unwrap();
-    assert!(node.vault.audit_verify(&auth).unwrap().merged[0]
-        .archive_missing
-        .is_empty());
+    let report = node.vault.audit_verify(&auth).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(report.merged[0].archive_missing.is_empty());
+}
+
+/// Two nodes' records, one node's mostly in the state (more than a scan chunk), the other's
+/// archived: a query returns them in (node, seq) order, whole, in one page or many.
+#[tokio::test(flavor = "multi_thread")]
+async fn archived_and_live_records_of_several_nodes_page_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path(), None).await;
+    let key = hex::decode(std::fs::read_to_string(dir.path().join("root.key")).unwrap()).unwrap();
+    let spool2 = coffer_vault::audit::Spool::open(&dir.path().join("audit2"), 2).unwrap();
+    let second = Vault::new(
+        node.engine.clone(),
+        coffer_vault::NodeInfo {
+            node_id: 2,
+            api_addr: "https://127.0.0.1:3".into(),
+            cluster_name: "test".into(),
+        },
+        Arc::new(spool2),
+    );
+    second
+        .unseal_with_root(coffer_vault::crypto::Key::from_slice(&key).unwrap())
+        .unwrap();
+    let spool = |vault: Arc<Vault>, n: u64| async move {
+        let writes: Vec<_> = (0..n)
+            .map(|i| {
+                let vault = vault.clone();
+                tokio::spawn(async move { vault.audit(event(i)).await })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+    };
+    let second = Arc::new(second);
+    spool(second.clone(), 300).await;
+    ship_all(&second).await;
+    let split = coffer_vault::clock::now();
+    while coffer_vault::clock::now() <= split {
+        tokio::task::yield_now().await;
+    }
+    spool(node.vault.clone(), 1500).await;
+    ship_all(&node.vault).await;
+    let round = coffer_vault::ArchiveRound {
+        due_before: split,
+        partial_before: split,
+        segment_records: 100,
+    };
+    let moved = node.vault.archive_audit(round).await.unwrap();
+    let (one, two) = (
+        node.vault.audit_cursor(1).unwrap(),
+        second.audit_cursor(2).unwrap(),
+    );
+    assert!(moved >= two && one >= 1500, "{moved} {one} {two}");
+    let expected: Vec<(u64, u64)> = (1..=one)
+        .map(|s| (1, s))
+        .chain((1..=two).map(|s| (2, s)))
+        .collect();
+    let auth = node.vault.authenticate(Some(&node.root)).unwrap();
+    for limit in [10_000, 333] {
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let filter = AuditFilter {
+                limit: Some(limit),
+                after,
+                ..Default::default()
+            };
+            let page = node.vault.audit_page(&auth, &filter).unwrap();
+            assert!(page.unavailable.is_empty());
+            got.extend(page.records.iter().map(|r| (r.record.node, r.record.seq)));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(got.len(), expected.len(), "limit {limit}");
+        assert!(got == expected, "limit {limit}: out of order or incomplete");
+    }
 }

@@ -214,7 +214,7 @@ pub async fn audit(cmd: AuditCmd) -> Result<i32, ClientError> {
                     }
                     for gap in n["archive_missing"].as_array().into_iter().flatten() {
                         println!(
-                            "  records {}..={} archived in segment {}, not held by this node (it caught up from a later snapshot): verify them on a member that holds it",
+                            "  records {}..={} archived in segment {}, never held by this node (it caught up past them from a snapshot, or was restored from a backup): verify them on a member that holds it",
                             gap["from"], gap["to"], gap["digest"].as_str().unwrap_or("")
                         );
                     }

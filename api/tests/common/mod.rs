@@ -40,6 +40,7 @@ pub async fn node(init: bool) -> Node {
             node_id: 1,
             data_dir: dir.path().to_path_buf(),
             tuning: RaftTuning::default(),
+            storage: Default::default(),
         },
         NoPeers,
         NodeAddr {

@@ -27,7 +27,7 @@ use membership::Contacts;
 use mode::{run_mode_task, ModeChange, ModeTracker, NodeMode};
 
 use crate::archive::ArchiveDir;
-use crate::db::{Db, OpenError};
+use crate::db::{Db, OpenError, StorageTuning};
 use crate::log_store::LogStore;
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{read_entry, scan_prefix, StateMachine};
@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Raft timing and snapshot settings.
     pub tuning: RaftTuning,
+    /// RocksDB's memory and disk footprint.
+    pub storage: StorageTuning,
 }
 
 /// A running node's replicated store.
@@ -140,7 +142,7 @@ impl Engine {
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
-        let db = open_db_when_released(&config.data_dir.join("raft")).await?;
+        let db = open_db_when_released(&config.data_dir.join("raft"), &config.storage).await?;
         let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"), db.clone())
             .map_err(EngineError::storage)?;
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
@@ -391,6 +393,16 @@ impl Engine {
         &self.archive
     }
 
+    /// Whether this node applied the entry that made the segment `digest` (then a missing
+    /// file was deleted; otherwise the node caught up past it from a snapshot).
+    pub fn archive_applied(&self, digest: &[u8; 32]) -> Result<bool, EngineError> {
+        let key = crate::db::archived_key(digest);
+        self.db
+            .get_cf(crate::db::cf(&self.db, crate::db::CF_SM), key)
+            .map(|v| v.is_some())
+            .map_err(EngineError::storage)
+    }
+
     /// Linearizable reads served since start and the leadership confirmations they took
     /// (on the leader: quorum rounds; on a follower: read-index requests to the leader):
     /// `(reads, confirmations)`, leader side then follower side.
@@ -536,10 +548,14 @@ impl Engine {
 /// right after `shutdown`, while openraft's state-machine task drops its last handle — waits
 /// up to [`DB_RELEASE_WAIT`] for it to close. A lock held by another process fails at once:
 /// two nodes on one data directory must never run.
-async fn open_db_when_released(path: &std::path::Path) -> Result<Arc<Db>, EngineError> {
+async fn open_db_when_released(
+    path: &std::path::Path,
+    storage: &StorageTuning,
+) -> Result<Arc<Db>, EngineError> {
+    storage.validate().map_err(EngineError::Config)?;
     let deadline = tokio::time::Instant::now() + DB_RELEASE_WAIT;
     loop {
-        match crate::db::open(path) {
+        match crate::db::open_with(path, storage) {
             Ok(db) => return Ok(db),
             Err(OpenError::HeldHere(_)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(DB_RELEASE_POLL).await;
@@ -567,13 +583,7 @@ pub(crate) fn validate(txn: &Txn) -> Result<(), EngineError> {
             {
                 return invalid("a replace must name a staging area of its own")
             }
-            Op::Archive { .. }
-                if txn.ops[..i]
-                    .iter()
-                    .any(|o| !matches!(o, Op::Archive { .. })) =>
-            {
-                return invalid("an archive must come before any other op")
-            }
+            Op::Archive { .. } if i > 0 => return invalid("an archive must be the first op"),
             Op::Archive { from, to }
                 if from > to || !txn.compares.iter().any(|c| {
                     c.key == *from

@@ -79,6 +79,7 @@ async fn open(dir: &Path) -> Engine {
             node_id: 1,
             data_dir: dir.to_path_buf(),
             tuning: RaftTuning::default(),
+            storage: Default::default(),
         },
         NoPeers,
         NodeAddr {

@@ -124,7 +124,8 @@ pub struct ChainProblem {
     pub epoch: u32,
     /// Sequence number where the problem is seen.
     pub seq: u64,
-    /// `gap`, `fork`, `tampered`, `truncated`, or `unreadable`.
+    /// `gap`, `fork`, `tampered`, `truncated`, `unreadable`, or `deleted` (an archive segment
+    /// this node wrote is gone).
     pub kind: String,
     /// Human explanation.
     pub detail: String,

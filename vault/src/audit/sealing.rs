@@ -18,8 +18,18 @@ use zeroize::Zeroizing;
 
 const LABEL: &[u8] = b"coffer audit spool v1";
 
-/// The private half; zeroized on drop.
-pub struct SpoolKey(StaticSecret);
+/// An ephemeral public key and the AES key derived for it.
+type DerivedKey = ([u8; 32], Zeroizing<[u8; 32]>);
+
+/// The private half; zeroized on drop. Bodies sealed in one group commit share an ephemeral
+/// key, so the key derived for the last one seen is kept: reading a batch costs one
+/// Diffie-Hellman per group commit rather than one per record.
+pub struct SpoolKey {
+    secret: StaticSecret,
+    public: [u8; 32],
+    /// The last ephemeral public key opened for and the AES key derived from it.
+    last: std::sync::Mutex<Option<DerivedKey>>,
+}
 
 impl std::fmt::Debug for SpoolKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,24 +38,47 @@ impl std::fmt::Debug for SpoolKey {
 }
 
 impl SpoolKey {
+    fn new(secret: StaticSecret) -> Self {
+        let public = PublicKey::from(&secret).to_bytes();
+        Self {
+            secret,
+            public,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
     /// A fresh key pair.
     pub fn generate() -> Self {
-        Self(StaticSecret::random_from_rng(rand::rngs::OsRng))
+        Self::new(StaticSecret::random_from_rng(rand::rngs::OsRng))
     }
 
     /// From the 32 secret bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(StaticSecret::from(bytes))
+        Self::new(StaticSecret::from(bytes))
     }
 
     /// The secret bytes, for storing under the keyring.
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.0.to_bytes())
+        Zeroizing::new(self.secret.to_bytes())
     }
 
     /// The public half.
     pub fn public(&self) -> [u8; 32] {
-        PublicKey::from(&self.0).to_bytes()
+        self.public
+    }
+
+    /// The AES key for bodies sealed with the ephemeral public key `epk`.
+    fn body_key(&self, epk: [u8; 32]) -> Zeroizing<[u8; 32]> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, key)) = last.as_ref() {
+            if *seen == epk {
+                return key.clone();
+            }
+        }
+        let shared = Zeroizing::new(self.secret.diffie_hellman(&PublicKey::from(epk)).to_bytes());
+        let key = derive(&shared, &epk, &self.public);
+        *last = Some((epk, key.clone()));
+        key
     }
 
     /// Opens a sealed body of record (node, seq).
@@ -59,11 +92,7 @@ impl SpoolKey {
         let epk: [u8; 32] = raw[..32]
             .try_into()
             .map_err(|_| "bad ephemeral key".to_string())?;
-        let key = derive(
-            &self.0.diffie_hellman(&PublicKey::from(epk)).to_bytes(),
-            &epk,
-            &self.public(),
-        );
+        let key = self.body_key(epk);
         let cipher = Aes256Gcm::new(key.as_slice().into());
         let aad = aad(node, seq);
         cipher
@@ -162,5 +191,30 @@ mod tests {
         );
         let restored = SpoolKey::from_bytes(*key.to_bytes());
         assert_eq!(restored.public(), key.public());
+    }
+
+    #[test]
+    fn bodies_of_several_group_commits_open_in_any_order() {
+        // The key derived for one ephemeral key is reused only for that ephemeral key.
+        let key = SpoolKey::generate();
+        let (a, b) = (
+            BatchSealer::new(&key.public()),
+            BatchSealer::new(&key.public()),
+        );
+        let sealed = [
+            (1, a.seal(1, 1, b"one")),
+            (2, a.seal(1, 2, b"two")),
+            (3, b.seal(1, 3, b"three")),
+            (4, a.seal(1, 4, b"four")),
+        ];
+        for (seq, body) in sealed.iter().chain(sealed.iter().rev()) {
+            let opened = key.open(1, *seq, body).unwrap();
+            assert_eq!(
+                opened.as_slice(),
+                [&b"one"[..], b"two", b"three", b"four"][*seq as usize - 1]
+            );
+        }
+        let other = SpoolKey::generate();
+        assert!(other.open(1, 1, &sealed[0].1).is_err());
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use coffer_raft::{Engine, EngineConfig, Forwarder, NodeAddr, PeerNetwork};
 
-pub use coffer_raft::{MemberStatus, ModeChange, NodeMode, RaftTuning};
+pub use coffer_raft::{MemberStatus, ModeChange, NodeMode, RaftTuning, StorageTuning};
 pub use coffer_tls::NodeKeyRequest as NodeKey;
 pub use files::{write_atomic, TlsFiles};
 
@@ -64,6 +64,8 @@ pub struct NodeOptions {
     pub cluster_name: String,
     /// Raft timings.
     pub raft: RaftTuning,
+    /// RocksDB's footprint.
+    pub storage: coffer_raft::StorageTuning,
     /// No contact (or quorum) for this long turns the node read-only.
     pub standby_after: Duration,
     /// Token lifetimes.
@@ -134,6 +136,7 @@ impl Node {
                 node_id: opts.node_id,
                 data_dir: opts.data_dir.clone(),
                 tuning: opts.raft.clone(),
+                storage: opts.storage.clone(),
             },
             network,
         )

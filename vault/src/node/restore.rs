@@ -578,6 +578,7 @@ async fn settle_and_install(
             node_id,
             data_dir: settle.clone(),
             tuning: RaftTuning::default(),
+            storage: Default::default(),
         },
         NoPeers,
     )
@@ -625,6 +626,10 @@ async fn settle_and_install(
     .await
     .map_err(|e| RestoreError::Failed(e.to_string()))?;
     installed.map_err(failed("installing the survivor's state"))?;
+    // The survivor's audit archive comes along: its segments and those the settling wrote.
+    for from in [old.join("archive"), settle.join("archive")] {
+        coffer_raft::adopt_archive(staging, &from).map_err(failed("carrying the audit archive"))?;
+    }
     let _ = std::fs::remove_dir_all(&settle);
     Ok((node_id, counts, header.last_applied.map_or(0, |l| l.index)))
 }

@@ -227,21 +227,19 @@ impl Vault {
             return Ok(crate::audit::record::GENESIS.to_string());
         }
         let key = log_key(node, epoch, seq);
-        if self.engine.get(&key)?.is_none() {
-            // Archived (a quiet node's whole chain may be): the anchor keeps its last hash.
-            if let Some(id) = self.epoch_id(node, epoch)? {
-                let (anchor, _) = self.archive_anchor(node, &id)?;
-                if anchor.through == seq {
-                    return Ok(anchor.hash);
-                }
+        if let Some(entry) = self.engine.get(&key)? {
+            return Ok(self.decode_log(&key, &entry.value)?.hash);
+        }
+        // Archived (a quiet node's whole chain may be): the anchor keeps its last hash.
+        if let Some(id) = self.epoch_id(node, epoch)? {
+            let (anchor, _) = self.archive_anchor(node, &id)?;
+            if anchor.through == seq {
+                return Ok(anchor.hash);
             }
         }
-        let entry = self.engine.get(&key)?.ok_or_else(|| {
-            VaultError::internal(format!(
-                "merged audit record {seq} of node {node} is missing"
-            ))
-        })?;
-        Ok(self.decode_log(&key, &entry.value)?.hash)
+        Err(VaultError::internal(format!(
+            "merged audit record {seq} of node {node} is missing"
+        )))
     }
 
     /// The id of `node`'s epoch number `epoch`.

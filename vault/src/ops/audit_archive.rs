@@ -101,8 +101,11 @@ impl SegmentRef {
 pub(super) enum Held {
     /// Decrypted, in sequence order.
     Records(Vec<(Vec<u8>, AuditRecord)>),
-    /// This node does not hold the segment (it caught up from a later snapshot).
+    /// This node never held the segment (it caught up past it from a snapshot, or was
+    /// restored from a backup).
     Missing,
+    /// This node wrote the segment and its file is gone.
+    Deleted,
     /// The file is not what the anchor recorded, or a record fails to open.
     Altered(String),
 }
@@ -172,7 +175,13 @@ impl Vault {
         };
         let records = match self.engine.archive().read(&digest) {
             Ok(Some(records)) => records,
-            Ok(None) => return Held::Missing,
+            Ok(None) => {
+                return match self.engine.archive_applied(&digest) {
+                    Ok(false) => Held::Missing,
+                    Ok(true) => Held::Deleted,
+                    Err(e) => Held::Altered(format!("reading which segments this node made: {e}")),
+                }
+            }
             Err(e) => return Held::Altered(e.to_string()),
         };
         let mut out = Vec::with_capacity(records.len());
@@ -234,7 +243,16 @@ impl Vault {
             };
             after = Some(last_key.clone());
             for (key, entry) in chunk {
-                let record = self.decode_log(&key, &entry.value)?;
+                let Ok(record) = self.decode_log(&key, &entry.value) else {
+                    // A record that does not open is `audit verify`'s to report; the other
+                    // epochs are archived all the same.
+                    tracing::warn!(
+                        node,
+                        epoch,
+                        "audit archive stops at a record that does not open"
+                    );
+                    break 'scan;
+                };
                 let expected = anchor.through + moving.len() as u64 + 1;
                 if record.seq > cursor {
                     break 'scan;

@@ -20,6 +20,9 @@ pub const MAX_QUERY: usize = 10_000;
 /// Records read from the merged log per scan while verifying or querying: bounded memory
 /// whatever the log's length.
 pub(super) const SCAN_CHUNK: usize = 1024;
+/// Records one query page looks at, at most (matching or not, archived or in the state):
+/// about a second of decryption; a page that stops there has `next` to go on from.
+const PAGE_SCAN_BUDGET: u64 = 100_000;
 
 /// Filters of an audit query; all optional, combined with AND.
 #[derive(Clone, Debug, Default)]
@@ -187,28 +190,33 @@ impl Vault {
         let mut segments = self.archived_segments(filter.node, start.as_deref())?;
         let mut page = AuditPage::default();
         let mut after = start.clone();
-        // Takes one record; true once the page is full.
-        let take = |page: &mut AuditPage, key: &[u8], record: AuditRecord| {
-            if !filter.accepts(&record) {
-                return false;
-            }
-            page.records.push(MergedRecord {
-                epoch_number: crate::keys::audit_log_epoch(key),
-                record,
-            });
-            if page.records.len() < limit {
-                return false;
-            }
-            page.next = page
-                .records
-                .last()
-                .map(|r| (r.record.node, r.epoch_number, r.record.seq));
-            true
-        };
+        // Records (or archived records not held) looked at for this page: a narrow filter
+        // over a long log answers in bounded time, with `next` to go on from.
+        let mut examined = 0u64;
+        // Takes one record; true once the page is full or the budget spent.
+        let mut take =
+            |page: &mut AuditPage, pos: Position, record: Option<AuditRecord>, n: u64| {
+                examined += n;
+                if let Some(record) = record.filter(|r| filter.accepts(r)) {
+                    page.records.push(MergedRecord {
+                        epoch_number: pos.1,
+                        record,
+                    });
+                }
+                if page.records.len() < limit && examined < PAGE_SCAN_BUDGET {
+                    return false;
+                }
+                page.next = Some(pos);
+                true
+            };
         loop {
             let chunk = self.engine.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
+            let exhausted = chunk.len() < SCAN_CHUNK;
             let next_after = chunk.last().map(|(k, _)| k.clone());
-            for item in chunk.into_iter().map(Some).chain(std::iter::once(None)) {
+            // The state's records, then (once the scan is exhausted) a final `None` that lets
+            // every remaining segment out.
+            let items = chunk.into_iter().map(Some).chain(exhausted.then_some(None));
+            for item in items {
                 // Archived records come before the state's records of their epoch.
                 while let Some(segment) = segments
                     .first()
@@ -216,31 +224,41 @@ impl Vault {
                 {
                     let segment = segment.clone();
                     segments.remove(0);
+                    let (node, epoch) = (segment.node, segment.epoch);
                     match self.read_segment(&segment.segment) {
                         Held::Records(records) => {
                             for (k, record) in records {
                                 if start.as_ref().is_some_and(|s| k <= *s) {
                                     continue;
                                 }
-                                if take(&mut page, &k, record) {
+                                if take(&mut page, (node, epoch, record.seq), Some(record), 1) {
                                     return Ok(page);
                                 }
                             }
                         }
-                        Held::Missing | Held::Altered(_) => page.unavailable.push(ArchivedRange {
-                            node: segment.node,
-                            epoch: segment.epoch,
-                            from: segment.segment.first,
-                            to: segment.segment.last,
-                            digest: segment.segment.digest.clone(),
-                        }),
+                        Held::Missing | Held::Deleted | Held::Altered(_) => {
+                            let s = &segment.segment;
+                            page.unavailable.push(ArchivedRange {
+                                node,
+                                epoch,
+                                from: s.first,
+                                to: s.last,
+                                digest: s.digest.clone(),
+                            });
+                            if take(&mut page, (node, epoch, s.last), None, s.last - s.first + 1) {
+                                return Ok(page);
+                            }
+                        }
                     }
                 }
                 let Some((key, entry)) = item else {
-                    break;
+                    return Ok(page);
+                };
+                let Some(pos) = crate::keys::audit_log_position(&key) else {
+                    continue;
                 };
                 let record = self.decode_log(&key, &entry.value)?;
-                if take(&mut page, &key, record) {
+                if take(&mut page, pos, Some(record), 1) {
                     return Ok(page);
                 }
             }
@@ -375,7 +393,14 @@ impl Vault {
         };
         // The archived part, segment by segment, as far as this node holds it.
         let (archive, _) = self.archive_anchor(node, &c.epoch_id)?;
-        let archive_segments = self.archive_segments(node, &c.epoch_id)?;
+        // Read after the anchor: a segment archived in between is left for the next check.
+        let archive_segments: Vec<SegmentRef> = self
+            .archive_segments(node, &c.epoch_id)?
+            .into_iter()
+            .filter(|s| s.first <= archive.through)
+            .collect();
+        // Likewise the cursor was read before the anchor: the archive may have moved past it.
+        let cursor = cursor.max(archive.through);
         let mut missing = Vec::new();
         for segment in &archive_segments {
             match self.read_segment(segment) {
@@ -401,6 +426,13 @@ impl Vault {
                         digest: segment.digest.clone(),
                     });
                     // The chain resumes at the next segment held, from its own first link.
+                    check.last = None;
+                }
+                Held::Deleted => {
+                    check.problem(segment.first, "deleted", format!(
+                        "archive segment {} (records {}..={}) was written on this node and its file is gone",
+                        segment.digest, segment.first, segment.last
+                    ));
                     check.last = None;
                 }
                 Held::Altered(why) => {

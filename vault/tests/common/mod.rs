@@ -23,6 +23,7 @@ pub async fn vault_and_engine(dir: &Path) -> (Vault, Engine) {
             node_id: 1,
             data_dir: dir.to_path_buf(),
             tuning: RaftTuning::default(),
+            storage: Default::default(),
         },
         NoPeers,
         NodeAddr {
