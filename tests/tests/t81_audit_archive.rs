@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use coffer_tests::bench::{phase, prewrite};
-use coffer_tests::procs::{block_on, ProcCluster};
-use coffer_tests::random_string;
+use coffer_tests::procs::{block_on, free_port, node_ip, run_cli, ProcCluster};
+use coffer_tests::{random_string, Server};
 use serde_json::Value;
 
 /// Every segment file of a node, by name, with its bytes.
@@ -194,4 +194,75 @@ fn archived_audit_stays_provable_through_leader_kills_and_leaves_the_state() {
     let (code, _, err) = c.cli(4, &["audit", "export", "-o", out.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "export: {err}");
     assert!(err.contains("which this node cannot read"), "{err}");
+
+    // Node 2's directory, stopped, restored as a new one-voter cluster: the node carries
+    // node 2's segments as its own and proves every chain after its first unseal.
+    c.kill(2);
+    let source = segments(&c.data_dir(2));
+    let target = c.dir.path().join("restored2");
+    let ip = node_ip(2);
+    let api = format!("https://{ip}:{}", free_port(&ip));
+    let peer = format!("{ip}:{}", free_port(&ip));
+    let (code, out, err) = run_cli(
+        &[],
+        &[
+            "operator",
+            "restore",
+            "--from-data-dir",
+            c.data_dir(2).to_str().expect("utf-8"),
+            "--data-dir",
+            target.to_str().expect("utf-8"),
+            "--api-addr",
+            &api,
+            "--peer-addr",
+            &peer,
+            "--operator",
+            "drill",
+            "--reason",
+            "archive carried",
+        ],
+    );
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    let carried = segments(&target);
+    assert!(
+        source
+            .iter()
+            .all(|(name, bytes)| carried.get(name) == Some(bytes)),
+        "every segment of node 2 carried, byte for byte"
+    );
+    let config = target.join("coffer.toml");
+    let _server = Server::spawn(
+        &["server", "--config", config.to_str().expect("utf-8")],
+        &target,
+    );
+    let ca = target.join("tls/ca.pem").display().to_string();
+    let env = [
+        ("COFFER_ADDR", api.as_str()),
+        ("COFFER_CACERT", ca.as_str()),
+        ("COFFER_TOKEN", c.token.as_str()),
+    ];
+    let (code, out, err) = run_cli(&env, &["operator", "unseal", &c.share]);
+    assert_eq!(code, 0, "unseal: {out}{err}");
+    let verified = |env: &[(&str, &str)]| {
+        let (code, out, _) = run_cli(env, &["audit", "verify", "-format=json"]);
+        (
+            code,
+            serde_json::from_str::<Value>(&out).unwrap_or_default(),
+        )
+    };
+    c.wait(
+        Duration::from_secs(60),
+        "the restored node answering",
+        |_| verified(&env).1["merged"].is_array(),
+    );
+    let (code, report) = verified(&env);
+    assert_eq!(code, 0, "{report}");
+    for epoch in report["merged"].as_array().expect("epochs") {
+        assert!(
+            epoch["archive_missing"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+            "{epoch}"
+        );
+    }
 }

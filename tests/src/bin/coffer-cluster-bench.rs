@@ -19,6 +19,16 @@
 //! target/release/coffer-cluster-bench --seconds 10 --steady 60 --rounds 20 --merge-records 100000
 //! ```
 //!
+//! `--retention-reads N` instead runs audit retention alone: three voters with `[audit]
+//! archive_after` of `--archive-after S` seconds (default 60), N audited reads on the leader
+//! at 64 clients in five rounds, and after each round a backup's size and audit record
+//! count, the leader's data directory, archive and RSS: with retention the state stays
+//! bounded while the reads go on.
+//!
+//! ```text
+//! target/release/coffer-cluster-bench --retention-reads 1000000 --archive-after 60
+//! ```
+//!
 //! `--serve FILE` only forms the 3-voter cluster, writes what a load generator needs to
 //! reach it to FILE as JSON (API addresses, leader, root token, CA file, process ids and
 //! data directories), and keeps it up until its standard input closes: the side-by-side
@@ -64,12 +74,115 @@ fn main() {
         serve(&file);
         return;
     }
+    let retention_reads = arg("--retention-reads", 0);
+    if retention_reads > 0 {
+        retention(retention_reads, arg("--archive-after", 60));
+        return;
+    }
     let seconds = arg("--seconds", 10);
     let rounds = arg("--rounds", 10);
     if arg("--skip-cluster", 0) == 0 {
         cluster(seconds, rounds);
     }
     standby(seconds, rounds, arg("--merge-records", 100_000));
+}
+
+/// Bytes under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A process's resident memory, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn retention(reads: u64, archive_after: u64) {
+    let mut c = ProcCluster::three_voters();
+    for id in [1, 2, 3] {
+        let config = if id == 1 {
+            c.dir.path().join("node1.toml")
+        } else {
+            c.data_dir(id).join("coffer.toml")
+        };
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(&format!(
+            "\n[audit]\narchive_after = \"{archive_after}s\"\n"
+        ));
+        std::fs::write(&config, text).expect("config");
+        c.kill(id);
+        c.start(id);
+        c.wait(Duration::from_secs(60), "the node back", |c| {
+            c.health_code(id) == 200 || c.health_code(id) == 429
+        });
+    }
+    c.wait(Duration::from_secs(60), "a leader", |c| {
+        c.leader().is_some()
+    });
+    let leader = c.leader().expect("leader");
+    let keys = 1000usize;
+    let client = c.client(leader);
+    let value = random_string(256);
+    block_on(async move { prewrite(&client, keys, &value).await });
+    println!(
+        "audit retention, archive_after = {archive_after} s, {reads} audited reads on the leader (node {leader}) at 64 clients"
+    );
+    println!("| reads so far | elapsed s | reads/s | backup MiB | audit records in the backup | leader data dir MiB | leader archive MiB | leader RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let started = Instant::now();
+    let (mut done, round) = (0u64, reads.div_ceil(5));
+    for n in 1..=5u64 {
+        let target = (round * n).min(reads);
+        while done < target {
+            let client = c.client(leader);
+            let s = block_on(async move { phase(&client, 64, 5, false, keys, "").await });
+            if let Some(e) = &s.first_error {
+                eprintln!("reads: {} errors, first: {e}", s.errors);
+            }
+            done += s.ops;
+        }
+        let file = c.dir.path().join(format!("retention-{n}.snap"));
+        let path = file.to_str().expect("utf-8");
+        let (code, _, err) = c.cli(leader, &["operator", "snapshot", "save", path]);
+        assert_eq!(code, 0, "snapshot save: {err}");
+        let (_, out, _) = c.cli(
+            leader,
+            &["operator", "snapshot", "inspect", path, "-format=json"],
+        );
+        let inspect: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let backup = std::fs::metadata(&file).map_or(0, |m| m.len());
+        let _ = std::fs::remove_file(&file);
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "| {done} | {elapsed:.0} | {:.0} | {:.1} | {} | {:.1} | {:.1} | {:.0} |",
+            done as f64 / elapsed,
+            mib(backup),
+            inspect["manifest"]["counts"]["audit_records"],
+            mib(dir_bytes(&c.data_dir(leader))),
+            mib(dir_bytes(&c.data_dir(leader).join("archive"))),
+            rss_mib(c.pid(leader)),
+        );
+    }
 }
 
 fn median_ms(mut v: Vec<Duration>) -> String {
