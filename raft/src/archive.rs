@@ -146,6 +146,18 @@ impl ArchiveDir {
         Ok(Some(records))
     }
 
+    /// How many segment files this node holds, and their bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        let Ok(dir) = std::fs::read_dir(&self.path) else {
+            return (0, 0);
+        };
+        dir.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .fold((0, 0), |(n, bytes), e| {
+                (n + 1, bytes + e.metadata().map_or(0, |m| m.len()))
+            })
+    }
+
     /// Digests of the segments this node holds.
     pub fn list(&self) -> Vec<[u8; 32]> {
         let Ok(dir) = std::fs::read_dir(&self.path) else {

@@ -134,6 +134,10 @@ fn archived_audit_stays_provable_through_leader_kills_and_leaves_the_state() {
     );
     let held = segments(&c.data_dir(1));
     assert!(!held.is_empty());
+    let bytes: usize = held.values().map(Vec::len).sum();
+    let metric = |name| c.metric(1, name).unwrap_or(0.0) as usize;
+    assert!(metric("coffer_audit_archive_segments") >= held.len());
+    assert!(metric("coffer_audit_archive_bytes") >= bytes);
 
     // Each node proves every chain, archive included, and exports every merged record.
     for id in [1, 2, 3] {

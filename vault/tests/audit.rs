@@ -108,15 +108,21 @@ async fn records_merge_exactly_once_across_restarts() {
 async fn racing_shippers_never_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let node = open(dir.path(), None).await;
-    for i in 0..1000 {
+    // More than three batches, so pipelined shippers keep a batch in flight while they
+    // prepare the next one, guarded on the cursor the first leaves.
+    for i in 0..3500 {
         node.vault.audit(event(i)).await.unwrap();
     }
     let shippers: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|n| {
             let v = node.vault.clone();
             tokio::spawn(async move {
                 for _ in 0..50 {
-                    v.ship_once().await.unwrap();
+                    if n % 2 == 0 {
+                        v.ship_once().await.unwrap();
+                    } else {
+                        v.ship_pipelined().await.unwrap();
+                    }
                 }
             })
         })
@@ -125,7 +131,9 @@ async fn racing_shippers_never_duplicate() {
         s.await.unwrap();
     }
     ship_all(&node.vault).await;
-    assert_eq!(merged(&node), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(merged(&node), (1..=3500).collect::<Vec<_>>());
+    let auth = node.vault.authenticate(Some(&node.root)).unwrap();
+    assert!(node.vault.audit_verify(&auth).unwrap().ok);
 }
 
 #[tokio::test(flavor = "multi_thread")]

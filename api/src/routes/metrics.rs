@@ -68,6 +68,18 @@ pub(super) fn export(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
         "Audit records in this node's spool not yet merged into the cluster log.",
         m.audit_spool_backlog.to_string(),
     );
+    metric(
+        "coffer_audit_archive_segments",
+        "gauge",
+        "Audit archive segment files this node holds (records moved out of the state by [audit] archive_after).",
+        m.audit_archive_segments.to_string(),
+    );
+    metric(
+        "coffer_audit_archive_bytes",
+        "gauge",
+        "Bytes of the audit archive segment files this node holds.",
+        m.audit_archive_bytes.to_string(),
+    );
     if let Some(b) = &m.backups {
         metric(
             "coffer_last_backup_timestamp_seconds",

@@ -52,6 +52,19 @@ use crate::keys::{
     SPOOL_PUBLIC_KEY as SPOOL_PUB_KEY, SPOOL_SECRET_KEY,
 };
 
+/// A batch of spool records ready to propose.
+struct Shipment {
+    /// Its records, the cursor move and the anchor, guarded on the cursor.
+    txn: Txn,
+    /// The epoch number it merges under.
+    epoch: u32,
+    /// Its last sequence number and that record's hash.
+    last_seq: u64,
+    last_hash: String,
+    /// How many records.
+    records: usize,
+}
+
 /// A cursor value: (epoch number, highest merged seq).
 pub(super) fn decode_cursor(raw: &[u8]) -> (u32, u64) {
     match raw.len() {
@@ -279,51 +292,85 @@ impl Vault {
 
     /// Ships one batch of spool records into the replicated log; returns how many merged.
     pub async fn ship_once(&self) -> Result<usize> {
+        let Some(batch) = self.prepare_shipment(None)? else {
+            return Ok(0);
+        };
+        self.commit_shipment(batch).await
+    }
+
+    /// Ships until the spool is merged or a shipment fails its guard, preparing each batch
+    /// while the one before commits (reading, decrypting and sealing 1,024 records overlaps
+    /// the Raft round of the previous 1,024); returns how many merged. One shipment is in
+    /// flight at a time, so they commit in order.
+    pub async fn ship_pipelined(self: &Arc<Self>) -> Result<usize> {
+        let mut merged = 0;
+        let Some(mut next) = self.prepare_shipment(None)? else {
+            return Ok(0);
+        };
+        loop {
+            let full = next.records == SHIP_BATCH;
+            let follows = Some((next.epoch, next.last_seq, next.last_hash.clone()));
+            let vault = self.clone();
+            let inflight = tokio::spawn(async move { vault.commit_shipment(next).await });
+            // The following batch, guarded on the cursor this one leaves.
+            let prepared = if full {
+                self.prepare_shipment(follows)
+            } else {
+                Ok(None)
+            };
+            let done = inflight.await.map_err(VaultError::internal)??;
+            merged += done;
+            match prepared? {
+                Some(batch) if done > 0 => next = batch,
+                _ => return Ok(merged),
+            }
+        }
+    }
+
+    /// Reads the next batch and builds its transaction: after the cluster's cursor (`None`),
+    /// or after a batch being committed (`Some((epoch number, its last seq, its last hash))`,
+    /// guarded on the cursor value that batch leaves). `None` when nothing is pending.
+    fn prepare_shipment(&self, after: Option<(u32, u64, String)>) -> Result<Option<Shipment>> {
         self.keyring()?;
         let node = self.spool.node();
         let epoch_id = self.spool.epoch().to_string();
         let ckey = cursor_key(node, &epoch_id);
-        let current = self.engine.get(&ckey)?;
-        let (known_epoch, cursor) = current.as_ref().map_or((0, 0), |e| decode_cursor(&e.value));
-        let (last, head_hash) = self.spool.head();
         let key = self.spool_key()?;
-        if let Some(anchor) = self.anchor(node, &epoch_id)? {
-            if last < anchor.seq {
-                return Err(VaultError::internal(format!(
-                    "the local audit spool ends at record {last}, but the cluster anchored record {} of it: the spool was cut short",
-                    anchor.seq
-                )));
+        let (last, head_hash) = self.spool.head();
+        let (txn, known_epoch, cursor, mut prev) = match after {
+            Some((epoch, seq, hash)) => {
+                let expected = coffer_raft::value_hash(&encode_cursor(epoch, seq));
+                let txn = Txn::new().when(ckey.clone(), coffer_raft::Check::ValueHash(expected));
+                (txn, Some(epoch), seq, hash)
             }
-            // Whatever was anchored and not merged yet must still be there as it was: the
-            // anchored record's hash commits to every record before it.
-            if anchor.seq > cursor {
-                let held = self
-                    .spool
-                    .read_from(anchor.seq, 1, key.as_ref())
-                    .map_err(VaultError::internal)?;
-                if held.first().map(|r| r.hash.as_str()) != Some(anchor.hash.as_str()) {
+            None => {
+                let current = self.engine.get(&ckey)?;
+                let (known_epoch, cursor) =
+                    current.as_ref().map_or((0, 0), |e| decode_cursor(&e.value));
+                self.check_anchor(node, &epoch_id, cursor, last, key.as_ref())?;
+                if last < cursor {
                     return Err(VaultError::internal(format!(
-                        "the local audit spool's record {} is not the one the cluster anchored: the spool was rewritten",
-                        anchor.seq
+                        "local audit spool ends at {last} but the cluster has merged up to {cursor}"
                     )));
                 }
+                if last == cursor {
+                    let _ = self.spool.prune_through(cursor);
+                    return Ok(None);
+                }
+                let prev = match current {
+                    Some(_) => self.merged_hash(node, known_epoch, cursor)?,
+                    None => crate::audit::record::GENESIS.to_string(),
+                };
+                let txn = Txn::new().unchanged(ckey.clone(), current.as_ref());
+                (txn, current.is_some().then_some(known_epoch), cursor, prev)
             }
-        }
-        if last < cursor {
-            return Err(VaultError::internal(format!(
-                "local audit spool ends at {last} but the cluster has merged up to {cursor}"
-            )));
-        }
-        if last == cursor {
-            let _ = self.spool.prune_through(cursor);
-            return Ok(0);
-        }
+        };
         let records = self
             .spool
             .read_from(cursor + 1, SHIP_BATCH, key.as_ref())
             .map_err(VaultError::internal)?;
         let Some(last_rec) = records.last() else {
-            return Ok(0);
+            return Ok(None);
         };
         if records[0].seq != cursor + 1 {
             return Err(VaultError::internal(format!(
@@ -332,12 +379,8 @@ impl Vault {
                 cursor + 1
             )));
         }
-        // Every record must be intact and continue the merged chain: with the anchor check
-        // above, a record rewritten anywhere up to the anchor cannot be merged.
-        let mut prev = match current {
-            Some(_) => self.merged_hash(node, known_epoch, cursor)?,
-            None => crate::audit::record::GENESIS.to_string(),
-        };
+        // Every record must be intact and continue the merged chain: with the anchor check,
+        // a record rewritten anywhere up to the anchor cannot be merged.
         for r in &records {
             if !r.intact() || r.prev_hash != prev {
                 return Err(VaultError::internal(format!(
@@ -347,19 +390,19 @@ impl Vault {
             }
             prev = r.hash.clone();
         }
-        let mut txn = Txn::new().unchanged(ckey.clone(), current.as_ref());
-        let epoch = if current.is_some() {
-            known_epoch
-        } else {
-            self.warn_lost_epochs(node)?;
-            // A new epoch of this node: the next number, guarded on the count.
-            let count_key = epoch_count_key(node);
-            let count = self.engine.get(&count_key)?;
-            let next = count.as_ref().map_or(0, |e| decode_count(&e.value)) + 1;
-            txn = txn
-                .unchanged(count_key.clone(), count.as_ref())
-                .put(count_key, next.to_be_bytes().to_vec());
-            next
+        let (mut txn, epoch) = match known_epoch {
+            Some(epoch) => (txn, epoch),
+            None => {
+                self.warn_lost_epochs(node)?;
+                // A new epoch of this node: the next number, guarded on the count.
+                let count_key = epoch_count_key(node);
+                let count = self.engine.get(&count_key)?;
+                let next = count.as_ref().map_or(0, |e| decode_count(&e.value)) + 1;
+                let txn = txn
+                    .unchanged(count_key.clone(), count.as_ref())
+                    .put(count_key, next.to_be_bytes().to_vec());
+                (txn, next)
+            }
         };
         for r in &records {
             let key = log_key(node, epoch, r.seq);
@@ -371,15 +414,62 @@ impl Vault {
             seq: last,
             hash: head_hash,
         };
-        txn = txn
+        let txn = txn
             .put(ckey, encode_cursor(epoch, last_seq))
             .put(akey.clone(), self.seal_record(&akey, &anchor)?);
-        if !self.engine.write(txn).await?.succeeded {
-            // Another shipper (an earlier incarnation) moved the cursor: rebuild from it.
+        Ok(Some(Shipment {
+            txn,
+            epoch,
+            last_seq,
+            last_hash: prev,
+            records: records.len(),
+        }))
+    }
+
+    /// Proposes a prepared shipment; on success prunes the spool through it. Returns how
+    /// many records merged (0: its guard failed, another shipper moved the cursor).
+    async fn commit_shipment(&self, shipment: Shipment) -> Result<usize> {
+        if !self.engine.write(shipment.txn).await?.succeeded {
             return Ok(0);
         }
-        let _ = self.spool.prune_through(last_seq);
-        Ok(records.len())
+        let _ = self.spool.prune_through(shipment.last_seq);
+        Ok(shipment.records)
+    }
+
+    /// The spool must still hold what the cluster anchored: not cut short below the anchor,
+    /// and the anchored record unchanged while it is not merged.
+    fn check_anchor(
+        &self,
+        node: u64,
+        epoch_id: &str,
+        cursor: u64,
+        last: u64,
+        key: Option<&SpoolKey>,
+    ) -> Result<()> {
+        let Some(anchor) = self.anchor(node, epoch_id)? else {
+            return Ok(());
+        };
+        if last < anchor.seq {
+            return Err(VaultError::internal(format!(
+                "the local audit spool ends at record {last}, but the cluster anchored record {} of it: the spool was cut short",
+                anchor.seq
+            )));
+        }
+        // Whatever was anchored and not merged yet must still be there as it was: the
+        // anchored record's hash commits to every record before it.
+        if anchor.seq > cursor {
+            let held = self
+                .spool
+                .read_from(anchor.seq, 1, key)
+                .map_err(VaultError::internal)?;
+            if held.first().map(|r| r.hash.as_str()) != Some(anchor.hash.as_str()) {
+                return Err(VaultError::internal(format!(
+                    "the local audit spool's record {} is not the one the cluster anchored: the spool was rewritten",
+                    anchor.seq
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Ships forever: after new records, or every 250 ms (`SHIP_RETRY`) while anything is
@@ -395,8 +485,8 @@ impl Vault {
                 }
                 continue;
             }
-            match self.ship_once().await {
-                Ok(n) if n == SHIP_BATCH => continue,
+            match self.ship_pipelined().await {
+                Ok(n) if n > 0 => continue,
                 Ok(_) => {}
                 Err(VaultError::Sealed) => {}
                 Err(VaultError::Internal(e)) => tracing::error!("audit shipping stopped: {e}"),

@@ -88,6 +88,10 @@ pub struct NodeMetrics {
     pub audit_merged_seq: u64,
     /// Records of this node's spool not merged yet.
     pub audit_spool_backlog: u64,
+    /// Audit archive segment files this node holds, and their bytes.
+    pub audit_archive_segments: u64,
+    /// See `audit_archive_segments`.
+    pub audit_archive_bytes: u64,
     /// Last log index applied locally.
     pub applied_index: u64,
     /// Last log index.
@@ -201,6 +205,7 @@ impl Vault {
     pub fn metrics(&self, auth: &Auth) -> Result<NodeMetrics> {
         auth.require("sys/metrics", Capability::Read)?;
         let stats = self.spool.stats();
+        let archive = self.engine.archive().usage();
         let m = self.engine.metrics().borrow().clone();
         let secs = |n: u64| n as f64 / 1e9;
         Ok(NodeMetrics {
@@ -211,6 +216,8 @@ impl Vault {
             audit_spool_last_seq: self.spool.last_seq(),
             audit_merged_seq: self.own_audit_cursor().unwrap_or(0),
             audit_spool_backlog: self.audit_backlog(),
+            audit_archive_segments: archive.0,
+            audit_archive_bytes: archive.1,
             applied_index: self.engine.applied_index(),
             last_log_index: m.last_log_index.unwrap_or(0),
             term: m.current_term,
