@@ -563,6 +563,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--failover-rounds", type=int, default=20)
     ap.add_argument("--secrets", type=int, default=100_000)
+    ap.add_argument("--settle", type=int, default=5,
+                    help="seconds between the last secret written and the footprint measured")
     ap.add_argument("--systems", default="etcd,openbao,coffer")
     ap.add_argument("--release-dir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -609,13 +611,14 @@ def main():
             if args.secrets:
                 log(f"{system.name}: writing {args.secrets} secrets")
                 written = fill(system, args.secrets, work)
-                time.sleep(5)  # let background flushes and compactions settle
+                time.sleep(args.settle)  # let flushes, compactions (and Coffer's archiver) settle
                 snap = os.path.join(work, f"{system.name}.snapshot")
                 system.snapshot(snap)
                 results[(system.name, "footprint")] = {
                     "written": written,
                     "rss": [rss_mb(p.pid) for p in system.procs],
                     "disk": [du_mb(d) for d in system.dirs],
+                    "archive": [du_mb(os.path.join(d, "archive")) for d in system.dirs],
                     "snapshot": os.path.getsize(snap) / (1024 * 1024),
                 }
                 log(f"{system.name}: {results[(system.name, 'footprint')]}")
@@ -681,8 +684,10 @@ def report(results, args):
         if f:
             print(f"{name}: after {f['written']:,} secrets: RSS per node "
                   + ", ".join(f"{x:.0f}" for x in f["rss"]) + " MiB; disk per node "
-                  + ", ".join(f"{x:.0f}" for x in f["disk"]) + f" MiB; snapshot "
-                  f"{f['snapshot']:.1f} MiB")
+                  + ", ".join(f"{x:.0f}" for x in f["disk"]) + " MiB"
+                  + (" (of which the audit archive " + ", ".join(f"{x:.0f}" for x in f["archive"])
+                     + " MiB)" if any(f["archive"]) else "")
+                  + f"; snapshot {f['snapshot']:.1f} MiB")
 
 
 if __name__ == "__main__":
