@@ -336,7 +336,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(Command::Txn(txn)) if crate::archive::in_txn(txn) => {
                     self.write_segments(txn).await?;
-                    self.apply_one(entry)?
+                    let range = match txn.ops.first() {
+                        Some(crate::Op::Archive { from, to }) => Some((from.clone(), to.clone())),
+                        _ => None,
+                    };
+                    let result = self.apply_one(entry)?;
+                    if let Some((from, to)) = range.filter(|_| result.succeeded) {
+                        // The deleted range leaves the SST files now, not whenever compaction
+                        // happens to reach it: the archive is what holds it.
+                        let db = self.db.clone();
+                        tokio::task::spawn_blocking(move || {
+                            db.compact_range_cf(cf(&db, CF_KV), Some(&from), Some(&to))
+                        });
+                    }
+                    result
                 }
                 _ => self.apply_one(entry)?,
             };
