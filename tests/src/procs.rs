@@ -240,13 +240,35 @@ impl ProcCluster {
         self.dir.path().join(format!("node{id}"))
     }
 
-    /// Starts (or restarts) node `id` from the config `operator join` wrote (node 1: its own).
-    pub fn start(&mut self, id: u64) {
-        let config = if id == 1 {
+    /// Node `id`'s configuration file: the one `operator join` wrote (node 1: its own).
+    pub fn config_path(&self, id: u64) -> PathBuf {
+        if id == 1 {
             self.dir.path().join("node1.toml")
         } else {
             self.data_dir(id).join("coffer.toml")
-        };
+        }
+    }
+
+    /// Appends `toml` to each node's configuration and restarts it (SIGKILL), one after the
+    /// other, each back and unsealed before the next.
+    pub fn reconfigure(&mut self, ids: &[u64], toml: &str) {
+        for &id in ids {
+            let config = self.config_path(id);
+            let mut text = std::fs::read_to_string(&config).expect("config");
+            text.push('\n');
+            text.push_str(toml);
+            std::fs::write(&config, text).expect("config");
+            self.kill(id);
+            self.start(id);
+            self.wait(Duration::from_secs(60), "the node back and unsealed", |c| {
+                matches!(c.health_code(id), 200 | 429)
+            });
+        }
+    }
+
+    /// Starts (or restarts) node `id` from the config `operator join` wrote (node 1: its own).
+    pub fn start(&mut self, id: u64) {
+        let config = self.config_path(id);
         let server = Server::spawn(
             &["server", "--config", config.to_str().expect("utf-8")],
             &self.data_dir(id),

@@ -119,23 +119,10 @@ fn mib(bytes: u64) -> f64 {
 
 fn retention(reads: u64, archive_after: u64) {
     let mut c = ProcCluster::three_voters();
-    for id in [1, 2, 3] {
-        let config = if id == 1 {
-            c.dir.path().join("node1.toml")
-        } else {
-            c.data_dir(id).join("coffer.toml")
-        };
-        let mut text = std::fs::read_to_string(&config).expect("config");
-        text.push_str(&format!(
-            "\n[audit]\narchive_after = \"{archive_after}s\"\n"
-        ));
-        std::fs::write(&config, text).expect("config");
-        c.kill(id);
-        c.start(id);
-        c.wait(Duration::from_secs(60), "the node back", |c| {
-            c.health_code(id) == 200 || c.health_code(id) == 429
-        });
-    }
+    c.reconfigure(
+        &[1, 2, 3],
+        &format!("[audit]\narchive_after = \"{archive_after}s\"\n"),
+    );
     c.wait(Duration::from_secs(60), "a leader", |c| {
         c.leader().is_some()
     });
