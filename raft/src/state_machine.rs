@@ -134,6 +134,8 @@ pub struct StateMachine {
     snapshots: SnapshotFiles,
     /// Where archived ranges go ([`crate::Op::Archive`]).
     archive: ArchiveDir,
+    /// Whether an archived range is being compacted.
+    compacting: Arc<std::sync::atomic::AtomicBool>,
     /// Global revision after the last applied transaction (cached; persisted with each apply).
     revision: u64,
     /// The last applied log index (`None` before the first entry).
@@ -168,6 +170,7 @@ impl StateMachine {
             db,
             snapshots,
             archive,
+            compacting: Arc::default(),
             revision,
             last_applied: applied.map(|l| l.index),
             applied_tx,
@@ -255,6 +258,24 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// Compacts an archived range in the background, so its SST space leaves with it rather
+    /// than whenever compaction happens to reach it. One at a time (a range archived while
+    /// one runs is left to RocksDB's own compaction), and never keeping a closed engine's
+    /// database open: the task holds it only while it compacts.
+    fn compact_archived(&self, from: Vec<u8>, to: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (db, busy) = (Arc::downgrade(&self.db), self.compacting.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Some(db) = db.upgrade() {
+                db.compact_range_cf(cf(&db, CF_KV), Some(&from), Some(&to));
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+
     /// Writes the archive segments `txn` makes, durably and off the async threads, before
     /// the entry is applied (which then deletes the archived keys).
     async fn write_segments(&self, txn: &crate::txn::Txn) -> Result<(), StorageError> {
@@ -342,12 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     };
                     let result = self.apply_one(entry)?;
                     if let Some((from, to)) = range.filter(|_| result.succeeded) {
-                        // The deleted range leaves the SST files now, not whenever compaction
-                        // happens to reach it: the archive is what holds it.
-                        let db = self.db.clone();
-                        tokio::task::spawn_blocking(move || {
-                            db.compact_range_cf(cf(&db, CF_KV), Some(&from), Some(&to))
-                        });
+                        self.compact_archived(from, to);
                     }
                     result
                 }

@@ -320,8 +320,10 @@ impl Vault {
             };
             let done = inflight.await.map_err(VaultError::internal)??;
             merged += done;
-            match prepared? {
-                Some(batch) if done > 0 => next = batch,
+            match prepared {
+                Ok(Some(batch)) if done > 0 => next = batch,
+                // What merged counts; the next call meets the error again if it persists.
+                Err(e) if merged == 0 => return Err(e),
                 _ => return Ok(merged),
             }
         }
@@ -339,6 +341,9 @@ impl Vault {
         let (last, head_hash) = self.spool.head();
         let (txn, known_epoch, cursor, mut prev) = match after {
             Some((epoch, seq, hash)) => {
+                // Every batch is checked against the anchor, not only a run's first: a run
+                // can drain a backlog for minutes.
+                self.check_anchor(node, &epoch_id, seq, last, key.as_ref())?;
                 let expected = coffer_raft::value_hash(&encode_cursor(epoch, seq));
                 let txn = Txn::new().when(ckey.clone(), coffer_raft::Check::ValueHash(expected));
                 (txn, Some(epoch), seq, hash)

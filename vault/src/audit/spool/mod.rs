@@ -307,8 +307,21 @@ impl Spool {
         let sealed_from = self.shared.sealed_from.load(Ordering::Acquire);
         let mut out = Vec::new();
         while let Some(path) = segments.get(&first) {
-            let mut file =
-                File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let next_first = segments.range(first + 1..).next().map(|(n, _)| *n);
+            let mut file = match File::open(path) {
+                Ok(file) => file,
+                // Pruned since the map was read (every record in it merged), and nothing
+                // asked for is in it: go on with the next.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && next_first.is_some_and(|n| n <= seq) =>
+                {
+                    first = next_first.unwrap_or(first);
+                    offset = 0;
+                    continue;
+                }
+                Err(e) => return Err(format!("reading {}: {e}", path.display()).into()),
+            };
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| e.to_string())?;
             let mut reader = BufReader::new(file);
