@@ -490,6 +490,10 @@ impl Vault {
                 }
                 continue;
             }
+            // Registered before looking: an append while shipping wakes the wait below.
+            let changed = self.spool.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             match self.ship_pipelined().await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
@@ -498,7 +502,7 @@ impl Vault {
                 Err(e) => tracing::debug!("audit shipping paused: {e}"),
             }
             tokio::select! {
-                _ = self.spool.changed() => {}
+                _ = changed => {}
                 _ = tokio::time::sleep(SHIP_RETRY) => {}
             }
         }

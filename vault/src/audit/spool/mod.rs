@@ -270,9 +270,10 @@ impl Spool {
         &self.shared.stats
     }
 
-    /// Resolves when new records may be durable.
-    pub async fn changed(&self) {
-        self.shared.notify.notified().await
+    /// Resolves when new records may be durable after it is enabled (or first polled): take
+    /// it, `enable()` it, then look at the spool, and no append in between is missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.notify.notified()
     }
 
     /// Up to `max` durable records from `seq` on, in order; sealed bodies are opened with

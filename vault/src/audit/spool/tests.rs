@@ -246,3 +246,18 @@ async fn a_flipped_byte_is_reported_with_its_position() {
         (3, "tampered")
     );
 }
+
+#[tokio::test]
+async fn an_append_after_a_waiter_enabled_itself_wakes_it() {
+    // The shipper registers before it looks at the spool; a record made while it ships must
+    // wake it, not wait for its retry timer.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1).unwrap();
+    let changed = spool.changed();
+    tokio::pin!(changed);
+    changed.as_mut().enable();
+    spool.append(ev(1)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), changed)
+        .await
+        .expect("the append woke the waiter");
+}
