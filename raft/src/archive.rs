@@ -93,7 +93,15 @@ impl ArchiveDir {
         records: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), String> {
         let fail = |what: &str, e: std::io::Error| format!("archive segment: {what}: {e}");
-        std::fs::create_dir_all(&self.path).map_err(|e| fail("creating the directory", e))?;
+        if !self.path.is_dir() {
+            std::fs::create_dir_all(&self.path).map_err(|e| fail("creating the directory", e))?;
+            // The new directory's entry is durable before a segment in it is relied on.
+            if let Some(parent) = self.path.parent() {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| fail("syncing the parent directory", e))?;
+            }
+        }
         let target = self.segment_path(digest);
         let tmp = target.with_extension("seg.tmp");
         let mut file = std::io::BufWriter::new(
