@@ -177,7 +177,13 @@ impl StateMachine {
         })
     }
 
-    fn apply_one(&mut self, entry: openraft::Entry<TypeConfig>) -> Result<TxnResult, StorageError> {
+    /// Applies one entry; a transaction's plan is made here unless the caller made it
+    /// (`planned`, from the state as it is now).
+    fn apply_one(
+        &mut self,
+        entry: openraft::Entry<TypeConfig>,
+        planned: Option<(TxnResult, Vec<Write>)>,
+    ) -> Result<TxnResult, StorageError> {
         // Each entry is applied once, in log order: a repeat or a gap would mean the log and
         // the state disagree, and going on would make replicas differ.
         assert!(
@@ -196,20 +202,22 @@ impl StateMachine {
                 revision: self.revision,
             },
             EntryPayload::Normal(Command::Txn(txn)) => {
-                let (result, writes) =
-                    plan(&txn, &DbView(&self.db), self.revision).map_err(sm_read_err)?;
+                let (result, writes) = match planned {
+                    Some(planned) => planned,
+                    None => plan(&txn, &DbView(&self.db), self.revision).map_err(sm_read_err)?,
+                };
                 let kv = cf(&self.db, CF_KV);
                 for write in writes {
                     match write {
                         Write::Put(key, e) => batch.put_cf(kv, key, encode_entry(&e)),
                         Write::Delete(key) => batch.delete_cf(kv, key),
-                        // On disk before the batch that deletes the keys is written (by
-                        // `write_segments`, off the async threads; here only if it is not).
-                        Write::Archive(digest, records) => {
+                        // On disk before the batch that deletes the keys is written: `apply`
+                        // sends every archive through `write_segments` first.
+                        Write::Archive(digest, _) => {
                             if !self.archive.segment_path(&digest).exists() {
-                                self.archive
-                                    .write(&digest, &records)
-                                    .map_err(sm_write_err)?;
+                                return Err(sm_write_err(
+                                    "an archive segment was not written before its keys are deleted",
+                                ));
                             }
                             batch.put_cf(
                                 sm,
@@ -276,13 +284,14 @@ impl StateMachine {
         });
     }
 
-    /// Writes the archive segments `txn` makes, durably and off the async threads, before
-    /// the entry is applied (which then deletes the archived keys).
-    async fn write_segments(&self, txn: &crate::txn::Txn) -> Result<(), StorageError> {
-        let (_, writes) = plan(txn, &DbView(&self.db), self.revision).map_err(sm_read_err)?;
+    /// Writes the archive segments among `writes`, durably and off the async threads, before
+    /// the entry is applied (which then deletes the archived keys); their records move into
+    /// the files, the writes keep the digests.
+    async fn write_segments(&self, writes: &mut [Write]) -> Result<(), StorageError> {
         for write in writes {
             if let Write::Archive(digest, records) = write {
-                let archive = self.archive.clone();
+                let (archive, digest, records) =
+                    (self.archive.clone(), *digest, std::mem::take(records));
                 tokio::task::spawn_blocking(move || archive.write(&digest, &records))
                     .await
                     .map_err(sm_write_err)?
@@ -313,7 +322,7 @@ impl StateMachine {
                 log_id: entry.log_id,
                 payload: EntryPayload::Normal(Command::Txn(guards)),
             };
-            return self.apply_one(failed);
+            return self.apply_one(failed, None);
         }
         let db = self.db.clone();
         let gate = self.snapshots.gate();
@@ -356,18 +365,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.apply_replace(entry).await?
                 }
                 EntryPayload::Normal(Command::Txn(txn)) if crate::archive::in_txn(txn) => {
-                    self.write_segments(txn).await?;
+                    let mut planned =
+                        plan(txn, &DbView(&self.db), self.revision).map_err(sm_read_err)?;
+                    self.write_segments(&mut planned.1).await?;
                     let range = match txn.ops.first() {
                         Some(crate::Op::Archive { from, to }) => Some((from.clone(), to.clone())),
                         _ => None,
                     };
-                    let result = self.apply_one(entry)?;
+                    let result = self.apply_one(entry, Some(planned))?;
                     if let Some((from, to)) = range.filter(|_| result.succeeded) {
                         self.compact_archived(from, to);
                     }
                     result
                 }
-                _ => self.apply_one(entry)?,
+                _ => self.apply_one(entry, None)?,
             };
             results.push(result);
         }

@@ -165,6 +165,24 @@ impl Txn {
         self
     }
 
+    /// A transaction that moves the keys from `from` to `to` (both inclusive) into an
+    /// archive segment, guarded on the range still hashing to `digest` ([`range_digest`] of
+    /// what the caller read): the only shape an archive is accepted in. Further guards and
+    /// ops may be added after it.
+    pub fn archive(from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>, digest: [u8; 32]) -> Self {
+        let (from, to) = (from.into(), to.into());
+        Self {
+            compares: vec![Compare {
+                key: from.clone(),
+                check: Check::RangeDigest {
+                    to: to.clone(),
+                    digest,
+                },
+            }],
+            ops: vec![Op::Archive { from, to }],
+        }
+    }
+
     /// Adds a prefix delete.
     pub fn delete_prefix(mut self, prefix: impl Into<Vec<u8>>) -> Self {
         self.ops.push(Op::DeletePrefix {
@@ -324,8 +342,8 @@ fn writes_for(ops: &[Op], state: &dyn StateView, new_rev: u64) -> Result<Vec<Wri
                 return Err("a replace is applied by the state machine, not planned".into())
             }
             Op::Archive { from, to } => {
-                // Archives come first (validated before the log), so the overlay only holds
-                // what an earlier archive moved: a key is moved once.
+                // An archive is a transaction's first op (validated before the log); a plan
+                // made without that check still moves each key once.
                 let range: Vec<(Vec<u8>, KvEntry)> = state
                     .range(from, to)?
                     .into_iter()
@@ -451,23 +469,7 @@ mod tests {
         .into());
         let moved = state.range(b"a/1", b"a/2").unwrap();
         let digest = range_digest(&moved);
-        let archive = |digest| {
-            Txn {
-                compares: Vec::new(),
-                ops: vec![Op::Archive {
-                    from: b"a/1".to_vec(),
-                    to: b"a/2".to_vec(),
-                }],
-            }
-            .when(
-                "a/1",
-                Check::RangeDigest {
-                    to: b"a/2".to_vec(),
-                    digest,
-                },
-            )
-            .put("anchor", "2")
-        };
+        let archive = |digest| Txn::archive("a/1", "a/2", digest).put("anchor", "2");
         let (res, writes) = plan(&archive(digest), &state, 9).unwrap();
         assert!(res.succeeded);
         assert_eq!(

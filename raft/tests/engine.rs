@@ -302,23 +302,7 @@ async fn an_archive_moves_a_range_to_a_segment_only_when_its_digest_holds() {
     let moving = range(&engine);
     assert_eq!(moving.len(), 5, "k/003..=k/007");
     let digest = range_digest(&moving);
-    let archive = |digest| {
-        Txn {
-            compares: Vec::new(),
-            ops: vec![Op::Archive {
-                from: b"k/003".to_vec(),
-                to: b"k/007".to_vec(),
-            }],
-        }
-        .when(
-            "k/003",
-            Check::RangeDigest {
-                to: b"k/007".to_vec(),
-                digest,
-            },
-        )
-        .put("anchor", "through 7")
-    };
+    let archive = |digest| Txn::archive("k/003", "k/007", digest).put("anchor", "through 7");
 
     // A digest of something else: nothing moves, no file, not even the anchor.
     let stale = engine.write(archive([9; 32])).await.unwrap();

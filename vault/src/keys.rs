@@ -212,15 +212,6 @@ pub fn audit_log_position(key: &[u8]) -> Option<(u64, u32, u64)> {
     parts.next().is_none().then_some(position)
 }
 
-/// The epoch number in a merged record's key (`audit/log/<node>/<epoch>/<seq>`).
-pub fn audit_log_epoch(key: &[u8]) -> u32 {
-    String::from_utf8_lossy(key)
-        .split('/')
-        .nth(3)
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,7 +233,6 @@ mod tests {
 
     #[test]
     fn an_audit_key_says_its_epoch() {
-        assert_eq!(audit_log_epoch(&audit_log(3, 2, 99)), 2);
         assert_eq!(audit_log_position(&audit_log(3, 2, 99)), Some((3, 2, 99)));
         assert_eq!(audit_log_position(b"audit/log/3/2"), None);
         assert_eq!(audit_log_position(b"audit/cursor/3/2/1"), None);

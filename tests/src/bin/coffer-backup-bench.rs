@@ -24,23 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_tests::bench::arg;
+use coffer_tests::bench::{arg, rss_kib};
 use coffer_tests::procs::{block_on, ProcCluster};
 use coffer_tests::{coffer_bin, random_string};
 use serde_json::json;
-
-/// Resident set size of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// Samples `pid`'s RSS until dropped; `peak()` is the largest seen.
 struct Sampler {

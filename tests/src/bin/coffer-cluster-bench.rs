@@ -36,7 +36,7 @@
 
 use std::time::{Duration, Instant};
 
-use coffer_tests::bench::{arg, phase, prewrite};
+use coffer_tests::bench::{arg, phase, prewrite, rss_kib};
 use coffer_tests::procs::{block_on, ProcCluster};
 use coffer_tests::random_string;
 use serde_json::json;
@@ -101,18 +101,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A process's resident memory, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -167,7 +155,7 @@ fn retention(reads: u64, archive_after: u64) {
             inspect["manifest"]["counts"]["audit_records"],
             mib(dir_bytes(&c.data_dir(leader))),
             mib(dir_bytes(&c.data_dir(leader).join("archive"))),
-            rss_mib(c.pid(leader)),
+            rss_kib(c.pid(leader)) as f64 / 1024.0,
         );
     }
 }

@@ -234,8 +234,15 @@ impl Vault {
         Ok(out)
     }
 
-    /// The hash of the merged record `seq` of `node`'s epoch `epoch` (the genesis hash for 0).
-    pub(super) fn merged_hash(&self, node: u64, epoch: u32, seq: u64) -> Result<String> {
+    /// The hash of the merged record `seq` of `node`'s epoch `epoch_id` (number `epoch`), the
+    /// genesis hash for 0.
+    pub(super) fn merged_hash(
+        &self,
+        node: u64,
+        epoch_id: &str,
+        epoch: u32,
+        seq: u64,
+    ) -> Result<String> {
         if seq == 0 {
             return Ok(crate::audit::record::GENESIS.to_string());
         }
@@ -244,24 +251,13 @@ impl Vault {
             return Ok(self.decode_log(&key, &entry.value)?.hash);
         }
         // Archived (a quiet node's whole chain may be): the anchor keeps its last hash.
-        if let Some(id) = self.epoch_id(node, epoch)? {
-            let (anchor, _) = self.archive_anchor(node, &id)?;
-            if anchor.through == seq {
-                return Ok(anchor.hash);
-            }
+        let (anchor, _) = self.archive_anchor(node, epoch_id)?;
+        if anchor.through == seq {
+            return Ok(anchor.hash);
         }
         Err(VaultError::internal(format!(
             "merged audit record {seq} of node {node} is missing"
         )))
-    }
-
-    /// The id of `node`'s epoch number `epoch`.
-    fn epoch_id(&self, node: u64, epoch: u32) -> Result<Option<String>> {
-        Ok(self
-            .epoch_cursors(Some(node))?
-            .into_iter()
-            .find(|c| c.epoch == epoch)
-            .map(|c| c.epoch_id))
     }
 
     /// A node starting a new epoch while an earlier one has anchored records that were never
@@ -363,7 +359,7 @@ impl Vault {
                     return Ok(None);
                 }
                 let prev = match current {
-                    Some(_) => self.merged_hash(node, known_epoch, cursor)?,
+                    Some(_) => self.merged_hash(node, &epoch_id, known_epoch, cursor)?,
                     None => crate::audit::record::GENESIS.to_string(),
                 };
                 let txn = Txn::new().unchanged(ckey.clone(), current.as_ref());

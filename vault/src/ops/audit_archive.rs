@@ -17,7 +17,7 @@
 //! state from the anchor's hash, and every segment this node holds against its digest, its
 //! records' MACs and hashes, and the chain across segments into the state.
 
-use coffer_raft::{Check, KvEntry, Op, Txn};
+use coffer_raft::{Check, KvEntry, Txn};
 use serde::{Deserialize, Serialize};
 
 use super::audit_log::SCAN_CHUNK;
@@ -28,7 +28,6 @@ use crate::error::{Result, VaultError};
 use crate::keys::{
     audit_archive as archive_key, audit_archive_segment as segment_key,
     audit_archive_segments as segment_prefix, audit_log as log_key, audit_log_prefix as log_prefix,
-    AUDIT_ARCHIVES as ARCHIVE_PREFIX,
 };
 
 /// Most records in one segment: 8,192 records of about 1 KiB sealed each, a file of about
@@ -149,27 +148,9 @@ impl Vault {
         }
     }
 
-    /// Every archive anchor, by (node, epoch id).
-    pub(super) fn archive_anchors(&self) -> Result<Vec<(u64, String, ArchiveAnchor)>> {
-        let mut out = Vec::new();
-        for (key, entry) in self
-            .engine
-            .scan(ARCHIVE_PREFIX.as_bytes(), None, 1_000_000)?
-        {
-            let rest = String::from_utf8_lossy(&key[ARCHIVE_PREFIX.len()..]).into_owned();
-            let Some((node, epoch_id)) = rest.split_once('/') else {
-                continue;
-            };
-            let plaintext = self.open_bytes(&key, &entry.value)?;
-            let anchor: ArchiveAnchor =
-                serde_json::from_slice(&plaintext).map_err(VaultError::internal)?;
-            out.push((node.parse().unwrap_or(0), epoch_id.to_string(), anchor));
-        }
-        Ok(out)
-    }
-
-    /// Reads and opens one segment this node may hold.
-    pub(super) fn read_segment(&self, segment: &SegmentRef) -> Held {
+    /// Reads one segment this node may hold, checked whole against its digest, and opens its
+    /// records after `after` (a query page resuming inside it decrypts only what it needs).
+    pub(super) fn read_segment(&self, segment: &SegmentRef, after: Option<&[u8]>) -> Held {
         let Some(digest) = segment.digest_bytes() else {
             return Held::Altered(format!("segment digest {:?} is malformed", segment.digest));
         };
@@ -186,6 +167,9 @@ impl Vault {
         };
         let mut out = Vec::with_capacity(records.len());
         for (key, value) in records {
+            if after.is_some_and(|a| key.as_slice() <= a) {
+                continue;
+            }
             match self.decode_log(&key, &value) {
                 Ok(record) => out.push((key, record)),
                 Err(_) => {
@@ -290,11 +274,7 @@ impl Vault {
             return Ok((0, false));
         }
         let (from, to) = (from.clone(), to.clone());
-        let digest = coffer_raft::archive::digest(
-            moving
-                .iter()
-                .map(|(k, e)| (k.as_slice(), e.value.as_slice())),
-        );
+        let digest = coffer_raft::range_digest(&moving);
         let count = moving.len() as u64;
         let segment = SegmentRef {
             digest: hex::encode(digest),
@@ -306,18 +286,11 @@ impl Vault {
         anchor.through += count;
         anchor.hash = prev;
         anchor.segments += 1;
-        let txn = Txn {
-            compares: Vec::new(),
-            ops: vec![Op::Archive {
-                from: from.clone(),
-                to: to.clone(),
-            }],
-        }
-        .when(from, Check::RangeDigest { to, digest })
-        .unchanged(akey.clone(), observed.as_ref())
-        .when(skey.clone(), Check::Absent)
-        .put(akey.clone(), self.seal_record(&akey, &anchor)?)
-        .put(skey.clone(), self.seal_record(&skey, &segment)?);
+        let txn = Txn::archive(from, to, digest)
+            .unchanged(akey.clone(), observed.as_ref())
+            .when(skey.clone(), Check::Absent)
+            .put(akey.clone(), self.seal_record(&akey, &anchor)?)
+            .put(skey.clone(), self.seal_record(&skey, &segment)?);
         if !self.engine.write(txn).await?.succeeded {
             // Another archiver (a former leader) or a restore got there first: next round.
             return Ok((0, false));

@@ -219,18 +219,15 @@ impl Vault {
             for item in items {
                 // Archived records come before the state's records of their epoch.
                 while let Some(segment) = segments
-                    .first()
-                    .filter(|s| item.as_ref().is_none_or(|(k, _)| s.first_key < *k))
+                    .front()
+                    .is_some_and(|s| item.as_ref().is_none_or(|(k, _)| s.first_key < *k))
+                    .then(|| segments.pop_front())
+                    .flatten()
                 {
-                    let segment = segment.clone();
-                    segments.remove(0);
                     let (node, epoch) = (segment.node, segment.epoch);
-                    match self.read_segment(&segment.segment) {
+                    match self.read_segment(&segment.segment, start.as_deref()) {
                         Held::Records(records) => {
-                            for (k, record) in records {
-                                if start.as_ref().is_some_and(|s| k <= *s) {
-                                    continue;
-                                }
+                            for (_, record) in records {
                                 if take(&mut page, (node, epoch, record.seq), Some(record), 1) {
                                     return Ok(page);
                                 }
@@ -238,13 +235,7 @@ impl Vault {
                         }
                         Held::Missing | Held::Deleted | Held::Altered(_) => {
                             let s = &segment.segment;
-                            page.unavailable.push(ArchivedRange {
-                                node,
-                                epoch,
-                                from: s.first,
-                                to: s.last,
-                                digest: s.digest.clone(),
-                            });
+                            page.unavailable.push(ArchivedRange::of(node, epoch, s));
                             if take(&mut page, (node, epoch, s.last), None, s.last - s.first + 1) {
                                 return Ok(page);
                             }
@@ -270,21 +261,15 @@ impl Vault {
     }
 
     /// The archive segments of `node` (or of all), in key order, ending after `after`.
-    fn archived_segments(&self, node: Option<u64>, after: Option<&[u8]>) -> Result<Vec<SegmentAt>> {
-        let epochs: std::collections::BTreeMap<(u64, String), u32> = self
-            .epoch_cursors(node)?
-            .into_iter()
-            .map(|c| ((c.node, c.epoch_id), c.epoch))
-            .collect();
+    fn archived_segments(
+        &self,
+        node: Option<u64>,
+        after: Option<&[u8]>,
+    ) -> Result<std::collections::VecDeque<SegmentAt>> {
         let mut out = Vec::new();
-        for (n, epoch_id, _) in self.archive_anchors()? {
-            if node.is_some_and(|want| want != n) {
-                continue;
-            }
-            let Some(&epoch) = epochs.get(&(n, epoch_id.clone())) else {
-                continue;
-            };
-            for segment in self.archive_segments(n, &epoch_id)? {
+        for c in self.epoch_cursors(node)? {
+            let (n, epoch) = (c.node, c.epoch);
+            for segment in self.archive_segments(n, &c.epoch_id)? {
                 if after.is_some_and(|a| log_key(n, epoch, segment.last).as_slice() <= a) {
                     continue;
                 }
@@ -297,7 +282,7 @@ impl Vault {
             }
         }
         out.sort_by(|a, b| a.first_key.cmp(&b.first_key));
-        Ok(out)
+        Ok(out.into())
     }
 
     /// `GET sys/coffer/audit/verify`: every epoch's chain in the merged log (with its
@@ -403,7 +388,7 @@ impl Vault {
         let cursor = cursor.max(archive.through);
         let mut missing = Vec::new();
         for segment in &archive_segments {
-            match self.read_segment(segment) {
+            match self.read_segment(segment, None) {
                 Held::Records(records) => {
                     let (first, last) = (
                         records.first().map(|r| r.1.seq),
@@ -418,13 +403,7 @@ impl Vault {
                     check.records(&prefix, records);
                 }
                 Held::Missing => {
-                    missing.push(ArchivedRange {
-                        node,
-                        epoch: c.epoch,
-                        from: segment.first,
-                        to: segment.last,
-                        digest: segment.digest.clone(),
-                    });
+                    missing.push(ArchivedRange::of(node, c.epoch, segment));
                     // The chain resumes at the next segment held, from its own first link.
                     check.last = None;
                 }
@@ -693,4 +672,16 @@ pub struct ArchivedRange {
     pub to: u64,
     /// The segment's digest (its file name without `.seg`).
     pub digest: String,
+}
+
+impl ArchivedRange {
+    fn of(node: u64, epoch: u32, segment: &SegmentRef) -> Self {
+        Self {
+            node,
+            epoch,
+            from: segment.first,
+            to: segment.last,
+            digest: segment.digest.clone(),
+        }
+    }
 }
