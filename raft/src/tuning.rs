@@ -25,10 +25,18 @@ pub struct RaftTuning {
     /// acknowledged write (BENCHMARKS.md). Larger values tolerate longer stalls of the leader
     /// at the price of a slower failover; `standby_after_ms` must be at least this.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one. Default 10 000:
-    /// bounds replay time on restart and the log's disk use, at the cost of a snapshot
-    /// build every 10 000 writes.
+    /// A snapshot is built once at least this many log entries came since the last one
+    /// (and `snapshot_log_percent` of the state's size, below). Default 10 000: bounds
+    /// replay time on restart and the log's disk use while the state is small.
     pub snapshot_logs_since_last: u64,
+    /// … and once those entries add up to at least this percentage of the state's size in
+    /// bytes. Default 25: a snapshot costs a pass over the whole state, so a large state
+    /// (hundreds of MiB of audit records before they are archived) is snapshotted after
+    /// proportionally more writes, and its snapshots cost at most four times what was
+    /// written; the log kept meanwhile is at most about a quarter of the state. 0 builds
+    /// after `snapshot_logs_since_last` entries whatever the sizes. After 64 times
+    /// `snapshot_logs_since_last` entries a snapshot is built anyway.
+    pub snapshot_log_percent: u64,
     /// Entries kept in the log after a snapshot, so a briefly lagging follower catches up
     /// from the log instead of a full snapshot. Default 1 000.
     pub max_in_snapshot_log_to_keep: u64,
@@ -53,6 +61,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 200,
             election_timeout_max_ms: 400,
             snapshot_logs_since_last: 10_000,
+            snapshot_log_percent: 25,
             max_in_snapshot_log_to_keep: 1_000,
             install_snapshot_timeout_ms: 2_000,
             max_payload_entries: 256,
@@ -74,7 +83,8 @@ impl RaftTuning {
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             max_payload_entries: self.max_payload_entries,
             replication_lag_threshold: self.replication_lag_threshold,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            // The engine decides (`engine/snapshot_policy.rs`): by entries and by bytes.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             snapshot_max_chunk_size: self.snapshot_max_chunk_bytes,
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
             purge_batch_size: self.purge_batch_size,

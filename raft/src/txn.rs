@@ -33,6 +33,7 @@ pub enum Check {
     /// holds exactly what the proposer read. Guards [`Op::Archive`].
     RangeDigest {
         /// Last key of the range (inclusive).
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
         /// The expected digest.
         digest: [u8; 32],
@@ -43,6 +44,7 @@ pub enum Check {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key to check.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// What must hold.
     pub check: Check,
@@ -54,18 +56,22 @@ pub enum Op {
     /// Set a key to a value.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value (opaque).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove a key (no-op if absent).
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Remove every key starting with `prefix`.
     DeletePrefix {
         /// The prefix; must not be empty (that would wipe the store).
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
     /// Replace the whole store with the records staged under `staged` (a prefix under
@@ -76,6 +82,7 @@ pub enum Op {
     /// revision as their create and mod revision.
     Replace {
         /// Where the new state was staged.
+        #[serde(with = "serde_bytes")]
         staged: Vec<u8>,
         /// Prefixes of keys that stay as they are (and are not taken from the staging).
         keep: Vec<Vec<u8>>,
@@ -86,8 +93,10 @@ pub enum Op {
     /// range: the proposer knows exactly what moves, and it fits a segment.
     Archive {
         /// First key (inclusive).
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
         /// Last key (inclusive).
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
     },
 }

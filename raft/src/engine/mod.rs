@@ -22,6 +22,7 @@ pub(crate) mod mode;
 mod peers;
 mod read_batch;
 mod requests;
+mod snapshot_policy;
 
 use membership::Contacts;
 use mode::{run_mode_task, ModeChange, ModeTracker, NodeMode};
@@ -179,6 +180,12 @@ impl Engine {
         let (mode_tx, mode) = tokio::sync::watch::channel(NodeMode::Follower);
         let (mode_changes, _) = tokio::sync::broadcast::channel(MODE_CHANGE_BUFFER);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(snapshot_policy::run(
+            raft.clone(),
+            Arc::downgrade(&db),
+            config.tuning.clone(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(run_mode_task(
             tracker.clone(),
             mode_tx,

@@ -45,6 +45,15 @@ pub const SHIP_BATCH: usize = 1024;
 /// (sealed, no leader, read-only): short enough that merge-back follows reconnection within
 /// a fraction of a second, long enough to cost nothing while it waits.
 const SHIP_RETRY: Duration = Duration::from_millis(250);
+/// How long the shipper lets a small backlog gather before shipping it. Without it, a node
+/// under light load ships every record as it becomes durable: a write's request and
+/// response records became two more Raft entries, each with a quorum's fsync, beside the
+/// write's own (three entries per write at one client). Records are durable in the spool
+/// meanwhile; only their arrival in the cluster log waits.
+const SHIP_LINGER: Duration = Duration::from_millis(20);
+/// A backlog of at least this many records ships at once (merge-back after a standby
+/// period, heavy load).
+const SHIP_EAGER: u64 = 256;
 
 use crate::keys::{
     audit_anchor as anchor_key, audit_cursor as cursor_key, audit_cursors as cursor_prefix,
@@ -491,16 +500,26 @@ impl Vault {
             tokio::pin!(changed);
             changed.as_mut().enable();
             match self.ship_pipelined().await {
-                Ok(n) if n > 0 => continue,
+                Ok(n) if n > 0 => {
+                    self.linger().await;
+                    continue;
+                }
                 Ok(_) => {}
                 Err(VaultError::Sealed) => {}
                 Err(VaultError::Internal(e)) => tracing::error!("audit shipping stopped: {e}"),
                 Err(e) => tracing::debug!("audit shipping paused: {e}"),
             }
             tokio::select! {
-                _ = changed => {}
+                _ = changed => self.linger().await,
                 _ = tokio::time::sleep(SHIP_RETRY) => {}
             }
+        }
+    }
+
+    /// Waits [`SHIP_LINGER`] unless the backlog is already worth a transaction on its own.
+    async fn linger(&self) {
+        if self.audit_backlog() < SHIP_EAGER {
+            tokio::time::sleep(SHIP_LINGER).await;
         }
     }
 }
