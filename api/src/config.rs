@@ -129,6 +129,78 @@ impl AuditConfig {
     }
 }
 
+/// Metrics scraping (`[telemetry]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Networks (`10.0.0.0/8`, `127.0.0.1/32`, `fd00::/8`) whose clients may read
+    /// `sys/metrics` without a token, as Vault's `unauthenticated_metrics_access` lets a
+    /// Prometheus server scrape, but bounded to where the scraper is. Default: none (every
+    /// scrape needs a token with `read` on `sys/metrics`). The figures are counts, states
+    /// and sizes, never secrets, paths or names; a request that presents a token is checked
+    /// as usual.
+    pub unauthenticated_metrics_from: Vec<String>,
+}
+
+impl TelemetryConfig {
+    /// The networks, parsed; the error names the entry.
+    pub fn open_networks(&self) -> Result<Vec<IpNetwork>, String> {
+        self.unauthenticated_metrics_from
+            .iter()
+            .map(|s| {
+                IpNetwork::parse(s).ok_or_else(|| {
+                    format!(
+                        "telemetry.unauthenticated_metrics_from: {s:?} is not a network like 10.0.0.0/8 or fd00::/8"
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// An IP network: an address and a prefix length (`10.0.0.0/8`; a bare address is the one
+/// address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNetwork {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNetwork {
+    /// Parses `addr/prefix` or a bare address.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.trim().parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4 client seen as an IPv4-mapped IPv6 address
+    /// counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
+        let bits = |len: u32, a: u128, b: u128| {
+            let shift = len - u32::from(self.prefix);
+            shift >= len || (a >> shift) == (b >> shift)
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => bits(32, u32::from(net).into(), u32::from(ip).into()),
+            (V6(net), V6(ip)) => bits(128, u128::from(net), u128::from(ip)),
+            _ => false,
+        }
+    }
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,6 +249,8 @@ pub struct ServerConfig {
     pub backup: Option<BackupConfig>,
     /// Audit retention.
     pub audit: AuditConfig,
+    /// Metrics scraping.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +276,7 @@ impl Default for ServerConfig {
             http: crate::https::HttpLimits::default(),
             backup: None,
             audit: AuditConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -315,6 +390,7 @@ impl ServerConfig {
             backup.schedule()?;
         }
         self.audit.archive_after()?;
+        self.telemetry.open_networks()?;
         if let Some(url) = &self.notify.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -351,6 +427,30 @@ mod tests {
             data_dir: "/tmp/x".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn metrics_networks_parse_and_match() {
+        let net = |s: &str| IpNetwork::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!net("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(
+            net("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")),
+            "IPv4-mapped"
+        );
+        assert!(net("fd00::/8").contains(ip("fd12::1")));
+        assert!(!net("fd00::/8").contains(ip("10.0.0.1")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "nonsense", "10.0.0/8", ""] {
+            assert!(IpNetwork::parse(bad).is_none(), "{bad}");
+        }
+        let cfg = TelemetryConfig {
+            unauthenticated_metrics_from: vec!["10.0.0.0/8".into(), "x".into()],
+        };
+        assert!(cfg.open_networks().unwrap_err().contains("\"x\""));
     }
 
     #[test]

@@ -194,6 +194,8 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         tls: node.files.clone(),
         body_read_timeout: Duration::from_millis(cfg.http.read_timeout_ms),
         connections: crate::https::ConnectionStats::default(),
+        http: Default::default(),
+        metrics_open_to: Arc::new(cfg.telemetry.open_networks().map_err(anyhow::Error::msg)?),
     };
     let connections = state.connections.clone();
     if let Some(dev) = &dev {

@@ -11,8 +11,13 @@ pub fn init(cfg: &ServerConfig) {
     if !cfg.log_level.contains("openraft") {
         filter = filter.add_directive("openraft=warn".parse().expect("static directive"));
     }
+    // Colour only for a person at a terminal: a log redirected to a file or a journal gets
+    // no escape codes (and none at all with `NO_COLOR` set, as is the convention).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         let _ = builder.json().try_init();

@@ -560,7 +560,8 @@ impl ProcCluster {
     /// A counter or gauge from node `id`'s `sys/metrics`.
     pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
         let client = self.client(id);
-        let text = block_on(async move { client.get_text("sys/metrics").await.ok() })?;
+        let text =
+            block_on(async move { client.get_text("sys/metrics?format=prometheus").await.ok() })?;
         metric_value(&text, name)
     }
 

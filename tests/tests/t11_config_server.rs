@@ -198,3 +198,41 @@ fn a_refused_init_changes_nothing() {
     );
     assert_eq!(code, 0, "packs still work: {err}");
 }
+
+/// `[telemetry] unauthenticated_metrics_from`: a client in a listed network reads
+/// `sys/metrics` without a token; anywhere else, and with a wrong token, it is refused.
+#[test]
+fn metrics_without_a_token_only_from_the_configured_networks() {
+    let scrape = |server: &Server, token: Option<&str>| {
+        let client = coffer_api::client::Client::new(
+            &server.addr,
+            Some(&server.ca_pem),
+            token.map(str::to_string),
+        )
+        .unwrap();
+        coffer_tests::procs::block_on(async move {
+            client.get_text("sys/metrics?format=prometheus").await
+        })
+    };
+    for (networks, open) in [("[\"127.0.0.0/8\"]", true), ("[\"10.0.0.0/8\"]", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            &format!("[telemetry]\nunauthenticated_metrics_from = {networks}"),
+        );
+        let server = start(&config, dir.path());
+        let token = server.init_one_share();
+        let anonymous = scrape(&server, None);
+        assert_eq!(anonymous.is_ok(), open, "{networks}: {anonymous:?}");
+        if open {
+            assert!(anonymous.unwrap().contains("coffer_build_info"));
+        }
+        assert!(
+            scrape(&server, Some("hvs.not-a-token")).is_err(),
+            "a token given is checked"
+        );
+        assert!(scrape(&server, Some(&token))
+            .unwrap()
+            .contains("coffer_raft_term"));
+    }
+}

@@ -35,7 +35,11 @@ fn server(dir: &std::path::Path) -> (Server, String) {
 }
 
 async fn metric(server: &Server, token: &str, name: &str) -> f64 {
-    let out = server.client(token).get_text("sys/metrics").await.unwrap();
+    let out = server
+        .client(token)
+        .get_text("sys/metrics?format=prometheus")
+        .await
+        .unwrap();
     out.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())

@@ -130,3 +130,48 @@ fn several_addresses_fall_through_to_a_live_node() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `coffer completions <shell>` prints a script generated from the command line's
+/// definition: bash accepts it (`bash -n`) and it offers the subcommands; zsh and fish get
+/// theirs; `--version` names the commit.
+#[test]
+fn shell_completions_and_version() {
+    let run = |args: &[&str]| {
+        let out = Command::new(coffer_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    for word in ["operator", "kv", "audit", "completions", "snapshot"] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("coffer.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef coffer"));
+    assert!(run(&["completions", "fish"]).contains("complete -c coffer"));
+    let bad = Command::new(coffer_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let version = run(&["--version"]);
+    assert!(
+        version.starts_with("coffer ") && version.contains('('),
+        "{version}"
+    );
+}

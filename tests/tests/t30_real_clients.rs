@@ -247,3 +247,91 @@ fn bao_snapshot_save_and_restore_work_unchanged() {
         "{err}"
     );
 }
+
+#[test]
+fn hvac_capabilities_mounts_autopilot_and_wrapping_work_unchanged() {
+    run_hvac("hvac_tooling.py", "hvac tooling: all checks passed");
+}
+
+/// The routes tools call beyond KV, through `bao`: `secrets list/tune`, `token
+/// capabilities`, reading a mount and an auth method, autopilot, KV metadata as OpenBao
+/// answers it, and `-wrap-ttl` refused rather than answered in the clear.
+#[test]
+fn bao_tune_capabilities_autopilot_and_wrap_ttl_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+    let run = |args: &[&str]| {
+        let (ok, out, err) = bao(&server, args);
+        assert!(ok, "bao {args:?}: {out}\n{err}");
+        out
+    };
+    let json = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&run(args)).unwrap() };
+    run(&[
+        "secrets",
+        "tune",
+        "-description=tuned",
+        "-default-lease-ttl=30m",
+        "secret/",
+    ]);
+    let mounts = json(&["secrets", "list", "-format=json"]);
+    assert_eq!(mounts["secret/"]["description"], "tuned");
+    assert_eq!(mounts["secret/"]["config"]["default_lease_ttl"], 1800);
+    let tune = json(&["read", "-format=json", "sys/mounts/secret/tune"]);
+    assert_eq!(tune["data"]["default_lease_ttl"], 1800);
+    let mount = json(&["read", "-format=json", "sys/mounts/secret"]);
+    assert_eq!(mount["data"]["type"], "kv");
+    let userpass = json(&["read", "-format=json", "sys/auth/userpass"]);
+    assert_eq!(userpass["data"]["type"], "userpass");
+    let (ok, _, err) = bao(
+        &server,
+        &["secrets", "tune", "-options=version=1", "secret/"],
+    );
+    assert!(!ok && err.contains("version 2 only"), "{err}");
+
+    assert_eq!(
+        run(&["token", "capabilities", "secret/data/x"]).trim(),
+        "root"
+    );
+    let policy = dir.path().join("lister.hcl");
+    std::fs::write(
+        &policy,
+        "path \"secret/metadata/*\" { capabilities = [\"list\"] }\n",
+    )
+    .unwrap();
+    run(&["policy", "write", "lister", policy.to_str().unwrap()]);
+    let lister = json(&["token", "create", "-format=json", "-policy=lister"]);
+    let lister = lister["auth"]["client_token"].as_str().unwrap().to_string();
+    let caps = run(&["token", "capabilities", &lister, "secret/metadata/team"]);
+    assert_eq!(caps.trim(), "list");
+    let caps = run(&["token", "capabilities", &lister, "secret/data/team"]);
+    assert_eq!(caps.trim(), "deny");
+
+    run(&["kv", "put", "secret/m", "x=1"]);
+    run(&["kv", "put", "secret/m", "x=2"]);
+    run(&["kv", "destroy", "-versions=1", "secret/m"]);
+    let meta = json(&["kv", "metadata", "get", "-format=json", "secret/m"]);
+    assert_eq!(meta["data"]["oldest_version"], 0, "{meta}");
+    assert_eq!(meta["data"]["current_metadata_version"], 0, "{meta}");
+    assert_eq!(meta["data"]["metadata_cas_required"], false, "{meta}");
+
+    let autopilot = json(&["read", "-format=json", "sys/storage/raft/autopilot/state"]);
+    assert_eq!(autopilot["data"]["healthy"], true, "{autopilot}");
+    assert_eq!(autopilot["data"]["failure_tolerance"], 0, "{autopilot}");
+
+    // `-wrap-ttl` asks for a wrapping token instead of the secret: refused, never the secret.
+    let (ok, out, err) = bao(&server, &["kv", "get", "-wrap-ttl=60s", "secret/m"]);
+    assert!(!ok && err.contains("wrapping"), "{out}\n{err}");
+    assert!(!out.contains("Data") && !out.contains("x "), "{out}");
+
+    let status = json(&["status", "-format=json"]);
+    assert_eq!(
+        status["version"],
+        coffer_vault::VAULT_API_VERSION,
+        "{status}"
+    );
+}
+
+#[test]
+fn prometheus_parser_accepts_the_metrics() {
+    run_hvac("metrics_check.py", "metrics: all checks passed");
+}

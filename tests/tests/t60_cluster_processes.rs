@@ -169,7 +169,12 @@ fn three_voters_and_a_learner_from_packs_survive_leader_sigkill() {
     // on the leader and for the read index a follower asks of it.
     let confirmations = |id: u64, side: &str| {
         let client = c.client(id);
-        let text = block_on(async move { client.get_text("sys/metrics").await.unwrap() });
+        let text = block_on(async move {
+            client
+                .get_text("sys/metrics?format=prometheus")
+                .await
+                .unwrap()
+        });
         let get = |name: &str| {
             coffer_tests::procs::metric_value(&text, &format!("{name}{{side=\"{side}\"}}"))
                 .unwrap_or(0.0)

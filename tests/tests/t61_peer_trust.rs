@@ -166,7 +166,12 @@ fn assert_all_refused(answers: &[(&str, String)], cred: &Credential, reason: &st
 /// `coffer_peer_refusals_total{reason=…}` on node `id`.
 fn refusals(c: &ProcCluster, id: u64, reason: &str) -> f64 {
     let client = c.client(id);
-    let text = block_on(async move { client.get_text("sys/metrics").await.unwrap() });
+    let text = block_on(async move {
+        client
+            .get_text("sys/metrics?format=prometheus")
+            .await
+            .unwrap()
+    });
     let prefix = format!("coffer_peer_refusals_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -118,7 +118,12 @@ fn health(addr: &str, ca: &Path) -> u16 {
 
 fn metric(addr: &str, ca: &Path, token: &str, name: &str) -> f64 {
     let client = client_at(addr, ca, Some(token));
-    let text = block_on(async move { client.get_text("sys/metrics").await.expect("metrics") });
+    let text = block_on(async move {
+        client
+            .get_text("sys/metrics?format=prometheus")
+            .await
+            .expect("metrics")
+    });
     metric_value(&text, name).unwrap_or(0.0)
 }
 

@@ -24,14 +24,14 @@ pub use error::{Result, VaultError};
 pub use ops::SegmentRef;
 pub use ops::{
     check_join, send_join, JoinAnswer, JoinRequest, PackRequest, PackSummary, StoredCa, CA_KEY,
-    PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
+    COFFER_VERSION, PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS, VAULT_API_VERSION,
 };
 pub use ops::{
-    ArchiveAnchor, ArchiveRound, ArchivedRange, AuditFilter, AuditPage, Auth, BackupRecord,
-    BackupSchedule, Consistency, HealthInfo, InitRequest, InitResponse, IssuedToken, KeyStatus,
-    KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus, LiveRestoreSummary, MemberChange,
-    MergedRecord, NodeChainReport, NodeInfo, NodeMetrics, NodeStatus, RaftConfiguration,
-    RaftServer, RestoreMarker, SealStatus, StoredPolicy, TokenRequest, UserRecord, UserUpdate,
-    Vault, VerifyReport, DEFAULT_TTL_SECS, LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SEGMENT_BYTES,
-    SEGMENT_RECORDS, SHIP_BATCH,
+    ArchiveAnchor, ArchiveRound, ArchivedRange, AuditFilter, AuditPage, Auth, AutopilotState,
+    BackupRecord, BackupSchedule, CapabilityTable, Consistency, HealthInfo, InitRequest,
+    InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus,
+    LiveRestoreSummary, MemberChange, MergedRecord, NodeChainReport, NodeInfo, NodeMetrics,
+    NodeStatus, RaftConfiguration, RaftServer, RestoreMarker, SealStatus, StoredPolicy,
+    TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
+    LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SEGMENT_BYTES, SEGMENT_RECORDS, SHIP_BATCH,
 };

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use super::{audit, backup, cluster, identity};
 
 #[derive(Parser, Debug)]
-#[command(name = "coffer", version, about = "Coffer: a replicated secret vault")]
+#[command(
+    name = "coffer",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("COFFER_COMMIT"), ")"),
+    about = "Coffer: a replicated secret vault"
+)]
 pub(super) struct Cli {
     #[command(subcommand)]
     pub(super) command: Command,
@@ -59,6 +63,12 @@ pub(super) enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCmd,
+    },
+    /// Print a shell completion script, generated from this command line's definition
+    /// (`coffer completions bash > /etc/bash_completion.d/coffer`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 

@@ -79,6 +79,11 @@ async fn run(cli: Cli) -> i32 {
         Command::Policy { command } => identity::policy(command).await,
         Command::User { command } => identity::user(command).await,
         Command::Audit { command } => audit::audit(command).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "coffer", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
     };
     match result {
         Ok(code) => code,

@@ -100,6 +100,16 @@ pub(super) fn raft_configuration(state: &AppState, req: &ApiRequest) -> ApiResul
     ))
 }
 
+/// `GET sys/storage/raft/autopilot/state`: health and failure tolerance in Vault's shape,
+/// from the leader's view of the members.
+pub(super) async fn autopilot_state(state: &AppState, req: &ApiRequest) -> ApiResult<Response> {
+    let auth = req.authenticate(&state.vault)?;
+    let autopilot = state.vault.autopilot_state(&auth).await?;
+    let data = serde_json::to_value(&autopilot)
+        .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
+    Ok(envelope(req, data))
+}
+
 /// Largest pack answered inline as base64 JSON; a larger one needs `?raw=true`.
 const INLINE_PACK_MAX_BYTES: u64 = 64 << 20;
 

@@ -45,6 +45,10 @@ struct MetaBody {
     delete_version_after: Option<String>,
     #[serde(default)]
     custom_metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    metadata_cas_required: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    metadata_cas: Option<u64>,
 }
 
 impl MetaBody {
@@ -59,6 +63,8 @@ impl MetaBody {
             cas_required: self.cas_required,
             delete_version_after: self.delete_version_after,
             custom_metadata: self.custom_metadata,
+            metadata_cas_required: self.metadata_cas_required,
+            metadata_cas: self.metadata_cas,
         })
     }
 }
@@ -161,14 +167,15 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest) -> ApiResult<Respo
                     "max_versions": cfg.max_versions,
                     "cas_required": cfg.cas_required,
                     "delete_version_after": clock::format_duration(cfg.delete_version_after_secs),
+                    "metadata_cas_required": cfg.metadata_cas_required,
                 }),
             ))
         }
         ("config", Op::Write) if path.is_empty() => {
             let update = req.json::<MetaBody>()?.into_update()?;
-            if update.custom_metadata.is_some() {
+            if update.custom_metadata.is_some() || update.metadata_cas.is_some() {
                 return Err(ApiError::BadRequest(
-                    "custom_metadata is not a mount setting".into(),
+                    "custom_metadata and metadata_cas are not mount settings".into(),
                 ));
             }
             v.kv_set_config(&auth, mount, update).await?;
@@ -216,6 +223,8 @@ fn meta_json(meta: &SecretMeta) -> Value {
         "delete_version_after": clock::format_duration(meta.delete_version_after_secs),
         "max_versions": meta.max_versions,
         "oldest_version": meta.oldest_version,
+        "current_metadata_version": meta.current_metadata_version,
+        "metadata_cas_required": meta.metadata_cas_required,
         "updated_time": meta.updated_time,
         "versions": versions,
     })

@@ -30,7 +30,8 @@ use axum::Router;
 use coffer_vault::Vault;
 use futures::FutureExt;
 
-pub use request::{Actor, ApiRequest, Op};
+pub use metrics::HttpStats;
+pub use request::{Actor, ApiRequest, Op, RequestId};
 
 use crate::error::ApiError;
 
@@ -53,6 +54,10 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// Open client connections (for metrics).
     pub connections: crate::https::ConnectionStats,
+    /// Requests served, by route class, and their latency (for metrics).
+    pub http: Arc<metrics::HttpStats>,
+    /// Networks whose clients may read `sys/metrics` without a token.
+    pub metrics_open_to: Arc<Vec<crate::config::IpNetwork>>,
 }
 
 /// The application: every route, the body limit, and request logging.
@@ -64,8 +69,10 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+async fn dispatch(State(state): State<AppState>, mut request: Request) -> Response {
     let started = std::time::Instant::now();
+    let id = RequestId::new();
+    request.extensions_mut().insert(id.clone());
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
     let client = request
@@ -75,13 +82,24 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let response =
         match ApiRequest::parse(request, state.max_request_bytes, state.body_read_timeout).await {
             Ok(req) => handle(&state, &req).await,
-            Err(e) => record::record_unparsed(&state, &raw_path, client, e.into_response()).await,
+            Err(e) => {
+                let response = e.into_response();
+                record::record_unparsed(&state, &id.0, &raw_path, client, response).await
+            }
         };
+    let elapsed = started.elapsed();
+    state.http.observe(
+        &raw_path,
+        method.as_str(),
+        response.status().as_u16(),
+        elapsed,
+    );
     tracing::info!(
+        request_id = %id.0,
         %method,
         path = %raw_path,
         status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = elapsed.as_millis() as u64,
         "request"
     );
     response
@@ -181,7 +199,7 @@ async fn route(state: &AppState, req: &ApiRequest) -> Result<Response, ApiError>
 }
 
 /// `sys/*` paths with an exact route: a known path with another method is a 405.
-const SYS_PATHS: [&str; 20] = [
+const SYS_PATHS: [&str; 21] = [
     "init",
     "seal-status",
     "unseal",
@@ -192,6 +210,7 @@ const SYS_PATHS: [&str; 20] = [
     "leader",
     "step-down",
     "storage/raft/configuration",
+    "storage/raft/autopilot/state",
     "storage/raft/remove-peer",
     "storage/raft/snapshot",
     "storage/raft/snapshot-force",
@@ -221,6 +240,7 @@ async fn sys(state: &AppState, req: &ApiRequest, rest: &str) -> Result<Response,
         ("leader", Read) => cluster::leader(state).await,
         ("step-down", Write) => cluster::step_down(state, req).await,
         ("storage/raft/configuration", Read) => cluster::raft_configuration(state, req),
+        ("storage/raft/autopilot/state", Read) => cluster::autopilot_state(state, req).await,
         ("storage/raft/remove-peer", Write) => cluster::remove_peer(state, req).await,
         ("storage/raft/snapshot", Read) => backup::save(state, req).await,
         ("storage/raft/snapshot", Write) => backup::restore(state, req, false).await,
@@ -235,6 +255,9 @@ async fn sys(state: &AppState, req: &ApiRequest, rest: &str) -> Result<Response,
         // Mounts and auth methods.
         ("mounts", Read) => mounts::list(state, req),
         ("auth", _) => mounts::auth_methods(state, req, ""),
+        ("capabilities-self" | "capabilities" | "capabilities-accessor", _) => {
+            policies::capabilities(state, req, rest)
+        }
         _ => {
             if let Some(path) = rest.strip_prefix("mounts/") {
                 return mounts::change(state, req, path).await;

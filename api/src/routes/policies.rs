@@ -63,3 +63,93 @@ pub(super) async fn route(state: &AppState, req: &ApiRequest, name: &str) -> Api
         _ => Err(ApiError::Method(req.path.clone())),
     }
 }
+
+/// Body of `sys/capabilities`, `sys/capabilities-self` and `sys/capabilities-accessor`:
+/// `paths` (or the older `path`), each a list or a comma-separated string, as Vault takes them.
+#[derive(Deserialize)]
+struct CapabilitiesBody {
+    #[serde(default)]
+    paths: Option<serde_json::Value>,
+    #[serde(default)]
+    path: Option<serde_json::Value>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    accessor: Option<String>,
+}
+
+/// Most paths one capabilities request may ask about.
+const MAX_CAPABILITY_PATHS: usize = 256;
+
+impl CapabilitiesBody {
+    fn paths(&self) -> ApiResult<Vec<String>> {
+        let mut out = Vec::new();
+        for value in [&self.paths, &self.path].into_iter().flatten() {
+            match value {
+                serde_json::Value::String(s) => {
+                    out.extend(
+                        s.split(',')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .map(String::from),
+                    );
+                }
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        let serde_json::Value::String(p) = item else {
+                            return Err(ApiError::BadRequest("paths must be strings".into()));
+                        };
+                        out.push(p.clone());
+                    }
+                }
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "paths must be a list or a string".into(),
+                    ))
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(ApiError::BadRequest("missing paths".into()));
+        }
+        if out.len() > MAX_CAPABILITY_PATHS {
+            return Err(ApiError::BadRequest(format!(
+                "at most {MAX_CAPABILITY_PATHS} paths per request"
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// `POST sys/capabilities-self`, `sys/capabilities` (another token) and
+/// `sys/capabilities-accessor`: the capabilities on each path, at the top level and under
+/// `data` as Vault answers, plus `capabilities` when one path was asked.
+pub(super) fn capabilities(state: &AppState, req: &ApiRequest, which: &str) -> ApiResult<Response> {
+    if req.op != Op::Write {
+        return Err(ApiError::Method(req.path.clone()));
+    }
+    let v = &state.vault;
+    let auth = req.authenticate(v)?;
+    let body: CapabilitiesBody = req.json()?;
+    let paths = body.paths()?;
+    let table = match which {
+        "capabilities-self" => v.capabilities_self(&auth, &paths)?,
+        "capabilities" => {
+            let token = body.token.as_deref().unwrap_or_default();
+            v.capabilities_of_token(&auth, token, &paths)?
+        }
+        _ => {
+            let accessor = body.accessor.as_deref().unwrap_or_default();
+            v.capabilities_of_accessor(&auth, accessor, &paths)?
+        }
+    };
+    let mut data = serde_json::Map::new();
+    if let [only] = paths.as_slice() {
+        let only = only.trim_start_matches('/');
+        data.insert("capabilities".into(), json!(table.get(only)));
+    }
+    for (path, caps) in table {
+        data.insert(path, json!(caps));
+    }
+    Ok(super::respond::table_response(req, data))
+}

@@ -84,6 +84,7 @@ pub(super) async fn record(state: &AppState, req: &ApiRequest, response: Respons
 /// Audits a request that could not even be parsed (bad encoding, oversize body).
 pub(super) async fn record_unparsed(
     state: &AppState,
+    request_id: &str,
     raw_path: &str,
     client: Option<ClientAddr>,
     response: Response,
@@ -96,6 +97,7 @@ pub(super) async fn record_unparsed(
     let path: String = raw_path.chars().take(UNPARSED_PATH_CHARS).collect();
     let event = AuditEvent {
         status: response.status().as_u16(),
+        request_id: request_id.to_string(),
         ..AuditEvent::new(
             Stage::Response,
             who,

@@ -13,6 +13,25 @@ use crate::https::ClientAddr;
 /// The operation, Vault-style: `LIST` is its own verb (method `LIST`, or GET `?list=true`).
 pub use coffer_vault::audit::RequestOp as Op;
 
+/// The id a request is known by in its audit records, its log line and its response
+/// (`request_id`). The dispatcher sets it before parsing, so a request refused while parsing
+/// has the same id in its log line and its audit record.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// A new random id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A parsed API request.
 pub struct ApiRequest {
     /// The operation.
@@ -36,6 +55,8 @@ pub struct ApiRequest {
     pub actor: std::sync::Mutex<Option<Actor>>,
     /// The resolved token, once authenticated (resolved once per request).
     pub auth: std::sync::OnceLock<coffer_vault::Auth>,
+    /// The client accepts the OpenMetrics text format (a Prometheus scrape of `sys/metrics`).
+    pub accepts_openmetrics: bool,
     /// The client accepts a read from this node's local state without the leader round
     /// trip (`?stale=true` or `X-Coffer-Consistency: stale`).
     pub stale: bool,
@@ -88,6 +109,13 @@ impl ApiRequest {
             return Err(ApiError::NoRoute(raw.to_string()));
         };
         let decoded = percent_decode(rest)?;
+        if parts.headers.contains_key("x-vault-wrap-ttl") {
+            // Answering with the plain response would hand the secret to whoever holds the
+            // answer, which the client asked to avoid: refuse until wrapping exists.
+            return Err(ApiError::BadRequest(
+                "response wrapping (X-Vault-Wrap-TTL) is not supported by this server".into(),
+            ));
+        }
         let query = parse_query(parts.uri.query().unwrap_or(""))?;
         let list_flag = query.get("list").is_some_and(|v| v == "true" || v == "1");
         let op = match parts.method.as_str() {
@@ -115,13 +143,24 @@ impl ApiRequest {
                 .map_err(|_| ApiError::TooLarge(limit))?;
             (body, None)
         };
+        let accepts_openmetrics = parts
+            .headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/openmetrics-text"));
         Ok(Self {
+            accepts_openmetrics,
             upload: std::sync::Mutex::new(upload),
             stale,
             op,
             token: token(&parts.headers),
             client: parts.extensions.get::<ClientAddr>().copied(),
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_default()
+                .0,
             actor: std::sync::Mutex::new(None),
             auth: std::sync::OnceLock::new(),
             path,

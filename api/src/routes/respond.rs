@@ -22,6 +22,15 @@ pub fn envelope(req: &ApiRequest, data: Value) -> Response {
     .into_response()
 }
 
+/// Vault answers `sys/mounts`, `sys/auth` and `sys/capabilities*` with the table both at
+/// the top level (old clients) and under `data`.
+pub fn table_response(req: &ApiRequest, table: serde_json::Map<String, Value>) -> Response {
+    let mut body = table.clone();
+    body.insert("data".into(), Value::Object(table));
+    body.insert("request_id".into(), json!(req.request_id));
+    Json(Value::Object(body)).into_response()
+}
+
 /// 204 No Content.
 pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()

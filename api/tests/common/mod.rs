@@ -92,6 +92,8 @@ pub async fn node(init: bool) -> Node {
         tls: coffer_vault::node::TlsFiles::new(dir.path()),
         body_read_timeout: Duration::from_secs(30),
         connections: Default::default(),
+        http: Default::default(),
+        metrics_open_to: Default::default(),
     };
     Node {
         app: app(state.clone()),

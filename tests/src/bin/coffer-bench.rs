@@ -70,7 +70,10 @@ struct AuditCounters {
 
 impl AuditCounters {
     async fn scrape(client: &Client) -> Self {
-        let text = client.get_text("sys/metrics").await.unwrap_or_default();
+        let text = client
+            .get_text("sys/metrics?format=prometheus")
+            .await
+            .unwrap_or_default();
         let get = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))

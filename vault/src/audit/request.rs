@@ -137,8 +137,14 @@ pub fn classify(path: &str, op: RequestOp) -> RequestAudit {
         "sys/seal" => Some("seal"),
         "sys/init" => Some("init"),
         "sys/rotate" => Some("rotate"),
+        "sys/capabilities" | "sys/capabilities-self" | "sys/capabilities-accessor" => {
+            Some("capabilities")
+        }
         _ => None,
     };
+    // A POST that only asks a question (what may this token do?) changes nothing: it is
+    // audited once, with its answer, as a read is.
+    let question = named == Some("capabilities");
     let operation = named.unwrap_or(match op {
         RequestOp::Read | RequestOp::Head => "read",
         RequestOp::Write => "write",
@@ -148,7 +154,8 @@ pub fn classify(path: &str, op: RequestOp) -> RequestAudit {
     });
     RequestAudit {
         audited: !probe,
-        changes_state: matches!(op, RequestOp::Write | RequestOp::Patch | RequestOp::Delete),
+        changes_state: !question
+            && matches!(op, RequestOp::Write | RequestOp::Patch | RequestOp::Delete),
         operation,
     }
 }

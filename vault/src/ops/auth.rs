@@ -58,6 +58,9 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// Capability names per path, as `sys/capabilities*` answer them.
+pub type CapabilityTable = std::collections::BTreeMap<String, Vec<String>>;
+
 impl Auth {
     /// The person acting (see [`TokenEntry::owner`]).
     pub fn actor(&self) -> &str {
@@ -164,6 +167,72 @@ impl Vault {
             local_session,
             acl,
         })
+    }
+
+    /// `sys/capabilities-self`: the caller's own capabilities on each of `paths`.
+    pub fn capabilities_self(&self, auth: &Auth, paths: &[String]) -> Result<CapabilityTable> {
+        auth.require("sys/capabilities-self", Capability::Update)?;
+        self.capability_table(&auth.policies, paths)
+    }
+
+    /// `sys/capabilities`: another token's capabilities on each of `paths` (`update` on
+    /// `sys/capabilities`, as in Vault). An unknown or expired token is a bad request.
+    pub fn capabilities_of_token(
+        &self,
+        auth: &Auth,
+        token: &str,
+        paths: &[String],
+    ) -> Result<CapabilityTable> {
+        auth.require("sys/capabilities", Capability::Update)?;
+        let entry = Some(token)
+            .filter(|t| !t.is_empty())
+            .and_then(|t| self.valid_token(&token_key(t)).ok())
+            .ok_or_else(|| VaultError::InvalidRequest("invalid token".into()))?;
+        self.capability_table(&entry.policies, paths)
+    }
+
+    /// `sys/capabilities-accessor`: the capabilities of the token behind an accessor
+    /// (`update` on `sys/capabilities-accessor`), a node-local session's included.
+    pub fn capabilities_of_accessor(
+        &self,
+        auth: &Auth,
+        accessor: &str,
+        paths: &[String],
+    ) -> Result<CapabilityTable> {
+        auth.require("sys/capabilities-accessor", Capability::Update)?;
+        let entry = match self.local_session_by_accessor(accessor) {
+            Some(session) => Some(session),
+            None => match self.token_by_accessor(accessor)? {
+                Some((key, _)) => self.valid_token(&key).ok(),
+                None => None,
+            },
+        }
+        .ok_or_else(|| VaultError::InvalidRequest("invalid accessor".into()))?;
+        self.capability_table(&entry.policies, paths)
+    }
+
+    /// Capabilities as Vault names them in `sys/capabilities*`: `["root"]` for a root token,
+    /// `["deny"]` where nothing is granted, else the granted capabilities in a fixed order.
+    fn capability_table(&self, policies: &[String], paths: &[String]) -> Result<CapabilityTable> {
+        let acl = self.load_policies(policies)?;
+        let refs: Vec<(&str, &Policy)> =
+            acl.iter().map(|(n, p)| (n.as_str(), p.as_ref())).collect();
+        let root = policies.iter().any(|p| p == "root");
+        Ok(paths
+            .iter()
+            .map(|path| {
+                let path = path.trim_start_matches('/');
+                let caps = policy::capabilities(&refs, path);
+                let names: Vec<String> = if root {
+                    vec!["root".into()]
+                } else if caps.is_empty() || caps.contains(&Capability::Deny) {
+                    vec!["deny".into()]
+                } else {
+                    caps.iter().map(|c| c.name().to_string()).collect()
+                };
+                (path.to_string(), names)
+            })
+            .collect())
     }
 
     fn load_policies(&self, names: &[String]) -> Result<Vec<(String, Arc<Policy>)>> {
@@ -299,6 +368,18 @@ impl Vault {
     pub fn auth_methods(&self, auth: &Auth) -> Result<&'static [(&'static str, &'static str)]> {
         auth.require("sys/auth", Capability::Read)?;
         Ok(&AUTH_METHODS)
+    }
+
+    /// `GET sys/auth/:path` (`read` on `sys/auth/<path>`): the method's description, or a
+    /// 400 naming the path when no method is there, as Vault answers.
+    pub fn auth_method(&self, auth: &Auth, path: &str) -> Result<&'static str> {
+        let path = path.trim_matches('/');
+        auth.require(&format!("sys/auth/{path}"), Capability::Read)?;
+        AUTH_METHODS
+            .iter()
+            .find(|(name, _)| *name == path)
+            .map(|(_, description)| *description)
+            .ok_or_else(|| VaultError::InvalidRequest(format!("no auth engine at {path}/")))
     }
 
     /// `POST sys/auth/:path`: enabling a method Coffer always has succeeds (so `vault auth

@@ -435,6 +435,7 @@ impl Vault {
                     "no metadata at this path to patch".into(),
                 ));
             }
+            change.check_metadata_cas(current.as_ref().map(|r| &r.value), &config)?;
             let now = clock::rfc3339(clock::now());
             let mut meta = current
                 .as_ref()

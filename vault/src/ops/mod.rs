@@ -37,7 +37,7 @@ pub use audit_archive::{ArchiveAnchor, ArchiveRound, SegmentRef, SEGMENT_BYTES, 
 pub use audit_log::{
     ArchivedRange, AuditFilter, AuditPage, LostAudit, MergedRecord, NodeChainReport, VerifyReport,
 };
-pub use auth::{Auth, StoredPolicy};
+pub use auth::{Auth, CapabilityTable, StoredPolicy};
 pub use backup::{BackupRecord, BackupSchedule, RestoreMarker};
 pub use join::{check_join, send_join, JoinAnswer, JoinRequest};
 pub use kv::{Consistency, KvRead, KvTarget, KvVersion};
@@ -45,11 +45,12 @@ pub use live_restore::LiveRestoreSummary;
 pub use pack::{
     PackRequest, PackSummary, PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS,
 };
-pub use seal::{StoredCa, CA_KEY};
+pub use seal::{StoredCa, CA_KEY, COFFER_VERSION, VAULT_API_VERSION};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
 pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use status::{
-    LeaderStatus, MemberChange, NodeMetrics, NodeStatus, RaftConfiguration, RaftServer,
+    autopilot_state, AutopilotServer, AutopilotState, LeaderStatus, MemberChange, NodeMetrics,
+    NodeStatus, RaftConfiguration, RaftServer,
 };
 pub use token::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};

@@ -26,6 +26,44 @@ impl Vault {
         }
     }
 
+    /// `GET sys/mounts/:path` and `GET sys/mounts/:path/tune` (`read` on
+    /// `sys/mounts/<path>`): the mount at exactly `path`, as Vault answers a 400 when there
+    /// is none.
+    pub fn mount(&self, auth: &Auth, path: &str) -> Result<(String, mount::MountEntry)> {
+        let path = format!("{}/", path.trim_matches('/'));
+        auth.require(
+            &format!("sys/mounts/{}", path.trim_end_matches('/')),
+            Capability::Read,
+        )?;
+        self.mount_table()?
+            .remove(&path)
+            .map(|entry| (path.clone(), entry))
+            .ok_or_else(|| VaultError::InvalidRequest(format!("no secret engine mount at {path}")))
+    }
+
+    /// `POST sys/mounts/:path/tune`: `update` with `sudo` on `sys/mounts/<path>/tune`, as
+    /// mounting needs.
+    pub async fn tune_mount(&self, auth: &Auth, path: &str, tune: mount::MountTune) -> Result<()> {
+        let path = format!("{}/", path.trim_matches('/'));
+        auth.require_sudo(&format!("sys/mounts/{}tune", path), Capability::Update)?;
+        self.transact(|| {
+            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
+            let mut table = current
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
+            let entry = table.get_mut(&path).ok_or_else(|| {
+                VaultError::InvalidRequest(format!("no secret engine mount at {path}"))
+            })?;
+            tune.apply(entry).map_err(VaultError::InvalidRequest)?;
+            let txn = Txn::new()
+                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
+                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
+            Ok((txn, ()))
+        })
+        .await
+    }
+
     /// The mount table.
     pub fn mount_table(&self) -> Result<MountTable> {
         Ok(self

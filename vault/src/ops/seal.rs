@@ -36,7 +36,14 @@ impl Drop for StoredCa {
     }
 }
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The Vault version whose API Coffer answers as: `version` in `sys/seal-status` and
+/// `sys/health`. Tools gate features on it (Terraform's Vault provider, the CLI); Coffer's
+/// KV v2, token, userpass and `sys` routes follow Vault 1.15's shapes. Coffer's own version
+/// is [`COFFER_VERSION`], in `coffer_version`.
+pub const VAULT_API_VERSION: &str = "1.15.0";
+
+/// Coffer's own version (`coffer_version` in `sys/seal-status` and `sys/health`).
+pub const COFFER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Vault {
     /// The seal configuration, if the vault is initialized.
@@ -248,7 +255,8 @@ impl Vault {
             n: config.map_or(0, |c| c.secret_shares),
             progress,
             nonce: String::new(),
-            version: VERSION.into(),
+            version: VAULT_API_VERSION.into(),
+            coffer_version: COFFER_VERSION.into(),
             build_date: String::new(),
             migration: false,
             cluster_name: unsealed_config.map(|c| c.cluster_name.clone()),
@@ -272,7 +280,8 @@ impl Vault {
             replication_performance_mode: "disabled".into(),
             replication_dr_mode: "disabled".into(),
             server_time_utc: clock::now().unix_timestamp(),
-            version: VERSION.into(),
+            version: VAULT_API_VERSION.into(),
+            coffer_version: COFFER_VERSION.into(),
             cluster_name: known.map(|c| c.cluster_name.clone()),
             cluster_id: known.map(|c| c.cluster_id.clone()),
             applied_index: self.engine.applied_index(),

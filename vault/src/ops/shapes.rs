@@ -49,8 +49,10 @@ pub struct SealStatus {
     pub progress: usize,
     /// Unseal attempt nonce (Vault clients expect the field).
     pub nonce: String,
-    /// Server version.
+    /// The Vault version whose API this server answers as ([`crate::VAULT_API_VERSION`]).
     pub version: String,
+    /// Coffer's own version.
+    pub coffer_version: String,
     /// Build date (Vault clients expect the field).
     pub build_date: String,
     /// Whether a seal migration is running (never).
@@ -86,8 +88,10 @@ pub struct HealthInfo {
     pub replication_dr_mode: String,
     /// Unix seconds.
     pub server_time_utc: i64,
-    /// Server version.
+    /// The Vault version whose API this server answers as ([`crate::VAULT_API_VERSION`]).
     pub version: String,
+    /// Coffer's own version.
+    pub coffer_version: String,
     /// Cluster name (once known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_name: Option<String>,

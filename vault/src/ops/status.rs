@@ -119,6 +119,13 @@ pub struct NodeMetrics {
     pub entries_sent: (u64, u64),
     /// Scheduled backups: how they went (`None` without a schedule).
     pub backups: Option<crate::BackupRecord>,
+    /// Whether the audit spool refuses records.
+    pub audit_spool_failed: bool,
+    /// On the leader: each member's replication progress (empty elsewhere).
+    pub peers: Vec<MemberStatus>,
+    /// On the leader: voters that may fail with a healthy quorum left (see
+    /// [`autopilot_state`]); 0 elsewhere.
+    pub failure_tolerance: u64,
 }
 
 impl Vault {
@@ -201,14 +208,27 @@ impl Vault {
         Ok(self.engine.change_membership(change).await?)
     }
 
-    /// The figures `sys/metrics` exports (the caller checks the metrics ACL).
-    pub fn metrics(&self, auth: &Auth) -> Result<NodeMetrics> {
-        auth.require("sys/metrics", Capability::Read)?;
+    /// Refuses a caller without `read` on `sys/metrics`.
+    pub fn require_metrics(&self, auth: &Auth) -> Result<()> {
+        auth.require("sys/metrics", Capability::Read)
+    }
+
+    /// The figures `sys/metrics` exports, for a caller [`Vault::require_metrics`] let in
+    /// (or one the API layer admits by address, `unauthenticated_metrics_from`). None is a
+    /// secret: counts, indexes, sizes and states.
+    pub fn node_metrics(&self) -> NodeMetrics {
+        let is_leader = self.engine.is_leader();
+        let peers = if is_leader {
+            self.engine.members_local()
+        } else {
+            Vec::new()
+        };
+        let failure_tolerance = autopilot_state(&peers, 0).failure_tolerance;
         let stats = self.spool.stats();
         let archive = self.engine.archive().usage();
         let m = self.engine.metrics().borrow().clone();
         let secs = |n: u64| n as f64 / 1e9;
-        Ok(NodeMetrics {
+        NodeMetrics {
             audit_appends: stats.appends.load(Relaxed),
             audit_fsyncs: stats.fsyncs.load(Relaxed),
             audit_fsync_seconds: secs(stats.fsync_nanos.load(Relaxed)),
@@ -221,7 +241,7 @@ impl Vault {
             applied_index: self.engine.applied_index(),
             last_log_index: m.last_log_index.unwrap_or(0),
             term: m.current_term,
-            is_leader: self.engine.is_leader(),
+            is_leader,
             read_only: self.engine.mode() == NodeMode::ReadOnly,
             last_contact_ms: self.engine.contact_age_ms(),
             mode_changes: self.mode_changes_seen(),
@@ -234,6 +254,194 @@ impl Vault {
             },
             entries_sent: self.engine.entries_sent(),
             backups: self.backup_record(),
-        })
+            audit_spool_failed: self.spool.failure().is_some(),
+            peers,
+            failure_tolerance,
+        }
+    }
+}
+
+/// A server is healthy for autopilot when the leader heard from it within this long
+/// (Vault's `last_contact_threshold` default).
+pub const AUTOPILOT_LAST_CONTACT_THRESHOLD_MS: u64 = 10_000;
+/// … and it trails the leader's log by at most this many entries (Vault's
+/// `max_trailing_logs` default).
+pub const AUTOPILOT_MAX_TRAILING_LOGS: u64 = 1_000;
+
+/// One server in `sys/storage/raft/autopilot/state`, in Vault's shape.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AutopilotServer {
+    /// Node id.
+    pub id: String,
+    /// Node name (the id).
+    pub name: String,
+    /// Peer address.
+    pub address: String,
+    /// `alive` when the leader heard from it within the threshold, else `failed`.
+    pub node_status: &'static str,
+    /// Since the leader last heard from it, as a duration (`"0.35s"`); empty if never.
+    pub last_contact: String,
+    /// The leader's current term.
+    pub last_term: u64,
+    /// Highest log index known to be on it.
+    pub last_index: u64,
+    /// Heard from recently and not trailing.
+    pub healthy: bool,
+    /// `leader`, `voter` or `non-voter`.
+    pub status: &'static str,
+    /// `voter` or `non-voter` (a read-only standby learner).
+    pub node_type: &'static str,
+}
+
+/// `sys/storage/raft/autopilot/state`, in Vault's shape.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AutopilotState {
+    /// Every voter is healthy.
+    pub healthy: bool,
+    /// How many voters may fail with the cluster still holding a quorum of healthy ones.
+    pub failure_tolerance: u64,
+    /// The same, counting every voter as healthy.
+    pub optimistic_failure_tolerance: u64,
+    /// The leader's id.
+    pub leader: String,
+    /// Voter ids.
+    pub voters: Vec<String>,
+    /// Learner ids.
+    pub non_voters: Vec<String>,
+    /// Each server, by id.
+    pub servers: std::collections::BTreeMap<String, AutopilotServer>,
+}
+
+/// Autopilot's view of `members` (the leader's) at `term`: who is healthy, and how many voters
+/// may fail (healthy voters beyond a quorum of all voters, as Vault counts).
+pub fn autopilot_state(members: &[MemberStatus], term: u64) -> AutopilotState {
+    let mut servers = std::collections::BTreeMap::new();
+    let (mut voters, mut non_voters, mut leader) = (Vec::new(), Vec::new(), String::new());
+    let mut healthy_voters = 0u64;
+    for m in members {
+        let id = m.id.to_string();
+        let contact = m.last_contact_ms;
+        let alive = m.leader || contact.is_some_and(|ms| ms <= AUTOPILOT_LAST_CONTACT_THRESHOLD_MS);
+        let healthy = alive && m.lag.is_some_and(|lag| lag <= AUTOPILOT_MAX_TRAILING_LOGS);
+        if m.voter {
+            voters.push(id.clone());
+            healthy_voters += u64::from(healthy);
+        } else {
+            non_voters.push(id.clone());
+        }
+        if m.leader {
+            leader.clone_from(&id);
+        }
+        let status = match (m.leader, m.voter) {
+            (true, _) => "leader",
+            (false, true) => "voter",
+            (false, false) => "non-voter",
+        };
+        servers.insert(
+            id.clone(),
+            AutopilotServer {
+                name: id.clone(),
+                id,
+                address: m.addr.peer_addr.clone(),
+                node_status: if alive { "alive" } else { "failed" },
+                last_contact: contact
+                    .map_or_else(String::new, |ms| format!("{}s", ms as f64 / 1000.0)),
+                last_term: term,
+                last_index: m.matched_index.unwrap_or(0),
+                healthy,
+                status,
+                node_type: if m.voter { "voter" } else { "non-voter" },
+            },
+        );
+    }
+    let quorum = voters.len() as u64 / 2 + 1;
+    AutopilotState {
+        healthy: healthy_voters == voters.len() as u64 && !voters.is_empty(),
+        failure_tolerance: healthy_voters.saturating_sub(quorum),
+        optimistic_failure_tolerance: (voters.len() as u64).saturating_sub(quorum),
+        leader,
+        voters,
+        non_voters,
+        servers,
+    }
+}
+
+impl Vault {
+    /// `GET sys/storage/raft/autopilot/state` (`read` on that path): the leader's view.
+    pub async fn autopilot_state(&self, auth: &Auth) -> Result<AutopilotState> {
+        auth.require("sys/storage/raft/autopilot/state", Capability::Read)?;
+        let members = self.engine.members().await?;
+        let term = self.engine.metrics().borrow().current_term;
+        Ok(autopilot_state(&members, term))
+    }
+}
+
+#[cfg(test)]
+mod autopilot_tests {
+    use super::*;
+    use coffer_raft::NodeAddr;
+
+    fn member(
+        id: u64,
+        voter: bool,
+        leader: bool,
+        contact: Option<u64>,
+        lag: Option<u64>,
+    ) -> MemberStatus {
+        MemberStatus {
+            id,
+            addr: NodeAddr::default(),
+            voter,
+            leader,
+            matched_index: Some(10),
+            lag,
+            last_contact_ms: contact,
+        }
+    }
+
+    #[test]
+    fn failure_tolerance_counts_healthy_voters_beyond_a_quorum() {
+        let all = [
+            member(1, true, true, Some(0), Some(0)),
+            member(2, true, false, Some(40), Some(0)),
+            member(3, true, false, Some(60), Some(3)),
+            member(4, false, false, Some(50), Some(0)),
+        ];
+        let s = autopilot_state(&all, 7);
+        assert!(s.healthy);
+        assert_eq!(
+            (s.failure_tolerance, s.optimistic_failure_tolerance),
+            (1, 1)
+        );
+        assert_eq!(
+            (s.leader.as_str(), s.voters.len(), s.non_voters.len()),
+            ("1", 3, 1)
+        );
+        assert_eq!(s.servers["4"].status, "non-voter");
+
+        let one_down = [
+            member(1, true, true, Some(0), Some(0)),
+            member(2, true, false, Some(40), Some(0)),
+            member(3, true, false, None, None),
+        ];
+        let s = autopilot_state(&one_down, 7);
+        assert!(!s.healthy);
+        assert_eq!(
+            (s.failure_tolerance, s.optimistic_failure_tolerance),
+            (0, 1)
+        );
+        assert_eq!(s.servers["3"].node_status, "failed");
+
+        let trailing = [
+            member(1, true, true, Some(0), Some(0)),
+            member(
+                2,
+                true,
+                false,
+                Some(40),
+                Some(AUTOPILOT_MAX_TRAILING_LOGS + 1),
+            ),
+        ];
+        assert!(!autopilot_state(&trailing, 7).servers["2"].healthy);
     }
 }

@@ -21,6 +21,10 @@ pub struct KvMetaUpdate {
     pub delete_version_after: Option<String>,
     /// New custom metadata (replaces on POST, merges on PATCH).
     pub custom_metadata: Option<BTreeMap<String, String>>,
+    /// New `metadata_cas_required` (OpenBao's check-and-set on metadata writes).
+    pub metadata_cas_required: Option<bool>,
+    /// The `current_metadata_version` this write expects (OpenBao's `metadata_cas`).
+    pub metadata_cas: Option<u64>,
 }
 
 /// Most custom metadata keys per secret (Vault's limit).
@@ -61,9 +65,35 @@ impl MetaChange {
         })
     }
 
+    /// Checks OpenBao's metadata check-and-set against the stored metadata (`None` when the
+    /// secret has none yet, which is version 0): `metadata_cas` must match when given, and is
+    /// required when the secret or its mount requires it.
+    pub fn check_metadata_cas(
+        &self,
+        meta: Option<&SecretMeta>,
+        config: &MountConfig,
+    ) -> Result<()> {
+        let required =
+            config.metadata_cas_required || meta.is_some_and(|m| m.metadata_cas_required);
+        let current = meta.map_or(0, |m| m.current_metadata_version);
+        match self.update.metadata_cas {
+            None if required => Err(VaultError::InvalidRequest(
+                "metadata check-and-set parameter required for this call".into(),
+            )),
+            Some(cas) if cas != current => Err(VaultError::InvalidRequest(
+                "metadata check-and-set parameter does not match the current version".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies the change to a secret's metadata at `now`: custom metadata replaced, or with
-    /// `merge` (PATCH) merged.
+    /// `merge` (PATCH) merged; the metadata version counts one more write.
     pub fn apply_to_meta(&self, meta: &mut SecretMeta, merge: bool, now: &str) {
+        if let Some(v) = self.update.metadata_cas_required {
+            meta.metadata_cas_required = v;
+        }
+        meta.current_metadata_version += 1;
         if let Some(v) = self.update.max_versions {
             meta.max_versions = v;
         }
@@ -94,6 +124,9 @@ impl MetaChange {
         }
         if let Some(v) = self.delete_after_secs {
             cfg.delete_version_after_secs = v;
+        }
+        if let Some(v) = self.update.metadata_cas_required {
+            cfg.metadata_cas_required = v;
         }
     }
 }
@@ -148,6 +181,9 @@ pub struct MountConfig {
     pub cas_required: bool,
     /// Versions are soft-deleted this many seconds after being written; 0 never.
     pub delete_version_after_secs: u64,
+    /// Whether every metadata write must carry `metadata_cas` (OpenBao).
+    #[serde(default)]
+    pub metadata_cas_required: bool,
 }
 
 /// One version's metadata.
@@ -189,6 +225,13 @@ pub struct SecretMeta {
     pub custom_metadata: BTreeMap<String, String>,
     /// Tracked versions.
     pub versions: BTreeMap<u64, VersionMeta>,
+    /// How many times the metadata itself was written (OpenBao's `current_metadata_version`;
+    /// a data write does not count).
+    #[serde(default)]
+    pub current_metadata_version: u64,
+    /// Per-secret `metadata_cas_required` (OpenBao).
+    #[serde(default)]
+    pub metadata_cas_required: bool,
 }
 
 impl SecretMeta {
@@ -204,6 +247,8 @@ impl SecretMeta {
             delete_version_after_secs: 0,
             custom_metadata: BTreeMap::new(),
             versions: BTreeMap::new(),
+            current_metadata_version: 0,
+            metadata_cas_required: false,
         }
     }
 }
@@ -286,16 +331,21 @@ pub fn plan_write(
     })
 }
 
-/// Drops the oldest versions beyond `max_versions`; returns the dropped version numbers.
+/// Drops the versions older than the last `max_versions`; returns the dropped version numbers.
+/// `oldest_version` moves as Vault moves it: it stays 0 until the current version reaches
+/// `max_versions`, then it is the oldest version kept (a destroy or a delete does not move
+/// it).
 pub fn prune(meta: &mut SecretMeta, config: &MountConfig) -> Vec<u64> {
-    let keep = max_versions(meta, config) as usize;
-    let mut pruned = Vec::new();
-    while meta.versions.len() > keep {
-        if let Some((v, _)) = meta.versions.pop_first() {
-            pruned.push(v);
-        }
+    let keep = u64::from(max_versions(meta, config));
+    if meta.current_version.saturating_sub(meta.oldest_version) < keep {
+        return Vec::new();
     }
-    meta.oldest_version = meta.versions.keys().next().copied().unwrap_or(0);
+    let oldest = meta.current_version + 1 - keep;
+    let kept = meta.versions.split_off(&oldest);
+    let pruned = std::mem::replace(&mut meta.versions, kept)
+        .into_keys()
+        .collect();
+    meta.oldest_version = oldest;
     pruned
 }
 
@@ -422,6 +472,55 @@ mod tests {
 
     fn at(secs: i64) -> time::OffsetDateTime {
         time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn oldest_version_moves_only_when_max_versions_prunes() {
+        let cfg = MountConfig {
+            max_versions: 3,
+            ..Default::default()
+        };
+        let mut m = plan_write(None, &cfg, None, at(0)).unwrap().meta;
+        m = plan_write(Some(m), &cfg, None, at(1)).unwrap().meta;
+        destroy(&mut m, &[1], at(1));
+        assert_eq!(m.oldest_version, 0, "a destroy does not move it (Vault)");
+        let plan = plan_write(Some(m), &cfg, None, at(2)).unwrap();
+        assert_eq!((plan.meta.oldest_version, plan.pruned.len()), (1, 0));
+        let plan = plan_write(Some(plan.meta), &cfg, None, at(3)).unwrap();
+        assert_eq!((plan.meta.oldest_version, plan.pruned), (2, vec![1]));
+    }
+
+    #[test]
+    fn metadata_check_and_set() {
+        let change = |cas: Option<u64>| {
+            MetaChange::parse(KvMetaUpdate {
+                max_versions: Some(4),
+                metadata_cas: cas,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let cfg = MountConfig::default();
+        let mut m = SecretMeta::new("now");
+        assert!(change(None).check_metadata_cas(None, &cfg).is_ok());
+        assert!(change(Some(0)).check_metadata_cas(None, &cfg).is_ok());
+        change(None).apply_to_meta(&mut m, false, "now");
+        assert_eq!(m.current_metadata_version, 1);
+        let mismatch = change(Some(0)).check_metadata_cas(Some(&m), &cfg);
+        assert!(
+            matches!(mismatch, Err(VaultError::InvalidRequest(e)) if e.contains("does not match"))
+        );
+        let strict = MountConfig {
+            metadata_cas_required: true,
+            ..Default::default()
+        };
+        let missing = change(None).check_metadata_cas(Some(&m), &strict);
+        assert!(matches!(missing, Err(VaultError::InvalidRequest(e)) if e.contains("required")));
+        assert!(change(Some(1))
+            .check_metadata_cas(Some(&m), &strict)
+            .is_ok());
+        m.metadata_cas_required = true;
+        assert!(change(None).check_metadata_cas(Some(&m), &cfg).is_err());
     }
 
     #[test]

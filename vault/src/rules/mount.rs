@@ -22,6 +22,56 @@ pub struct MountEntry {
     pub accessor: String,
     /// Engine options; for KV, `version` = `2`.
     pub options: BTreeMap<String, String>,
+    /// Tuned default lease TTL in seconds (0: the system's). Coffer's KV issues no leases;
+    /// the value is kept so that tools that tune it read back what they set.
+    #[serde(default)]
+    pub default_lease_ttl: u64,
+    /// Tuned maximum lease TTL in seconds (0: the system's); kept as `default_lease_ttl` is.
+    #[serde(default)]
+    pub max_lease_ttl: u64,
+}
+
+/// A `sys/mounts/:path/tune` write: absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountTune {
+    /// New description.
+    pub description: Option<String>,
+    /// New default lease TTL, seconds.
+    pub default_lease_ttl: Option<u64>,
+    /// New maximum lease TTL, seconds.
+    pub max_lease_ttl: Option<u64>,
+    /// Options; for KV only `version` = `2`, which Coffer's mounts already are.
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+impl MountTune {
+    /// Applies the tune to `entry`, or says why it cannot be: a KV mount stays version 2,
+    /// and the default TTL may not exceed the maximum.
+    pub fn apply(&self, entry: &mut MountEntry) -> Result<(), String> {
+        if let Some(options) = &self.options {
+            for (k, v) in options {
+                match (k.as_str(), v.as_str()) {
+                    ("version", "2") => {}
+                    ("version", other) => {
+                        return Err(format!(
+                            "KV version {other:?} is not available: Coffer serves KV version 2 only"
+                        ))
+                    }
+                    (other, _) => return Err(format!("unsupported mount option {other:?}")),
+                }
+            }
+        }
+        let default = self.default_lease_ttl.unwrap_or(entry.default_lease_ttl);
+        let max = self.max_lease_ttl.unwrap_or(entry.max_lease_ttl);
+        if max > 0 && default > max {
+            return Err("default_lease_ttl may not exceed max_lease_ttl".into());
+        }
+        if let Some(d) = &self.description {
+            entry.description.clone_from(d);
+        }
+        (entry.default_lease_ttl, entry.max_lease_ttl) = (default, max);
+        Ok(())
+    }
 }
 
 impl MountEntry {
@@ -34,6 +84,8 @@ impl MountEntry {
             accessor: format!("kv_{}", &uuid.simple().to_string()[..8]),
             uuid: uuid.to_string(),
             options: BTreeMap::from([("version".to_string(), "2".to_string())]),
+            default_lease_ttl: 0,
+            max_lease_ttl: 0,
         }
     }
 }

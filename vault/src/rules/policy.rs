@@ -33,6 +33,20 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// The name policies and `sys/capabilities*` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::List => "list",
+            Self::Sudo => "sudo",
+            Self::Deny => "deny",
+        }
+    }
+
     fn parse(s: &str) -> Result<Self, String> {
         Ok(match s {
             "create" => Self::Create,
