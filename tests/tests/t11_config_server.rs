@@ -216,9 +216,13 @@ fn metrics_without_a_token_only_from_the_configured_networks() {
     };
     for (networks, open) in [("[\"127.0.0.0/8\"]", true), ("[\"10.0.0.0/8\"]", false)] {
         let dir = tempfile::tempdir().unwrap();
+        // A key-file seal: init unseals the node at once.
         let config = write_config(
             dir.path(),
-            &format!("[telemetry]\nunauthenticated_metrics_from = {networks}"),
+            &format!(
+                "seal = {{ type = \"file\", path = \"{}\" }}\n[telemetry]\nunauthenticated_metrics_from = {networks}",
+                dir.path().join("root.key").display()
+            ),
         );
         let server = start(&config, dir.path());
         let token = server.init_one_share();

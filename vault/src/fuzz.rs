@@ -30,6 +30,7 @@ pub fn kv2(data: &[u8]) {
         max_versions: u32::try_from(versions.first().copied().unwrap_or(0) % 20).unwrap_or(0),
         cas_required: cas.is_some_and(|c| c % 2 == 0),
         delete_version_after_secs: versions.get(1).copied().unwrap_or(0),
+        metadata_cas_required: cas.is_some_and(|c| c % 5 == 0),
     };
     let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
     if let Ok(mut plan) = crate::rules::kv::plan_write(meta, &config, cas, now) {

@@ -27,11 +27,11 @@ pub use ops::{
     COFFER_VERSION, PACK_TTL_DEFAULT_SECS, PACK_TTL_MAX_SECS, PACK_TTL_MIN_SECS, VAULT_API_VERSION,
 };
 pub use ops::{
-    ArchiveAnchor, ArchiveRound, ArchivedRange, AuditFilter, AuditPage, Auth, AutopilotState,
-    BackupRecord, BackupSchedule, CapabilityTable, Consistency, HealthInfo, InitRequest,
-    InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead, KvTarget, KvVersion, LeaderStatus,
-    LiveRestoreSummary, MemberChange, MergedRecord, NodeChainReport, NodeInfo, NodeMetrics,
-    NodeStatus, RaftConfiguration, RaftServer, RestoreMarker, SealStatus, StoredPolicy,
-    TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
+    ArchiveAnchor, ArchiveRound, ArchivedRange, AuditFilter, AuditPage, Auth, AutopilotServer,
+    AutopilotState, BackupRecord, BackupSchedule, CapabilityTable, Consistency, HealthInfo,
+    InitRequest, InitResponse, IssuedToken, KeyStatus, KvMetaUpdate, KvRead, KvTarget, KvVersion,
+    LeaderStatus, LiveRestoreSummary, MemberChange, MergedRecord, NodeChainReport, NodeInfo,
+    NodeMetrics, NodeStatus, RaftConfiguration, RaftServer, RestoreMarker, SealStatus,
+    StoredPolicy, TokenRequest, UserRecord, UserUpdate, Vault, VerifyReport, DEFAULT_TTL_SECS,
     LOCAL_SESSION_MAX_TTL_SECS, MAX_TTL_SECS, SEGMENT_BYTES, SEGMENT_RECORDS, SHIP_BATCH,
 };

@@ -17,7 +17,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -179,12 +179,22 @@ impl Figure {
     }
 }
 
+/// One route class's latency histogram at a scrape.
+#[derive(Debug)]
+struct Latency {
+    class: &'static str,
+    method: &'static str,
+    /// (upper bound, requests in that bucket alone).
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
 /// Everything one scrape reports: the node's figures and the request statistics.
 #[derive(Debug)]
 struct Scrape {
     figures: Vec<Figure>,
-    /// (class, method, per-bucket counts, sum, count).
-    latency: Vec<(&'static str, &'static str, Vec<(f64, u64)>, f64, u64)>,
+    latency: Vec<Latency>,
 }
 
 impl Collector for Scrape {
@@ -195,11 +205,13 @@ impl Collector for Scrape {
                 Kind::Gauge => MetricType::Gauge,
             };
             let mut family = encoder.encode_descriptor(f.name, f.help, f.unit.as_ref(), kind)?;
-            for (labels, value) in &f.samples {
-                let sample = family.encode_family(labels)?;
-                match f.kind {
-                    Kind::Counter => ConstCounter::new(*value).encode(sample)?,
-                    Kind::Gauge => ConstGauge::new(*value).encode(sample)?,
+            match f.samples.as_slice() {
+                // One sample without labels is written bare (`name value`, not `name{} value`).
+                [(labels, value)] if labels.is_empty() => encode_value(f.kind, *value, family)?,
+                samples => {
+                    for (labels, value) in samples {
+                        encode_value(f.kind, *value, family.encode_family(labels)?)?;
+                    }
                 }
             }
         }
@@ -209,13 +221,20 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for (class, method, buckets, sum, count) in &self.latency {
-            let labels = [("class", *class), ("method", *method)];
+        for l in &self.latency {
+            let labels = [("class", l.class), ("method", l.method)];
             family
                 .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+                .encode_histogram::<NoLabelSet>(l.sum, l.count, &l.buckets, None)?;
         }
         Ok(())
+    }
+}
+
+fn encode_value(kind: Kind, value: f64, sample: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    match kind {
+        Kind::Counter => ConstCounter::new(value).encode(sample),
+        Kind::Gauge => ConstGauge::new(value).encode(sample),
     }
 }
 
@@ -271,12 +290,16 @@ fn vault_json(scrape: &Scrape) -> serde_json::Value {
     let samples: Vec<serde_json::Value> = scrape
         .latency
         .iter()
-        .map(|(class, method, _, sum, count)| {
-            let mean = if *count > 0 { sum / *count as f64 } else { 0.0 };
+        .map(|l| {
+            let mean = if l.count > 0 {
+                l.sum / l.count as f64
+            } else {
+                0.0
+            };
             json!({
                 "Name": "coffer_http_request_duration_seconds",
-                "Count": count, "Sum": sum, "Mean": mean,
-                "Labels": {"class": class, "method": method},
+                "Count": l.count, "Sum": l.sum, "Mean": mean,
+                "Labels": {"class": l.class, "method": l.method},
             })
         })
         .collect();
@@ -466,8 +489,15 @@ fn scrape(state: &AppState) -> Scrape {
             }
             let mut buckets: Vec<(f64, u64)> =
                 LATENCY_BUCKETS.iter().copied().zip(r.buckets).collect();
-            buckets.push((f64::INFINITY, r.buckets[LATENCY_BUCKETS.len()]));
-            latency.push((class, method, buckets, r.sum, r.count));
+            // The encoder writes f64::MAX as `+Inf`, the last bucket of every histogram.
+            buckets.push((f64::MAX, r.buckets[LATENCY_BUCKETS.len()]));
+            latency.push(Latency {
+                class,
+                method,
+                buckets,
+                sum: r.sum,
+                count: r.count,
+            });
         }
     }
     figures.push(Figure::labelled(

@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use coffer_vault::rules::mount::{MountEntry, MountTune};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -100,6 +99,9 @@ fn tune_body(req: &ApiRequest) -> ApiResult<MountTune> {
     let body: serde_json::Map<String, Value> = req.json()?;
     let mut tune = MountTune::default();
     for (key, value) in &body {
+        if value.is_null() {
+            continue; // the CLI sends every field it knows, unset ones as null
+        }
         match key.as_str() {
             "description" => match value {
                 Value::String(s) => tune.description = Some(s.clone()),

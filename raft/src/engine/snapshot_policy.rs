@@ -115,7 +115,7 @@ mod tests {
         assert!(due(s(10_000, 10_000, 5 << 20, 10 << 20), 10_000, 25));
         // Large state: 10,000 entries of 5 MiB are 1% of 500 MiB, not due; 25% is.
         assert!(!due(s(10_000, 10_000, 5 << 20, 500 << 20), 10_000, 25));
-        assert!(due(s(250_000, 251_000, 125 << 20, 500 << 20), 10_000, 25));
+        assert!(due(s(250_000, 250_000, 125 << 20, 500 << 20), 10_000, 25));
         // Entries since the snapshot are a part of what the log holds.
         assert!(!due(s(20_000, 40_000, 200 << 20, 500 << 20), 10_000, 25));
         // The cap: 64 times the minimum builds one anyway.

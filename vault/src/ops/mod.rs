@@ -49,8 +49,8 @@ pub use seal::{StoredCa, CA_KEY, COFFER_VERSION, VAULT_API_VERSION};
 pub use sessions::LOCAL_SESSION_MAX_TTL_SECS;
 pub use shapes::{HealthInfo, InitRequest, InitResponse, KeyStatus, SealStatus};
 pub use status::{
-    autopilot_state, AutopilotServer, AutopilotState, LeaderStatus, MemberChange, NodeMetrics,
-    NodeStatus, RaftConfiguration, RaftServer,
+    AutopilotServer, AutopilotState, LeaderStatus, MemberChange, NodeMetrics, NodeStatus,
+    RaftConfiguration, RaftServer,
 };
 pub use token::{IssuedToken, TokenRequest, DEFAULT_TTL_SECS, MAX_TTL_SECS};
 pub use userpass::{UserRecord, UserUpdate};

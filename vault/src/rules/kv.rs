@@ -340,7 +340,8 @@ pub fn prune(meta: &mut SecretMeta, config: &MountConfig) -> Vec<u64> {
     if meta.current_version.saturating_sub(meta.oldest_version) < keep {
         return Vec::new();
     }
-    let oldest = meta.current_version + 1 - keep;
+    // current - oldest >= keep >= 1, so this cannot underflow (nor overflow at u64::MAX).
+    let oldest = meta.current_version - (keep - 1);
     let kept = meta.versions.split_off(&oldest);
     let pruned = std::mem::replace(&mut meta.versions, kept)
         .into_keys()
