@@ -123,8 +123,8 @@ pub struct NodeMetrics {
     pub audit_spool_failed: bool,
     /// On the leader: each member's replication progress (empty elsewhere).
     pub peers: Vec<MemberStatus>,
-    /// On the leader: voters that may fail with a healthy quorum left (see
-    /// [`autopilot_state`]); 0 elsewhere.
+    /// On the leader: voters that may fail with a healthy quorum left (as
+    /// `sys/storage/raft/autopilot/state` counts them); 0 elsewhere.
     pub failure_tolerance: u64,
 }
 
