@@ -129,15 +129,22 @@ async fn refusals_are_audited_and_audit_records_hold_no_secrets() {
             .unwrap()
             .starts_with("hmac-sha256:")));
 
-    let everything = all_records(&auditor).await;
+    // Carol logged in after the denials: wait until her login is merged too (the shipper
+    // lets a small backlog gather for a moment).
+    let is_login = |r: &&Value| r["operation"] == "login" && r["type"] == "response";
+    let everything = loop {
+        let all = all_records(&auditor).await;
+        if all.iter().filter(is_login).count() >= 2 {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "logins not merged: {all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let dump = serde_json::to_string(&everything).unwrap();
     for secret in [password, secret_value, alice_token.as_str(), ROOT] {
         assert!(!dump.contains(secret), "{secret:?} reached the audit log");
     }
-    let logins: Vec<&Value> = everything
-        .iter()
-        .filter(|r| r["operation"] == "login" && r["type"] == "response")
-        .collect();
+    let logins: Vec<&Value> = everything.iter().filter(is_login).collect();
     assert_eq!(logins.len(), 2);
     let attempts = everything
         .iter()
