@@ -46,17 +46,33 @@ impl Vault {
     pub async fn tune_mount(&self, auth: &Auth, path: &str, tune: mount::MountTune) -> Result<()> {
         let path = format!("{}/", path.trim_matches('/'));
         auth.require_sudo(&format!("sys/mounts/{}tune", path), Capability::Update)?;
+        self.change_mounts(|table| {
+            let entry = table.get_mut(&path).ok_or_else(|| {
+                VaultError::InvalidRequest(format!("no secret engine mount at {path}"))
+            })?;
+            tune.apply(entry).map_err(VaultError::InvalidRequest)?;
+            Ok(Some(Txn::new()))
+        })
+        .await
+    }
+
+    /// Reads the mount table, lets `change` edit it, and writes it back in one transaction
+    /// guarded on the table being unchanged since the read (read again on a race).
+    /// `change` returns the rest of the transaction, or `None` to write nothing.
+    async fn change_mounts(
+        &self,
+        mut change: impl FnMut(&mut MountTable) -> Result<Option<Txn>>,
+    ) -> Result<()> {
         self.transact(|| {
             let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
             let mut table = current
                 .as_ref()
                 .map(|r| r.value.clone())
                 .unwrap_or_default();
-            let entry = table.get_mut(&path).ok_or_else(|| {
-                VaultError::InvalidRequest(format!("no secret engine mount at {path}"))
-            })?;
-            tune.apply(entry).map_err(VaultError::InvalidRequest)?;
-            let txn = Txn::new()
+            let Some(txn) = change(&mut table)? else {
+                return Ok((Txn::new(), ()));
+            };
+            let txn = txn
                 .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
                 .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
             Ok((txn, ()))
@@ -79,18 +95,10 @@ impl Vault {
         let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
         auth.require_sudo(&acl_path, Capability::Create)
             .or_else(|_| auth.require_sudo(&acl_path, Capability::Update))?;
-        self.transact(|| {
-            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
-            let existing = current
-                .as_ref()
-                .map(|r| r.value.clone())
-                .unwrap_or_default();
-            let table =
-                mount::add_kv(&existing, &path, description).map_err(VaultError::InvalidRequest)?;
-            let txn = Txn::new()
-                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
-                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?);
-            Ok((txn, ()))
+        self.change_mounts(|table| {
+            *table =
+                mount::add_kv(table, &path, description).map_err(VaultError::InvalidRequest)?;
+            Ok(Some(Txn::new()))
         })
         .await
     }
@@ -100,20 +108,10 @@ impl Vault {
         let path = mount::validate_mount_path(path).map_err(VaultError::InvalidRequest)?;
         let acl_path = format!("sys/mounts/{}", path.trim_end_matches('/'));
         auth.require_sudo(&acl_path, Capability::Delete)?;
-        self.transact(|| {
-            let current = self.read_record::<MountTable>(MOUNTS_KEY)?;
-            let mut table = current
-                .as_ref()
-                .map(|r| r.value.clone())
-                .unwrap_or_default();
-            if table.remove(&path).is_none() {
-                return Ok((Txn::new(), ()));
-            }
-            let txn = Txn::new()
-                .unchanged(MOUNTS_KEY, current.as_ref().map(|r| &r.entry))
-                .put(MOUNTS_KEY, self.seal_record(MOUNTS_KEY, &table)?)
-                .delete_prefix(crate::keys::kv_mount(&path));
-            Ok((txn, ()))
+        self.change_mounts(|table| {
+            Ok(table
+                .remove(&path)
+                .map(|_| Txn::new().delete_prefix(crate::keys::kv_mount(&path))))
         })
         .await
     }
