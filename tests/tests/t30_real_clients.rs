@@ -42,6 +42,13 @@ fn run_hvac(name: &str, success: &str) {
     assert!(stdout.contains(success), "{stdout}");
 }
 
+/// `bao` that must succeed; its standard output.
+fn bao_ok(server: &Server, args: &[&str]) -> String {
+    let (ok, out, err) = bao(server, args);
+    assert!(ok, "bao {args:?}: {out}\n{err}");
+    out
+}
+
 fn bao(server: &Server, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("bao")
         .args(args)
@@ -98,11 +105,7 @@ fn bao_kv_put_get_list_work_unchanged() {
 fn bao_version_operations_mounts_and_metadata_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::dev(&dir.path().join("node"), TOKEN);
-    let run = |args: &[&str]| {
-        let (ok, out, err) = bao(&server, args);
-        assert!(ok, "bao {args:?}: {out}\n{err}");
-        out
-    };
+    let run = |args: &[&str]| bao_ok(&server, args);
     run(&["kv", "put", "secret/v", "x=1"]);
     run(&["kv", "put", "secret/v", "x=2"]);
     // The CLI sends versions as strings; Vault decodes them weakly, and so must Coffer.
@@ -154,11 +157,7 @@ fn bao_policies_userpass_login_and_tokens_work_unchanged() {
         "path \"secret/data/team/*\" { capabilities = [\"read\"] }\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let (ok, out, err) = bao(&server, args);
-        assert!(ok, "bao {args:?}: {out}\n{err}");
-        out
-    };
+    let run = |args: &[&str]| bao_ok(&server, args);
     run(&["policy", "write", "team", policy.to_str().unwrap()]);
     assert!(run(&["policy", "list"]).lines().any(|l| l == "team"));
     run(&["auth", "enable", "userpass"]);
@@ -260,11 +259,7 @@ fn hvac_capabilities_mounts_autopilot_and_wrapping_work_unchanged() {
 fn bao_tune_capabilities_autopilot_and_wrap_ttl_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::dev(&dir.path().join("node"), TOKEN);
-    let run = |args: &[&str]| {
-        let (ok, out, err) = bao(&server, args);
-        assert!(ok, "bao {args:?}: {out}\n{err}");
-        out
-    };
+    let run = |args: &[&str]| bao_ok(&server, args);
     let json = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&run(args)).unwrap() };
     run(&[
         "secrets",
