@@ -322,12 +322,20 @@ impl ServerConfig {
 
     /// The socket address to bind for the API.
     pub fn listen(&self) -> Result<SocketAddr, String> {
-        let text = match &self.listen_addr {
-            Some(l) => l.clone(),
-            None => api_host_port(&self.api_addr)?,
-        };
-        text.parse()
-            .map_err(|_| format!("listen_addr: {text:?} is not an IP:port socket address"))
+        match &self.listen_addr {
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("listen_addr: {text:?} is not an IP:port socket address")),
+            None => {
+                let (host, port) = api_host_port(&self.api_addr)?;
+                let ip = host.parse::<std::net::IpAddr>().map_err(|_| {
+                    format!(
+                        "listen_addr: required when api_addr's host ({host}) is not an IP address"
+                    )
+                })?;
+                Ok(SocketAddr::new(ip, port))
+            }
+        }
     }
 
     /// Checks every field; the message names the field.
@@ -336,7 +344,9 @@ impl ServerConfig {
             return Err("node_id: must be at least 1".into());
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err("data_dir: required".into());
+            return Err(
+                "data_dir: required (in the config file, COFFER_DATA_DIR or --data-dir)".into(),
+            );
         }
         api_host_port(&self.api_addr)?;
         self.listen()?;
@@ -402,20 +412,19 @@ impl ServerConfig {
     }
 }
 
-/// `https://host:port` -> `host:port`.
-fn api_host_port(api_addr: &str) -> Result<String, String> {
+/// `https://host:port` -> (`host`, port), an IPv6 host without its brackets.
+pub(crate) fn api_host_port(api_addr: &str) -> Result<(String, u16), String> {
     let rest = api_addr
         .strip_prefix("https://")
         .ok_or_else(|| format!("api_addr: {api_addr:?} must start with https://"))?;
     let host_port = rest.trim_end_matches('/');
-    if host_port
+    let (host, port) = host_port
         .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
-        return Err(format!("api_addr: {api_addr:?} needs an explicit port"));
-    }
-    Ok(host_port.to_string())
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| format!("api_addr: {api_addr:?} needs a host and an explicit port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]

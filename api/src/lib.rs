@@ -10,5 +10,6 @@ pub mod error;
 pub mod fuzz;
 pub mod https;
 pub mod routes;
+pub mod sd_notify;
 pub mod server;
 pub mod server_logging;

@@ -147,8 +147,19 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         .await
         .context("binding the API listener")?;
     let bound = listener.local_addr()?;
-    let api_host = bound.ip().to_string();
-    cfg.api_addr = format!("https://{bound}");
+    // The configured `api_addr` is what clients and peers are told, and what the API
+    // certificate names: a container listens on 0.0.0.0 and is reached at its own address.
+    // Only a port the system picked (0) is filled in from the socket.
+    let (api_host, api_port) =
+        crate::config::api_host_port(&cfg.api_addr).map_err(anyhow::Error::msg)?;
+    if api_port == 0 {
+        cfg.api_addr = format!("https://{bound}");
+    }
+    let api_host = if api_port == 0 {
+        bound.ip().to_string()
+    } else {
+        api_host
+    };
     // Dev mode is one node: no peer port, so it never collides with anything on 8201.
     let options = NodeOptions {
         node_id: cfg.node_id,
@@ -211,6 +222,7 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
         }
     }
     print_banner(&cfg, &node.files, dev.is_some(), &dev_dir);
+    tracing::info!(api_addr = %cfg.api_addr, socket = %bound, "API listening");
 
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -220,7 +232,11 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
             _ = term.recv() => {},
         }
         tracing::info!("shutting down");
+        crate::sd_notify::notify("STOPPING=1");
     };
+    // The listener is bound and the node open (sealed or not): a service manager may call
+    // it started. Connections made before `serve` runs wait in the listen backlog.
+    crate::sd_notify::notify("READY=1");
     crate::https::serve(
         listener,
         tls,

@@ -72,6 +72,11 @@ impl Server {
 
     /// Starts `coffer` with `args`, waits for the "listening on" line.
     pub fn spawn(args: &[&str], data_dir: &Path) -> Server {
+        Server::spawn_env(args, data_dir, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables.
+    pub fn spawn_env(args: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new()
@@ -86,6 +91,7 @@ impl Server {
                 // `COFFER_TEST_LOG_LEVEL=info,openraft=info` to see elections in a test's logs.
                 std::env::var("COFFER_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

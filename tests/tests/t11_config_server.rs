@@ -240,3 +240,64 @@ fn metrics_without_a_token_only_from_the_configured_networks() {
             .contains("coffer_raft_term"));
     }
 }
+
+/// A node without a config file, as a container runs it: `COFFER_*` variables only, the API
+/// on every interface and advertised at its own address (which the API certificate names),
+/// and systemd's readiness protocol spoken when `NOTIFY_SOCKET` asks for it.
+#[test]
+fn configured_by_variables_advertised_at_api_addr_and_ready_for_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let port = coffer_tests::procs::free_port("127.0.0.2");
+    let data = dir.path().join("node");
+    let api_addr = format!("https://127.0.0.2:{port}");
+    let server = Server::spawn_env(
+        &["server"],
+        &data,
+        &[
+            ("COFFER_DATA_DIR", data.to_str().unwrap()),
+            ("COFFER_API_ADDR", &api_addr),
+            ("COFFER_LISTEN_ADDR", &format!("0.0.0.0:{port}")),
+            ("COFFER_PEER_ADDR", "127.0.0.2:0"),
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ],
+    );
+    let mut buf = [0u8; 64];
+    let n = systemd.recv(&mut buf).expect("READY=1 from the node");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Reached (and its certificate checked) at the advertised address, not at the socket's.
+    assert_eq!(server.addr, api_addr);
+    let (token, share) = server.init_one_share_keeping();
+    let (code, _, err) = cli(&server, "", &["operator", "unseal", &share]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&server, &token, &["operator", "members", "-format=json"]);
+    assert_eq!(code, 0, "{err}");
+    let members: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(members["data"]["members"][0]["api_addr"], api_addr.as_str());
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let n = systemd.recv(&mut buf).expect("STOPPING=1 from the node");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+
+    // Without a data directory from anywhere, the refusal names the ways to give one.
+    let out = std::process::Command::new(coffer_tests::coffer_bin())
+        .arg("server")
+        .env_remove("COFFER_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data_dir: required (in the config file, COFFER_DATA_DIR or --data-dir)"),
+        "{err}"
+    );
+}

@@ -175,3 +175,100 @@ fn shell_completions_and_version() {
         "{version}"
     );
 }
+
+/// `coffer health` answers a container's or load balancer's question: 0 while the node
+/// serves, 2 once it is sealed or cannot be reached; `coffer status` names the mode.
+#[test]
+fn health_and_status_name_the_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("node"), TOKEN);
+    let (code, out, err) = cli(&server, TOKEN, &["health"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("leader: applied index"), "{out}");
+    let (code, out, err) = cli(&server, TOKEN, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mode") && out.contains("leader"), "{out}");
+    assert!(!err.contains("READ-ONLY"), "{err}");
+    let (code, out, _) = cli(&server, TOKEN, &["health", "-format=json"]);
+    assert_eq!(code, 0);
+    let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(body["sealed"], false);
+
+    let (code, _, err) = cli(&server, TOKEN, &["operator", "seal"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&server, TOKEN, &["health"]);
+    assert_eq!(code, 2, "a sealed node is not healthy: {out}");
+    assert!(out.starts_with("sealed"), "{out}");
+
+    // Nothing listens on a port of a socket just closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, _, err) = cli(
+        &server,
+        TOKEN,
+        &["health", "--address", &format!("https://127.0.0.1:{port}")],
+    );
+    assert_eq!(code, 2, "an unreachable node is not healthy: {err}");
+}
+
+/// `coffer man` renders coffer(1) from the command line's definition, and `--dir` writes a
+/// page per command; every command `coffer --help` lists is in the README's CLI section.
+#[test]
+fn man_pages_and_help_match_the_readme() {
+    let out = Command::new(coffer_bin()).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH coffer 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(coffer_bin())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["coffer.1", "coffer-kv-get.1", "coffer-health.1"] {
+        assert!(dir.path().join(name).exists(), "{name} not written");
+    }
+    let join = std::fs::read_to_string(dir.path().join("coffer-operator-join.1")).unwrap();
+    assert!(join.contains("resume"), "{join}");
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let cli_section = readme
+        .split("\n## CLI\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a CLI section");
+    let commands = |args: &[&str]| -> Vec<String> {
+        let out = Command::new(coffer_bin()).args(args).output().unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        help.split("Commands:\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    for command in commands(&["--help"]) {
+        assert!(
+            cli_section.contains(&format!("`coffer {command}")),
+            "README's CLI section does not name `coffer {command}`"
+        );
+    }
+    for command in commands(&["operator", "--help"]) {
+        let named = [format!("|{command}"), format!("operator {command}")];
+        assert!(
+            named.iter().any(|n| cli_section.contains(n.as_str())),
+            "README's CLI section does not name `coffer operator {command}`"
+        );
+    }
+}

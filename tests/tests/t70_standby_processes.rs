@@ -103,6 +103,18 @@ fn assert_write_refused(c: &ProcCluster, id: u64) {
     assert_eq!(code, 0, "{err}");
     assert!(!out.is_empty());
     assert!(err.contains("Warning: read-only standby answered"), "{err}");
+    // `coffer status` names the mode and prints the banner; `coffer health` (a container's
+    // health check) still calls the node serving.
+    let (code, out, err) = c.cli(id, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("read-only standby"), "{out}");
+    assert!(
+        err.contains("READ-ONLY STANDBY: no leader with a quorum"),
+        "{err}"
+    );
+    let (code, out, err) = c.cli(id, &["health"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("read-only standby: applied index"), "{out}");
 }
 
 /// The reads alice made on `node` while it was read-only, merged into the cluster's log,

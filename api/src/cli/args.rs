@@ -32,8 +32,12 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: KvCmd,
     },
-    /// Seal status of the node (same as `operator status`).
+    /// Seal status and mode of the node; a read-only standby says so on stderr.
     Status(Common),
+    /// Whether the node serves (for container and load-balancer health checks): exit 0 when
+    /// it is initialized, unsealed and serving as leader, follower or read-only standby, 2
+    /// when it is sealed, uninitialized or unreachable.
+    Health(Common),
     /// Log in and keep the token in ~/.coffer-token (mode 0600).
     Login {
         #[command(flatten)]
@@ -70,11 +74,19 @@ pub(super) enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write man pages, one per command, generated from this command line's definition
+    /// (`coffer man --dir /usr/local/share/man/man1`); without `--dir`, print coffer(1).
+    Man {
+        /// Directory to write `coffer.1`, `coffer-kv.1`, `coffer-kv-get.1`, … into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
 pub(super) struct ServerArgs {
-    /// TOML configuration file.
+    /// TOML configuration file; without it the configuration comes from `COFFER_*`
+    /// variables and these flags alone (`COFFER_DATA_DIR` or `--data-dir` at least).
     #[arg(long)]
     pub(super) config: Option<PathBuf>,
     /// Development mode: single node, initialized and unsealed, root token printed.

@@ -146,6 +146,12 @@ pub struct JoinArgs {
     /// Start the node when done.
     #[arg(long)]
     start: bool,
+    /// With `--start`: when the data directory already holds a node that joined (its
+    /// `coffer.toml` and Raft data), start it as it is instead of refusing, so a container's
+    /// command can stay the same across restarts. The pack is not read then, and may be
+    /// deleted once the node has joined.
+    #[arg(long, requires = "start")]
+    resume: bool,
 }
 
 fn unix_now() -> u64 {
@@ -155,6 +161,14 @@ fn unix_now() -> u64 {
 /// `operator join`: opens the pack, asks the cluster whether it accepts it, installs the
 /// snapshot and the node's files, and prints (or runs) the command that starts the node.
 pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
+    let config = args.data_dir.join("coffer.toml");
+    if args.resume && args.data_dir.join("raft").exists() && config.exists() {
+        eprintln!(
+            "{} already holds a node that joined; starting it.",
+            args.data_dir.display()
+        );
+        return start_server(&config);
+    }
     let file = std::fs::File::open(&args.pack)
         .map_err(|e| local(format!("reading {}: {e}", args.pack.display())))?;
     let passphrase = read_passphrase(args.passphrase_file.as_deref())?;
@@ -203,21 +217,25 @@ pub async fn join(args: JoinArgs) -> Result<i32, ClientError> {
     progress.finish_and_clear();
     let index = installed.map_err(local)?;
     eprintln!("Installed the cluster's state as of log index {index}.");
-    let config = dir.join("coffer.toml");
     let command = format!("coffer server --config {}", config.display());
     if args.start {
         eprintln!("Starting: {command}");
-        use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().map_err(local)?;
-        let err = std::process::Command::new(exe)
-            .args(["server", "--config"])
-            .arg(&config)
-            .exec();
-        return Err(local(format!("starting the server: {err}")));
+        return start_server(&config);
     }
     eprintln!("Node {} is ready. Start it with:", contents.node_id);
     println!("{command}");
     Ok(exit::OK)
+}
+
+/// Replaces this process with `coffer server --config CONFIG`; returns only on failure.
+fn start_server(config: &Path) -> Result<i32, ClientError> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(local)?;
+    let err = std::process::Command::new(exe)
+        .args(["server", "--config"])
+        .arg(config)
+        .exec();
+    Err(local(format!("starting the server: {err}")))
 }
 
 /// `operator members`.

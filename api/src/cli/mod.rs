@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Server(args) => return server(args).await,
         Command::Operator { command } => operator::operator(command).await,
         Command::Status(common) => operator::status(&common).await,
+        Command::Health(common) => operator::health(&common).await,
         Command::Kv { command } => kv::kv(command).await,
         Command::Login {
             common,
@@ -84,11 +85,25 @@ async fn run(cli: Cli) -> i32 {
             clap_complete::generate(shell, &mut cmd, "coffer", &mut std::io::stdout());
             Ok(exit::OK)
         }
+        Command::Man { dir } => man(dir.as_deref()),
     };
     match result {
         Ok(code) => code,
         Err(e) => report(&e),
     }
+}
+
+/// `coffer man`: coffer(1) on stdout, or a page per command in `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<i32, ClientError> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let written = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(cmd, dir))
+            .map(|()| eprintln!("Wrote the man pages to {}.", dir.display())),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+    };
+    written.map_err(|e| ClientError::Local(format!("writing the man pages: {e}")))?;
+    Ok(exit::OK)
 }
 
 fn report(e: &ClientError) -> i32 {
@@ -156,8 +171,8 @@ async fn server(args: ServerArgs) -> i32 {
 fn server_config(args: &ServerArgs) -> Result<(ServerConfig, Option<DevOptions>), String> {
     let mut cfg = match &args.config {
         Some(path) => ServerConfig::from_file(path)?,
-        None if args.dev => ServerConfig::default(),
-        None => return Err("either --config FILE or --dev is required".into()),
+        // Without a file: defaults, `COFFER_*` variables and flags (a container's way).
+        None => ServerConfig::default(),
     };
     cfg.apply_env(|k| std::env::var(k).ok())?;
     if let Some(v) = args.node_id {

@@ -7,16 +7,81 @@ use super::args::OperatorCmd;
 use super::{backup, client, cluster, exit, output, print_json, scalar, Common};
 use crate::client::ClientError;
 
-pub(super) async fn status(common: &Common) -> Result<i32, ClientError> {
-    let resp = client(common)?
-        .request("GET", "sys/seal-status", None)
-        .await?;
-    output(common, &resp.body, &resp.body);
-    // As `vault status`: 2 when sealed.
-    Ok(if resp.body["sealed"].as_bool() == Some(true) {
-        exit::SERVER
+/// `sys/health` with every state answered as 200, so its body comes back whatever the
+/// node's mode (an audit spool that refuses records still answers 503).
+const HEALTH_ANY: &str = "sys/health?standbyok=true&readonlycode=200&sealedcode=200&uninitcode=200";
+
+/// The node's mode as `coffer status` and `coffer health` name it.
+fn mode(health: &serde_json::Value) -> &'static str {
+    let flag = |name: &str| health[name].as_bool() == Some(true);
+    if !flag("initialized") {
+        "uninitialized"
+    } else if flag("sealed") {
+        "sealed"
+    } else if flag("read_only") {
+        "read-only standby"
+    } else if flag("standby") {
+        "follower"
     } else {
-        exit::OK
+        "leader"
+    }
+}
+
+pub(super) async fn status(common: &Common) -> Result<i32, ClientError> {
+    let c = client(common)?;
+    let resp = c.request("GET", "sys/seal-status", None).await?;
+    let sealed = resp.body["sealed"].as_bool() == Some(true);
+    // The mode comes from `sys/health`; a node too old or too broken to answer it still
+    // has its seal status printed.
+    let health = c
+        .request("GET", HEALTH_ANY, None)
+        .await
+        .ok()
+        .map(|r| r.body);
+    match &health {
+        Some(health) if common.format != "json" && common.field.is_none() => {
+            let mut shown = resp.body.clone();
+            if let Some(fields) = shown.as_object_mut() {
+                fields.insert("mode".into(), json!(mode(health)));
+                for name in ["applied_index", "last_contact_ms", "audit_spool_backlog"] {
+                    fields.insert(name.into(), health[name].clone());
+                }
+            }
+            output(common, &shown, &shown);
+        }
+        _ => {
+            output(common, &resp.body, &resp.body);
+        }
+    }
+    if let Some(health) = health.filter(|h| h["read_only"].as_bool() == Some(true)) {
+        eprintln!(
+            "\nREAD-ONLY STANDBY: no leader with a quorum for {} ms. Reads are served from this node's \
+             replica as of index {}; writes are refused. {} audit records wait in this node's spool \
+             to be merged back when a leader returns.",
+            health["last_contact_ms"], health["applied_index"], health["audit_spool_backlog"]
+        );
+    }
+    // As `vault status`: 2 when sealed.
+    Ok(if sealed { exit::SERVER } else { exit::OK })
+}
+
+/// `coffer health`: one line, and 0 only when the node serves.
+pub(super) async fn health(common: &Common) -> Result<i32, ClientError> {
+    let resp = client(common)?.request("GET", HEALTH_ANY, None).await?;
+    let mode = mode(&resp.body);
+    if common.format == "json" {
+        print_json(&resp.body);
+    } else {
+        println!(
+            "{mode}: applied index {}, last contact {} ms, audit backlog {}",
+            resp.body["applied_index"],
+            resp.body["last_contact_ms"],
+            resp.body["audit_spool_backlog"]
+        );
+    }
+    Ok(match mode {
+        "leader" | "follower" | "read-only standby" => exit::OK,
+        _ => exit::SERVER,
     })
 }
 
