@@ -18,13 +18,23 @@ fn send(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let sender = UnixDatagram::unbound()?;
     let path = socket.as_bytes();
-    // A leading '@' names a socket in the abstract namespace.
+    // A leading '@' names a socket in Linux's abstract namespace.
     if let Some(name) = path.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        sender.send_to_addr(state.as_bytes(), &addr)?;
-    } else {
-        sender.send_to(state.as_bytes(), socket)?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sender.send_to_addr(state.as_bytes(), &addr)?;
+            return Ok(());
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            return Err(std::io::Error::other(
+                "abstract sockets exist only on Linux",
+            ));
+        }
     }
+    sender.send_to(state.as_bytes(), socket)?;
     Ok(())
 }

@@ -152,10 +152,8 @@ pub async fn run(mut cfg: ServerConfig, dev: Option<DevOptions>) -> anyhow::Resu
     // Only a port the system picked (0) is filled in from the socket.
     let (api_host, api_port) =
         crate::config::api_host_port(&cfg.api_addr).map_err(anyhow::Error::msg)?;
-    if api_port == 0 {
-        cfg.api_addr = format!("https://{bound}");
-    }
     let api_host = if api_port == 0 {
+        cfg.api_addr = format!("https://{bound}");
         bound.ip().to_string()
     } else {
         api_host

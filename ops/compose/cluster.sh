@@ -20,17 +20,32 @@ state="${COFFER_STATE:-$here/state}"
 # The image's user: the packs directory must be its own.
 uid=10001
 
-dc() { docker-compose --file "$here/docker-compose.yml" "$@"; }
+# Docker's Compose: the docker-compose command (Debian's package), or the compose plugin.
+if command -v docker-compose >/dev/null 2>&1; then
+  compose=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "cluster: installing docker-compose" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
+  compose=(docker-compose)
+else
+  echo "cluster: needs docker-compose (Debian: apt-get install docker-compose)" >&2
+  exit 1
+fi
+dc() { "${compose[@]}" --file "$here/docker-compose.yml" "$@"; }
 
 root_token() {
   sed -n 's/^ *"root_token": *"\([^"]*\)".*/\1/p' "$state/init.json"
 }
 
-# coffer NODE ARGS…: the CLI inside NODE, talking to NODE, with the root token.
+# coffer NODE ARGS…: the CLI inside NODE, talking to NODE, with the root token (passed
+# through the environment, never on a command line).
 coffer_in() {
   local node="$1"
   shift
-  dc exec -T -e COFFER_TOKEN="$(root_token)" "$node" coffer "$@"
+  COFFER_TOKEN="$(root_token)" dc exec -T -e COFFER_TOKEN "$node" coffer "$@"
 }
 
 # wait_for SECONDS WHAT COMMAND…: polls COMMAND once a second until it succeeds.

@@ -38,9 +38,16 @@ fn no_engine() -> Option<String> {
         }
         Err(e) => return Some(format!("no docker command: {e}")),
     }
-    match Command::new("docker-compose").arg("version").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("no docker-compose command (Debian: apt-get install docker-compose)".into()),
+    let works = |cmd: &mut Command| cmd.output().is_ok_and(|out| out.status.success());
+    if works(Command::new("docker-compose").arg("version"))
+        || works(Command::new("docker").args(["compose", "version"]))
+    {
+        None
+    } else {
+        Some(
+            "no docker-compose and no compose plugin (Debian: apt-get install docker-compose)"
+                .into(),
+        )
     }
 }
 
@@ -135,6 +142,24 @@ impl Drop for Project {
     }
 }
 
+/// Docker's health status of a container: `starting`, `healthy` or `unhealthy`.
+fn health(id: &str) -> String {
+    let (_, out, _) =
+        run(Command::new("docker").args(["inspect", "--format", "{{.State.Health.Status}}", id]));
+    out.trim().to_string()
+}
+
+/// A container started by the test, by id, removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "--force", &self.0])
+            .output();
+    }
+}
+
 fn wait(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -185,6 +210,29 @@ fn image_and_compose_cluster_survive_losing_the_leader_and_the_quorum() {
     assert_eq!(code, 0);
     assert!(version.starts_with("coffer "), "{version}");
 
+    // `docker run IMAGE server --dev`: a dev server on the container's every interface, and
+    // the image's own health check calls it healthy.
+    let (code, id, err) = run(Command::new("docker").args([
+        "run",
+        "--detach",
+        "--network",
+        "none",
+        &project.image,
+        "server",
+        "--dev",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let dev = Container(id.trim().to_string());
+    wait(Duration::from_secs(90), "the dev container healthy", || {
+        health(&dev.0) == "healthy"
+    });
+    let (_, logs, log_err) = run(Command::new("docker").args(["logs", &dev.0]));
+    assert!(
+        logs.contains("Coffer server listening on https://0.0.0.0:8200"),
+        "{logs}{log_err}"
+    );
+    drop(dev);
+
     // Three voters and a learner, from packs.
     project.cluster_ok(&["up"]);
     let members = project.members("node1").expect("members");
@@ -194,13 +242,7 @@ fn image_and_compose_cluster_survive_losing_the_leader_and_the_quorum() {
     for node in ["node1", "node2", "node3", "node4"] {
         let id = project.container(node);
         wait(Duration::from_secs(90), "a healthy container", || {
-            let (_, out, _) = run(Command::new("docker").args([
-                "inspect",
-                "--format",
-                "{{.State.Health.Status}}",
-                &id,
-            ]));
-            out.trim() == "healthy"
+            health(&id) == "healthy"
         });
     }
     let (code, _, err) = project.coffer(

@@ -95,7 +95,7 @@ pub(super) struct ServerArgs {
     /// Dev mode: the root token to create.
     #[arg(long)]
     pub(super) dev_root_token_id: Option<String>,
-    /// Dev mode: the address to listen on (default 127.0.0.1:8200).
+    /// Dev mode: the address to listen on (default: `listen_addr` if set, else 127.0.0.1:8200).
     #[arg(long)]
     pub(super) dev_listen_address: Option<String>,
     /// Data directory (dev default: a fresh temporary directory).

@@ -194,9 +194,11 @@ fn server_config(args: &ServerArgs) -> Result<(ServerConfig, Option<DevOptions>)
         root_token_id: args.dev_root_token_id.clone(),
     });
     if dev.is_some() {
+        // A container's dev server listens where its COFFER_LISTEN_ADDR says (0.0.0.0).
         let listen = args
             .dev_listen_address
             .clone()
+            .or_else(|| cfg.listen_addr.clone())
             .unwrap_or_else(|| "127.0.0.1:8200".into());
         cfg.listen_addr = Some(listen.clone());
         cfg.api_addr = format!("https://{listen}");
