@@ -155,7 +155,7 @@ struct Container(String);
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = Command::new("docker")
-            .args(["rm", "--force", &self.0])
+            .args(["rm", "--force", "--volumes", &self.0])
             .output();
     }
 }
