@@ -1,13 +1,17 @@
-"""`sys/metrics` read as Prometheus and tools read it: the strict OpenMetrics parser of the
-`prometheus-client` package accepts `?format=prometheus` (and a scrape's Accept header), the
-names follow Prometheus' conventions, and without the format the answer is Vault's JSON.
-Reads VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT.
+"""`sys/metrics` read as Prometheus and tools read it: `?format=prometheus` is the Prometheus
+text format (0.0.4) that `prometheus-client`'s parser and, where installed, `promtool check
+metrics` accept without a complaint; a scrape's Accept header gets OpenMetrics, which the
+package's strict OpenMetrics parser accepts; the names follow Prometheus' conventions; and
+without the format the answer is Vault's JSON. Reads VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT.
 """
 import os
+import shutil
+import subprocess
 import sys
 
 import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as prometheus_families
 
 
 def check(cond, what):
@@ -20,8 +24,22 @@ addr, token, ca = os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"], os.enviro
 auth = {"X-Vault-Token": token}
 requests.get(f"{addr}/v1/secret/data/absent", headers=auth, verify=ca)  # one request to count
 
-r = requests.get(f"{addr}/v1/sys/metrics?format=prometheus", headers=auth, verify=ca)
-check(r.status_code == 200, f"prometheus format: {r.status_code} {r.text[:200]}")
+text = requests.get(f"{addr}/v1/sys/metrics?format=prometheus", headers=auth, verify=ca)
+check(text.status_code == 200, f"prometheus format: {text.status_code} {text.text[:200]}")
+check(text.headers["content-type"].startswith("text/plain; version=0.0.4"), text.headers["content-type"])
+plain = {f.name: f for f in prometheus_families(text.text)}
+check("coffer_http_requests" in plain and plain["coffer_http_requests"].type == "counter",
+      f"0.0.4 counters: {sorted(plain)}")
+if shutil.which("promtool"):
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text.text, text=True,
+                          capture_output=True)
+    check(lint.returncode == 0, f"promtool check metrics: {lint.stdout}{lint.stderr}")
+else:
+    print("metrics: promtool not installed, its check skipped (Debian: prometheus)")
+
+r = requests.get(f"{addr}/v1/sys/metrics?format=prometheus", verify=ca,
+                 headers=dict(auth, Accept="application/openmetrics-text;version=1.0.0"))
+check(r.status_code == 200, f"openmetrics: {r.status_code} {r.text[:200]}")
 check(r.headers["content-type"].startswith("application/openmetrics-text"), r.headers["content-type"])
 families = {f.name: f for f in text_string_to_metric_families(r.text)}
 for name, family in families.items():

@@ -1,6 +1,6 @@
-//! `sys/metrics`: the node's figures. As Vault answers: the Prometheus text format
-//! (OpenMetrics, encoded by `prometheus-client`) with `?format=prometheus` or when the client
-//! accepts `application/openmetrics-text` (a Prometheus scrape), Vault's JSON shape
+//! `sys/metrics`: the node's figures. As Vault answers: the Prometheus text format (0.0.4)
+//! with `?format=prometheus`; OpenMetrics (encoded by `prometheus-client`) when the client
+//! accepts `application/openmetrics-text` (a Prometheus scrape); Vault's JSON shape
 //! otherwise. A token with `read` on `sys/metrics` is required, except from the addresses
 //! `[telemetry] unauthenticated_metrics_from` lists (Vault's
 //! `unauthenticated_metrics_access`, bounded to a network).
@@ -29,6 +29,9 @@ use crate::error::{ApiError, ApiResult};
 
 /// The OpenMetrics text format's content type.
 const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format's content type.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds of the request latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -238,6 +241,37 @@ fn encode_value(kind: Kind, value: f64, sample: MetricEncoder<'_>) -> Result<(),
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition: a counter's `HELP` and
+/// `TYPE` name the family as its samples are named (with `_total`), `HELP` keeps only the
+/// escapes 0.0.4 knows, and `# UNIT` and `# EOF` go. Samples are the same in both formats.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            let name = match counters.contains(name) {
+                true => format!("{name}_total"),
+                false => name.to_string(),
+            };
+            let rest = match prefix {
+                "# HELP " => rest.replace("\\\"", "\""),
+                _ => rest.to_string(),
+            };
+            Some(format!("{prefix}{name} {rest}"))
+        });
+        out.push_str(comment.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Whether the request asks for the Prometheus text format.
 fn wants_prometheus(req: &ApiRequest) -> bool {
     req.query.get("format").is_some_and(|f| f == "prometheus") || req.accepts_openmetrics
@@ -263,7 +297,10 @@ pub(super) fn export(state: &AppState, req: &ApiRequest) -> ApiResult<Response> 
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .map_err(|e| ApiError::Vault(coffer_vault::VaultError::internal(e)))?;
-        return Ok(([(CONTENT_TYPE, OPENMETRICS_TEXT)], out).into_response());
+        if req.accepts_openmetrics {
+            return Ok(([(CONTENT_TYPE, OPENMETRICS_TEXT)], out).into_response());
+        }
+        return Ok(([(CONTENT_TYPE, PROMETHEUS_TEXT)], prometheus_text(&out)).into_response());
     }
     Ok(Json(vault_json(&scrape)).into_response())
 }
@@ -507,4 +544,20 @@ fn scrape(state: &AppState) -> Scrape {
         requests,
     ));
     Scrape { figures, latency }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prometheus_text;
+
+    #[test]
+    fn prometheus_text_names_counter_families_as_their_samples() {
+        let open = "# HELP coffer_x Things \\\"done\\\".\n# TYPE coffer_x counter\ncoffer_x_total 3\n\
+                    # HELP coffer_t Time.\n# TYPE coffer_t gauge\n# UNIT coffer_t seconds\ncoffer_t 1.5\n# EOF\n";
+        assert_eq!(
+            prometheus_text(open),
+            "# HELP coffer_x_total Things \"done\".\n# TYPE coffer_x_total counter\ncoffer_x_total 3\n\
+             # HELP coffer_t Time.\n# TYPE coffer_t gauge\ncoffer_t 1.5\n"
+        );
+    }
 }
