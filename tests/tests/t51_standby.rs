@@ -401,3 +401,78 @@ async fn an_operator_lists_and_revokes_a_standbys_sessions() {
     assert!(secondary.list_local_sessions(&operator).unwrap().is_empty());
     c.heal();
 }
+
+/// The quorum is lost but its leader lives on: the leader turns read-only and stops its
+/// heartbeats, so its learner, which can get no read confirmed through it, turns read-only
+/// standby too and serves reads from its replica. The voters' return brings a leader with a
+/// quorum back, and the learner follows it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_whose_leader_lost_its_quorum_turns_read_only() {
+    let mut c = Cluster::start_with_learners(3, 1, RaftTuning::default()).await;
+    let voters = [1, 2, 3];
+    let learner = 4;
+    let leader = c.wait_leader(&voters, None).await;
+    c.engine(leader)
+        .write(Txn::new().put("before", "v"))
+        .await
+        .unwrap();
+    let index = c.engine(leader).applied_index();
+    c.wait_applied(&[learner], index).await;
+    assert_eq!(c.engine(learner).mode(), NodeMode::Follower);
+    let others: Vec<u64> = voters.iter().copied().filter(|v| *v != leader).collect();
+    for id in &others {
+        c.stop(*id).await;
+    }
+    let lost = Instant::now();
+    read_only_within_bound(&c, leader, lost).await;
+    // The leader notices after `standby_after`, the learner `standby_after` after its last
+    // heartbeat.
+    c.engine(learner)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
+        .await
+        .unwrap();
+    let took = lost.elapsed();
+    assert!(
+        took <= 2 * STANDBY_AFTER + 2 * SLACK,
+        "the learner turned read-only after {took:?}"
+    );
+    write_is_refused_at_once(&c, learner).await;
+    let read = c
+        .engine(learner)
+        .get(b"before")
+        .unwrap()
+        .expect("served from the replica");
+    assert_eq!(read.value, b"v");
+
+    for id in &others {
+        c.restart(*id).await;
+    }
+    // The silent leader may still call itself leader until a vote deposes it: wait for one
+    // that leads with a quorum.
+    let started = Instant::now();
+    let back = loop {
+        if let Some(id) = voters
+            .iter()
+            .copied()
+            .find(|id| c.engine(*id).mode() == NodeMode::Leader)
+        {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no leader with a quorum after the voters came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.engine(back)
+        .write(Txn::new().put("after", "v"))
+        .await
+        .unwrap();
+    c.engine(learner)
+        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::Follower)
+        .await
+        .unwrap();
+    let index = c.engine(back).applied_index();
+    c.wait_applied(&[learner], index).await;
+    assert!(c.engine(learner).get(b"after").unwrap().is_some());
+}

@@ -278,8 +278,10 @@ fn image_and_compose_cluster_survive_losing_the_leader_and_the_quorum() {
         },
     );
 
-    // Stop the new leader too: no quorum. The standby says so and keeps serving reads.
-    project.cluster_ok(&["stop", &format!("node{second}")]);
+    // Stop the other voter: no quorum, though its leader lives on. The leader stops its
+    // heartbeats, the standby says it is read-only and keeps serving reads.
+    let follower = (1..=3).find(|n| *n != first && *n != second).unwrap();
+    project.cluster_ok(&["stop", &format!("node{follower}")]);
     let mut banner = String::new();
     wait(Duration::from_secs(60), "the standby banner", || {
         let (_, out, err) = project.coffer("node4", &["status"]);
@@ -300,7 +302,7 @@ fn image_and_compose_cluster_survive_losing_the_leader_and_the_quorum() {
 
     // Bring both back: a leader again, the standby leaves read-only by itself, the write
     // refused above never happened, and its reads are in the cluster's audit log.
-    project.cluster_ok(&["start", &first_node, &format!("node{second}")]);
+    project.cluster_ok(&["start", &first_node, &format!("node{follower}")]);
     wait(
         Duration::from_secs(120),
         "the standby to leave read-only",

@@ -144,6 +144,13 @@ impl ModeTracker {
         Some(oldest)
     }
 
+    /// Whether this node leads now.
+    fn leading(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
     /// Milliseconds since a leader last reached this node, if ever.
     pub fn leader_contact_age_ms(&self) -> Option<u64> {
         let t = (*self.leader_contact.lock().ok()?)?;
@@ -199,11 +206,7 @@ impl ModeTracker {
     async fn evaluate(&self, current: &NodeMode, target: &mut Option<u64>) -> (NodeMode, String) {
         let after = self.standby_after_ms.load(Ordering::Relaxed);
         let age = self.contact_age_ms();
-        let leading = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
-        };
+        let leading = self.leading();
         if age > after {
             *target = None;
             let reason = if leading {
@@ -273,6 +276,12 @@ pub(crate) async fn run_mode_task(
 ) {
     let mut interval = tokio::time::interval(MODE_TICK);
     let mut target = None;
+    // Raft's check-quorum: a leader without a quorum stops its heartbeats. Its followers and
+    // learners then hear no leader, turn read-only standby themselves and serve reads from
+    // their replicas, instead of following a leader that can confirm no read. A quorum that
+    // returns elects a leader (a vote in a higher term deposes this one), and heartbeats
+    // resume once this node leads with a quorum again or no longer leads.
+    let mut silenced = false;
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -284,6 +293,20 @@ pub(crate) async fn run_mode_task(
         }
         let current = tx.borrow().clone();
         let (new, reason) = tracker.evaluate(&current, &mut target).await;
+        let silence = new == NodeMode::ReadOnly && tracker.leading();
+        if silence != silenced {
+            tracker.raft.runtime_config().heartbeat(!silence);
+            silenced = silence;
+            tracing::warn!(
+                heartbeats = !silence,
+                "leader heartbeats {}",
+                if silence {
+                    "stopped: no quorum"
+                } else {
+                    "resumed"
+                }
+            );
+        }
         if new != current {
             tracing::warn!(
                 old = current.as_str(),
