@@ -4,7 +4,9 @@
 //! that has heard from no quorum for that long, is a **standby**: writes are refused
 //! at once (never left hanging on a quorum that is not there) and reads are served from local
 //! state. It leaves standby by itself once a leader is back (for a leader: a quorum answers
-//! again) and it has applied everything it knows to be committed. A one-voter cluster's
+//! again) and it has applied everything it knows to be committed. A leader in standby stops
+//! its heartbeats (check-quorum), so the nodes following it turn standby too rather than
+//! wait on reads it cannot confirm. A one-voter cluster's
 //! leader is its own quorum and never turns standby.
 //!
 //! Detection reads openraft's metrics, the time of the last message from a leader (kept by
