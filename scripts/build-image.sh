@@ -70,8 +70,10 @@ EOF
 # glibc's resolver: the hosts file first (Docker writes it), then DNS.
 echo 'hosts: files dns' >"$root/etc/nsswitch.conf"
 
-commit="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-version="$("$root/usr/local/bin/coffer" --version | head -n 1 | awk '{ print $2 }')"
+# The binary names its own version and commit (`coffer 0.1.0 (b29997ad1608)`): the labels
+# say what is in the image, whatever the checkout is at now.
+read -r _ version commit < <("$root/usr/local/bin/coffer" --version)
+commit="${commit//[()]/}"
 cat >"$ctx/Dockerfile" <<EOF
 FROM scratch
 COPY rootfs/ /
