@@ -38,21 +38,20 @@ pub(super) async fn status(common: &Common) -> Result<i32, ClientError> {
         .await
         .ok()
         .map(|r| r.body);
-    match &health {
-        Some(health) if common.format != "json" && common.field.is_none() => {
-            let mut shown = resp.body.clone();
-            if let Some(fields) = shown.as_object_mut() {
-                fields.insert("mode".into(), json!(mode(health)));
-                for name in ["applied_index", "last_contact_ms", "audit_spool_backlog"] {
-                    fields.insert(name.into(), health[name].clone());
-                }
-            }
-            output(common, &shown, &shown);
-        }
-        _ => {
-            output(common, &resp.body, &resp.body);
+    // The table gains the mode; `-format=json` and `-field` keep `sys/seal-status` as is.
+    let mut shown = resp.body;
+    if let (Some(health), Some(fields), "table", None) = (
+        &health,
+        shown.as_object_mut(),
+        common.format.as_str(),
+        &common.field,
+    ) {
+        fields.insert("mode".into(), json!(mode(health)));
+        for name in ["applied_index", "last_contact_ms", "audit_spool_backlog"] {
+            fields.insert(name.into(), health[name].clone());
         }
     }
+    output(common, &shown, &shown);
     if let Some(health) = health.filter(|h| h["read_only"].as_bool() == Some(true)) {
         eprintln!(
             "\nREAD-ONLY STANDBY: no leader with a quorum for {} ms. Reads are served from this node's \

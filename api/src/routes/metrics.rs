@@ -256,15 +256,17 @@ fn prometheus_text(openmetrics: &str) -> String {
         }
         let comment = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
             let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
-            let name = match counters.contains(name) {
-                true => format!("{name}_total"),
-                false => name.to_string(),
+            let total = if counters.contains(name) {
+                "_total"
+            } else {
+                ""
             };
-            let rest = match prefix {
-                "# HELP " => rest.replace("\\\"", "\""),
-                _ => rest.to_string(),
+            let rest = if prefix == "# HELP " {
+                rest.replace("\\\"", "\"")
+            } else {
+                rest.to_string()
             };
-            Some(format!("{prefix}{name} {rest}"))
+            Some(format!("{prefix}{name}{total} {rest}"))
         });
         out.push_str(comment.as_deref().unwrap_or(line));
         out.push('\n');

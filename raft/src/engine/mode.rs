@@ -201,14 +201,18 @@ impl ModeTracker {
         }
     }
 
-    /// The mode now, given the mode before. Standby is left only once caught up: when
+    /// The mode now, given the mode before and whether this node leads. Standby is left only once caught up: when
     /// contact returns, the commit index known then becomes the target, and the node leaves
     /// standby when it has applied that far (a moving target would keep a node under steady
     /// writes in standby for ever).
-    async fn evaluate(&self, current: &NodeMode, target: &mut Option<u64>) -> (NodeMode, String) {
+    async fn evaluate(
+        &self,
+        current: &NodeMode,
+        target: &mut Option<u64>,
+        leading: bool,
+    ) -> (NodeMode, String) {
         let after = self.standby_after_ms.load(Ordering::Relaxed);
         let age = self.contact_age_ms();
-        let leading = self.leading();
         if age > after {
             *target = None;
             let reason = if leading {
@@ -294,8 +298,9 @@ pub(crate) async fn run_mode_task(
             return;
         }
         let current = tx.borrow().clone();
-        let (new, reason) = tracker.evaluate(&current, &mut target).await;
-        let silence = new == NodeMode::ReadOnly && tracker.leading();
+        let leading = tracker.leading();
+        let (new, reason) = tracker.evaluate(&current, &mut target, leading).await;
+        let silence = new == NodeMode::ReadOnly && leading;
         if silence != silenced {
             tracker.raft.runtime_config().heartbeat(!silence);
             silenced = silence;
