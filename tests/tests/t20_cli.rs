@@ -10,6 +10,17 @@ fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
     server.cli(token, args)
 }
 
+/// Runs `cmd`, asserts it succeeded (its stderr in the message), and returns its stdout.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn kv_commands_formats_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,17 +128,12 @@ fn several_addresses_fall_through_to_a_live_node() {
         .local_addr()
         .unwrap();
     let addrs = format!("https://{dead},{}", server.addr);
-    let out = Command::new(coffer_bin())
-        .args(["kv", "put", "secret/multi", "a=b"])
-        .env("COFFER_ADDR", addrs)
-        .env("COFFER_CACERT", server.ca_path())
-        .env("COFFER_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new(coffer_bin())
+            .args(["kv", "put", "secret/multi", "a=b"])
+            .env("COFFER_ADDR", addrs)
+            .env("COFFER_CACERT", server.ca_path())
+            .env("COFFER_TOKEN", TOKEN),
     );
 }
 
@@ -136,15 +142,7 @@ fn several_addresses_fall_through_to_a_live_node() {
 /// theirs; `--version` names the commit.
 #[test]
 fn shell_completions_and_version() {
-    let run = |args: &[&str]| {
-        let out = Command::new(coffer_bin()).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| succeeds(Command::new(coffer_bin()).args(args));
     let bash = run(&["completions", "bash"]);
     for word in ["operator", "kv", "audit", "completions", "snapshot"] {
         assert!(bash.contains(word), "bash completion lacks {word}");
@@ -152,16 +150,7 @@ fn shell_completions_and_version() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("coffer.bash");
     std::fs::write(&script, &bash).unwrap();
-    let syntax = Command::new("bash")
-        .arg("-n")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        syntax.status.success(),
-        "{}",
-        String::from_utf8_lossy(&syntax.stderr)
-    );
+    succeeds(Command::new("bash").arg("-n").arg(&script));
     assert!(run(&["completions", "zsh"]).starts_with("#compdef coffer"));
     assert!(run(&["completions", "fish"]).contains("complete -c coffer"));
     let bad = Command::new(coffer_bin())
@@ -218,20 +207,13 @@ fn health_and_status_name_the_mode() {
 /// page per command; every command `coffer --help` lists is in the README's CLI section.
 #[test]
 fn man_pages_and_help_match_the_readme() {
-    let out = Command::new(coffer_bin()).arg("man").output().unwrap();
-    assert!(out.status.success());
-    let page = String::from_utf8(out.stdout).unwrap();
+    let page = succeeds(Command::new(coffer_bin()).arg("man"));
     assert!(page.contains(".TH coffer 1"), "{page}");
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(coffer_bin())
-        .args(["man", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new(coffer_bin())
+            .args(["man", "--dir"])
+            .arg(dir.path()),
     );
     for name in ["coffer.1", "coffer-kv-get.1", "coffer-health.1"] {
         assert!(dir.path().join(name).exists(), "{name} not written");
@@ -247,8 +229,7 @@ fn man_pages_and_help_match_the_readme() {
         .and_then(|rest| rest.split("\n## ").next())
         .expect("README has a CLI section");
     let commands = |args: &[&str]| -> Vec<String> {
-        let out = Command::new(coffer_bin()).args(args).output().unwrap();
-        let help = String::from_utf8(out.stdout).unwrap();
+        let help = succeeds(Command::new(coffer_bin()).args(args));
         help.split("Commands:\n")
             .nth(1)
             .unwrap()

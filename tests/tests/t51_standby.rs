@@ -17,16 +17,18 @@ const STANDBY_AFTER: Duration = Duration::from_millis(1000);
 /// One heartbeat (the default), plus the mode tick and scheduling on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(100 + 150);
 
+/// Node `id` turns read-only within `standby_after` plus slack of `since`.
 async fn read_only_within_bound(c: &Cluster, id: u64, since: Instant) {
+    read_only_within(c, id, since, STANDBY_AFTER + SLACK).await;
+}
+
+async fn read_only_within(c: &Cluster, id: u64, since: Instant, bound: Duration) {
     c.engine(id)
         .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
         .await
         .unwrap();
     let took = since.elapsed();
-    assert!(
-        took <= STANDBY_AFTER + SLACK,
-        "node {id} turned read-only after {took:?}"
-    );
+    assert!(took <= bound, "node {id} turned read-only after {took:?}");
 }
 
 async fn write_is_refused_at_once(c: &Cluster, id: u64) {
@@ -427,15 +429,7 @@ async fn a_learner_whose_leader_lost_its_quorum_turns_read_only() {
     read_only_within_bound(&c, leader, lost).await;
     // The leader notices after `standby_after`, the learner `standby_after` after its last
     // heartbeat.
-    c.engine(learner)
-        .wait_mode(Duration::from_secs(10), |m| *m == NodeMode::ReadOnly)
-        .await
-        .unwrap();
-    let took = lost.elapsed();
-    assert!(
-        took <= 2 * STANDBY_AFTER + 2 * SLACK,
-        "the learner turned read-only after {took:?}"
-    );
+    read_only_within(&c, learner, lost, 2 * (STANDBY_AFTER + SLACK)).await;
     write_is_refused_at_once(&c, learner).await;
     let read = c
         .engine(learner)

@@ -125,6 +125,12 @@ impl Project {
             .and_then(|m| m["node_id"].as_u64())
     }
 
+    /// node4's `coffer status` calls it a follower, with no read-only banner.
+    fn standby_follows(&self) -> bool {
+        let (code, out, err) = self.coffer("node4", &["status"]);
+        code == 0 && out.contains("follower") && !err.contains("READ-ONLY")
+    }
+
     fn container(&self, node: &str) -> String {
         self.cluster_ok(&["ps", "-q", node]).trim().to_string()
     }
@@ -272,10 +278,7 @@ fn image_and_compose_cluster_survive_losing_the_leader_and_the_quorum() {
     wait(
         Duration::from_secs(30),
         "the standby following the new leader",
-        || {
-            let (code, out, err) = project.coffer("node4", &["status"]);
-            code == 0 && out.contains("follower") && !err.contains("READ-ONLY")
-        },
+        || project.standby_follows(),
     );
 
     // Stop the other voter: no quorum, though its leader lives on. The leader stops its
@@ -306,10 +309,7 @@ fn image_and_compose_cluster_survive_losing_the_leader_and_the_quorum() {
     wait(
         Duration::from_secs(120),
         "the standby to leave read-only",
-        || {
-            let (code, out, err) = project.coffer("node4", &["status"]);
-            code == 0 && out.contains("follower") && !err.contains("READ-ONLY")
-        },
+        || project.standby_follows(),
     );
     let (code, out, err) = project.coffer("node1", &["kv", "get", "-field=password", "secret/app"]);
     assert_eq!((code, out.trim()), (0, "after-failover"), "{err}");
